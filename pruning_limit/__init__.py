@@ -1,0 +1,35 @@
+"""pruning-limit: predict how large a fraction of a network's weights global one-shot
+magnitude pruning can remove, from the curvature of the loss, and check it by pruning.
+
+Data flow: model + data -> CurvatureOperator -> Spectrum -> Prediction -> Validation.
+Fractions are always the fraction *removed* (``amount`` in torch.nn.utils.prune);
+the fraction kept is 1 - p.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .batches import Batches, EmptyDataError, as_batches
+from .hessian import (
+    CurvatureOperator,
+    NoPrunableParameterError,
+    prunable_parameters,
+    resolve_parameters,
+)
+from .spectrum import ParameterInfo, Spectrum
+
+try:
+    __version__ = version("pruning-limit")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "Batches",
+    "CurvatureOperator",
+    "EmptyDataError",
+    "NoPrunableParameterError",
+    "ParameterInfo",
+    "Spectrum",
+    "as_batches",
+    "prunable_parameters",
+    "resolve_parameters",
+]
