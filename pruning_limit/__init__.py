@@ -15,6 +15,14 @@ from .hessian import (
     prunable_parameters,
     resolve_parameters,
 )
+from .lanczos import (
+    estimate_spectrum,
+    exact_spectrum,
+    exact_spectrum_of,
+    hutchinson_trace,
+    slq,
+    top_eigenvalues,
+)
 from .spectrum import ParameterInfo, Spectrum
 
 try:
@@ -30,6 +38,12 @@ __all__ = [
     "ParameterInfo",
     "Spectrum",
     "as_batches",
+    "estimate_spectrum",
+    "exact_spectrum",
+    "exact_spectrum_of",
+    "hutchinson_trace",
     "prunable_parameters",
     "resolve_parameters",
+    "slq",
+    "top_eigenvalues",
 ]

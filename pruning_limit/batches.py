@@ -80,6 +80,8 @@ def as_batches(data, batch_size: int = DEFAULT_BATCH_SIZE) -> Batches:
                 f"inputs and targets disagree on the number of samples: "
                 f"{inputs.shape[0]} vs {targets.shape[0]}"
             )
+        if inputs.shape[0] == 0:
+            raise EmptyDataError("the data holds no sample")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         result = Batches(
@@ -94,7 +96,8 @@ def as_batches(data, batch_size: int = DEFAULT_BATCH_SIZE) -> Batches:
             if not (isinstance(item, (tuple, list)) and len(item) == 2):
                 raise TypeError(
                     "each batch must be an (inputs, targets) pair, got "
-                    f"{type(item).__name__}" + (f" of length {len(item)}" if hasattr(item, "__len__") else "")
+                    f"{type(item).__name__}"
+                    + (f" of length {len(item)}" if hasattr(item, "__len__") else "")
                 )
             collected.append((torch.as_tensor(item[0]), torch.as_tensor(item[1])))
         result = Batches(tuple(collected))

@@ -105,7 +105,9 @@ def resolve_parameters(
                 module, attribute = entry
                 tensor = getattr(module, attribute, None)
                 if id(tensor) not in by_identity:
-                    raise ValueError(f"{type(module).__name__}.{attribute} is not part of the model")
+                    raise ValueError(
+                        f"{type(module).__name__}.{attribute} is not part of the model"
+                    )
                 selected.append((by_identity[id(tensor)], tensor))
             elif isinstance(entry, torch.Tensor):
                 if id(entry) not in by_identity:
@@ -212,7 +214,8 @@ class CurvatureOperator:
         reduction = getattr(loss_fn, "reduction", "mean")
         if reduction != "mean":
             raise ValueError(
-                f"loss_fn must average over the batch (reduction='mean'), got reduction={reduction!r}"
+                "loss_fn must average over the batch (reduction='mean'), "
+                f"got reduction={reduction!r}"
             )
         selected = resolve_parameters(model, params)
         self.device = resolve_device(device)
@@ -241,6 +244,7 @@ class CurvatureOperator:
         self._point = [cast(p) for _, p in selected]
         self.batches = as_batches(data, batch_size).to(self.device, self.dtype)
         self._weights = [n / self.batches.num_samples for n in self.batches.sizes]
+        self.loss()  # fails early, and clearly, on a NaN or infinite loss
 
     # -- the loss as a function of the selected weights ----------------------------
 
@@ -307,7 +311,9 @@ class CurvatureOperator:
     def apply(self, rows: torch.Tensor) -> torch.Tensor:
         """C applied to each row of ``rows`` (shape (K, D)); returns shape (K, D)."""
         if rows.dim() != 2 or rows.shape[1] != self.dimension:
-            raise ValueError(f"expected vectors of shape (K, {self.dimension}), got {tuple(rows.shape)}")
+            raise ValueError(
+                f"expected vectors of shape (K, {self.dimension}), got {tuple(rows.shape)}"
+            )
         rows = rows.to(device=self.device, dtype=self.dtype)
         product = self._hessian_rows if self.curvature == "hessian" else self._ggn_rows
         result = torch.zeros_like(rows)
@@ -349,14 +355,20 @@ class CurvatureOperator:
     def _ggn_rows(self, rows, inputs, targets) -> torch.Tensor:
         point = tuple(p.detach() for p in self._point)
         outputs, pullback = torch.func.vjp(lambda *w: self._outputs(w, inputs), *point)
-        output_gradient = torch.func.grad(lambda out: self.loss_fn(out, targets))
+        # d^2 l / df^2 applied by double backward on the outputs alone (cheap: no weights).
+        at_outputs = outputs.detach().requires_grad_(True)
+        (output_gradient,) = torch.autograd.grad(
+            self.loss_fn(at_outputs, targets), at_outputs, create_graph=True
+        )
         directions = self.unflatten(rows)
         out = []
         for k in range(rows.shape[0]):
             _, tangent = torch.func.jvp(
                 lambda *w: self._outputs(w, inputs), point, tuple(d[k] for d in directions)
             )
-            _, curved = torch.func.jvp(output_gradient, (outputs,), (tangent,))
+            (curved,) = torch.autograd.grad(
+                output_gradient, at_outputs, grad_outputs=tangent, retain_graph=True
+            )
             out.append(self.flatten(pullback(curved)))
         return torch.stack(out)
 

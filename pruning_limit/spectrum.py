@@ -137,9 +137,7 @@ class Spectrum:
             raise ValueError("only SLQ spectra can be truncated to fewer steps")
         if not 1 <= steps <= self.alphas.shape[1]:
             raise ValueError(f"steps must lie in [1, {self.alphas.shape[1]}], got {steps}")
-        rules = [
-            gauss_rule(a[:steps], b[: steps - 1]) for a, b in zip(self.alphas, self.betas)
-        ]
+        rules = [gauss_rule(a[:steps], b[: steps - 1]) for a, b in zip(self.alphas, self.betas)]
         return np.stack([r[0] for r in rules]), np.stack([r[1] for r in rules])
 
     def trace_function(
@@ -233,7 +231,9 @@ class Spectrum:
                 metadata = json.loads(str(archive["metadata"]))
                 arrays = {k: archive[k] for k in archive.files if k != "metadata"}
         except (OSError, ValueError, KeyError) as error:
-            raise ValueError(f"{path} is not a spectrum file written by pruning-limit: {error}")
+            raise ValueError(
+                f"{path} is not a spectrum file written by pruning-limit: {error}"
+            ) from error
         if metadata.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"{path} has spectrum format {metadata.get('format_version')}, "

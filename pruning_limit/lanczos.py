@@ -1,0 +1,516 @@
+"""Stochastic Lanczos quadrature (SLQ), exact spectra, Hutchinson traces, top eigenvalues.
+
+SLQ (Golub & Meurant; Ubaru, Chen & Saad 2017). For a probe v with independent
+Rademacher entries (E[v v^T] = I), tr g(C) = E[v^T g(C) v]. With q = v/||v||, m
+steps of Lanczos build an orthonormal basis Q of the Krylov space
+K_m(C, q) and the Jacobi matrix T = Q^T C Q; with T = U diag(theta) U^T,
+
+    q^T g(C) q  ~  sum_j tau_j g(theta_j),   tau_j = U_1j^2,
+
+the m-point Gauss quadrature rule of the spectral measure of C seen from q; it is
+exact for polynomials of degree <= 2m - 1. Averaging over probes gives
+tr g(C)/D. Here:
+
+- the basis is fully re-orthogonalised (classical Gram-Schmidt, twice), and the
+  coefficients alpha_j, beta_j are accumulated in float64 whatever the product dtype;
+- a breakdown (beta_j ~ 0: the Krylov space is invariant) continues with a fresh
+  random vector orthogonal to the basis and beta_j = 0; the rule is unchanged
+  because the new block of T carries no weight on the first basis vector;
+- identically-zero rows of C are found first (see ``CurvatureOperator.zero_rows``),
+  probes are restricted to the other D - z coordinates, and z is stored in the
+  Spectrum, which adds z * g(0);
+- probes run as a block: each Lanczos step multiplies all K current vectors at once;
+- the state is written atomically to a file while running, so an interrupted run
+  resumes (same seed -> same result, bit for bit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse.linalg
+import torch
+from tqdm.auto import tqdm
+
+from .batches import DEFAULT_BATCH_SIZE
+from .hessian import DEFAULT_EXACT_LIMIT, CurvatureOperator
+from .spectrum import Spectrum, gauss_rule
+
+STATE_VERSION = 1
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _generator(seed: int, *stream: int) -> torch.Generator:
+    """An independent, reproducible CPU generator for (seed, stream...)."""
+    digest = hashlib.sha256(repr((seed, *stream)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def _random_rows(count: int, active: torch.Tensor, seed: int, stream: tuple, gaussian=False):
+    """``count`` random vectors supported on ``active`` (Rademacher or Gaussian), float64, CPU."""
+    rows = torch.zeros(count, active.numel(), dtype=torch.float64)
+    for k in range(count):
+        gen = _generator(seed, *stream, k)
+        n = int(active.sum())
+        if gaussian:
+            values = torch.randn(n, generator=gen, dtype=torch.float64)
+        else:
+            values = torch.randint(0, 2, (n,), generator=gen).to(torch.float64) * 2 - 1
+        rows[k, active] = values
+    return rows
+
+
+def _orthogonalize(vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Remove from each vectors[k] its components in basis[k] (rows orthonormal), twice."""
+    for _ in range(2):
+        coefficients = torch.einsum("kjd,kd->kj", basis, vectors)
+        vectors = vectors - torch.einsum("kjd,kj->kd", basis, coefficients)
+    return vectors
+
+
+class _LanczosBlock:
+    """K independent Lanczos recurrences advanced together, one product per step."""
+
+    def __init__(self, start: torch.Tensor, steps: int, dtype, device) -> None:
+        count, dimension = start.shape
+        self.steps = steps
+        self.basis = torch.zeros(count, steps, dimension, dtype=dtype, device=device)
+        self.basis[:, 0] = (start / start.norm(dim=1, keepdim=True)).to(dtype=dtype, device=device)
+        self.alphas = torch.zeros(count, steps, dtype=torch.float64)
+        self.betas = torch.zeros(count, max(steps - 1, 0), dtype=torch.float64)
+        self.done = 0
+
+    def state(self) -> dict:
+        """Everything needed to continue the recurrences (tensors only: loads without pickle)."""
+        return {
+            "basis": self.basis.cpu(),
+            "alphas": self.alphas,
+            "betas": self.betas,
+            "done": self.done,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, dtype, device) -> _LanczosBlock:
+        """Rebuild a block written by :meth:`state`."""
+        block = cls.__new__(cls)
+        block.basis = state["basis"].to(dtype=dtype, device=device)
+        block.steps = block.basis.shape[1]
+        block.alphas = state["alphas"]
+        block.betas = state["betas"]
+        block.done = int(state["done"])
+        return block
+
+    def step(self, operator: CurvatureOperator, active: torch.Tensor, restart) -> None:
+        """Advance every recurrence by one step of P C P, P the projection onto ``active``.
+
+        ``restart(j)`` gives fresh vectors for recurrences that break down.
+        """
+        j = self.done
+        current = self.basis[:, j]
+        product = operator.apply(current) * active
+        self.alphas[:, j] = torch.einsum("kd,kd->k", current.double(), product.double()).cpu()
+        if j + 1 < self.steps:
+            residual = _orthogonalize(product, self.basis[:, : j + 1])
+            norms = residual.double().norm(dim=1).cpu()
+            scale = torch.maximum(self.alphas[:, : j + 1].abs().max(dim=1).values, norms)
+            tolerance = 1e3 * torch.finfo(operator.dtype).eps * torch.clamp(scale, min=1e-300)
+            broken = norms <= tolerance
+            if broken.any():
+                fresh = restart(j).to(dtype=residual.dtype, device=residual.device)
+                fresh = _orthogonalize(fresh, self.basis[:, : j + 1])
+                fresh = _orthogonalize(fresh, self.basis[:, : j + 1])
+                replace = broken.to(residual.device)[:, None]
+                residual = torch.where(replace, fresh, residual)
+                norms = torch.where(broken, torch.zeros_like(norms), norms)
+            self.betas[:, j] = norms
+            lengths = residual.norm(dim=1, keepdim=True)
+            self.basis[:, j + 1] = residual / lengths
+        self.done = j + 1
+
+
+def slq(
+    operator: CurvatureOperator,
+    *,
+    steps: int = 100,
+    probes: int = 10,
+    seed: int = 0,
+    block_size: int | None = None,
+    deflate_zero_rows: bool = True,
+    zero_row_probes: int = 4,
+    state_path: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int | None = None,
+    checkpoint_seconds: float = 60.0,
+    progress: bool = True,
+) -> Spectrum:
+    """Stochastic Lanczos quadrature of a :class:`CurvatureOperator`.
+
+    Parameters
+    ----------
+    steps
+        Lanczos steps m per probe (capped at the number of non-zero rows).
+    probes
+        Number of Rademacher probes.
+    block_size
+        Probes advanced together (one block product per step); default all.
+        Memory: block_size * steps * D numbers for the basis.
+    deflate_zero_rows
+        Detect identically-zero rows with ``zero_row_probes`` Gaussian products and
+        restrict the probes to the other coordinates.
+    state_path, resume
+        Write the run's state to ``state_path`` every ``checkpoint_every`` steps
+        (or every ``checkpoint_seconds``) and after each block; with
+        ``resume=True`` an existing state file for the same configuration is
+        continued. The file is removed when the run completes.
+
+    Returns
+    -------
+    Spectrum
+        With per-probe tridiagonals, rules, zero-row count and provenance.
+    """
+    if steps < 1 or probes < 1:
+        raise ValueError(f"steps and probes must be >= 1, got steps={steps}, probes={probes}")
+    block_size = probes if block_size is None else block_size
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    started = time.perf_counter()
+
+    config = {
+        "state_version": STATE_VERSION,
+        "dimension": operator.dimension,
+        "parameters": [[p.name, list(p.shape)] for p in operator.parameters],
+        "curvature": operator.curvature,
+        "dtype": str(operator.dtype),
+        "steps": steps,
+        "probes": probes,
+        "seed": seed,
+        "block_size": block_size,
+        "deflate_zero_rows": deflate_zero_rows,
+        "zero_row_probes": zero_row_probes,
+        "num_samples": operator.batches.num_samples,
+    }
+    state = _load_state(state_path, config) if (resume and state_path) else None
+
+    if state is not None:
+        active = state["active"]
+        zero_seconds = state["zero_seconds"]
+    elif deflate_zero_rows:
+        tick = time.perf_counter()
+        active = ~operator.zero_rows(probes=zero_row_probes, seed=seed).cpu()
+        zero_seconds = time.perf_counter() - tick
+    else:
+        active = torch.ones(operator.dimension, dtype=torch.bool)
+        zero_seconds = 0.0
+    active_dimension = int(active.sum())
+    if active_dimension == 0:
+        raise ValueError(
+            "every row of the curvature is zero: the loss does not depend on the weights"
+        )
+    effective_steps = min(steps, active_dimension)
+
+    finished_alphas = [] if state is None else list(state["alphas"])
+    finished_betas = [] if state is None else list(state["betas"])
+    block = None
+    if state is not None and state["block"] is not None:
+        block = _LanczosBlock.from_state(state["block"], operator.dtype, operator.device)
+    product_seconds = 0.0 if state is None else state["product_seconds"]
+
+    def save_state() -> None:
+        if state_path is None:
+            return
+        _write_state(
+            state_path,
+            {
+                "config": config,
+                "active": active,
+                "zero_seconds": zero_seconds,
+                "alphas": finished_alphas,
+                "betas": finished_betas,
+                "block": None if block is None else block.state(),
+                "product_seconds": product_seconds,
+            },
+        )
+
+    done_steps = len(finished_alphas) * effective_steps + (
+        0 if block is None else block.done * block.alphas.shape[0]
+    )
+    bar = tqdm(
+        total=probes * effective_steps,
+        initial=done_steps,
+        desc="SLQ (probes x steps)",
+        unit="step",
+        disable=not progress,
+        leave=False,
+    )
+    last_save = time.perf_counter()
+    try:
+        while len(finished_alphas) < probes:
+            first = len(finished_alphas)
+            count = min(block_size, probes - first)
+            if block is None:
+                start = torch.cat(
+                    [_random_rows(1, active, seed, ("probe", first + k)) for k in range(count)]
+                )
+                block = _LanczosBlock(start, effective_steps, operator.dtype, operator.device)
+
+            def restart(j: int, first=first, count=count) -> torch.Tensor:
+                return torch.cat(
+                    [
+                        _random_rows(1, active, seed, ("restart", first + k, j), gaussian=True)
+                        for k in range(count)
+                    ]
+                )
+
+            while block.done < effective_steps:
+                tick = time.perf_counter()
+                block.step(operator, active.to(operator.device), restart)
+                product_seconds += time.perf_counter() - tick
+                bar.update(count)
+                due = (
+                    block.done % checkpoint_every == 0
+                    if checkpoint_every
+                    else time.perf_counter() - last_save > checkpoint_seconds
+                )
+                if due and block.done < effective_steps:
+                    save_state()
+                    last_save = time.perf_counter()
+            finished_alphas.extend(block.alphas.unbind(0))
+            finished_betas.extend(block.betas.unbind(0))
+            block = None
+            save_state()
+    finally:
+        bar.close()
+
+    alphas = torch.stack(finished_alphas).numpy()
+    betas = torch.stack(finished_betas).numpy()
+    rules = [gauss_rule(a, b) for a, b in zip(alphas, betas)]
+    if state_path is not None:
+        Path(state_path).unlink(missing_ok=True)
+    return Spectrum(
+        nodes=np.stack([r[0] for r in rules]),
+        weights=np.stack([r[1] for r in rules]),
+        alphas=alphas,
+        betas=betas,
+        dimension=operator.dimension,
+        zero_rows=operator.dimension - active_dimension,
+        curvature=operator.curvature,
+        method="slq",
+        parameters=operator.parameters,
+        provenance={
+            **_operator_provenance(operator),
+            "steps_requested": steps,
+            "steps": effective_steps,
+            "probes": probes,
+            "probe_distribution": "rademacher",
+            "seed": seed,
+            "block_size": block_size,
+            "reorthogonalization": "full (classical Gram-Schmidt, twice)",
+            "zero_row_detection": (
+                f"{zero_row_probes} Gaussian probes, exact zeros" if deflate_zero_rows else "off"
+            ),
+            "seconds_total": time.perf_counter() - started,
+            "seconds_products": product_seconds,
+            "seconds_zero_rows": zero_seconds,
+            "resumed": state is not None,
+        },
+    )
+
+
+def estimate_spectrum(
+    model: torch.nn.Module,
+    loss_fn,
+    data,
+    *,
+    steps: int = 100,
+    probes: int = 10,
+    curvature: str = "hessian",
+    params: Iterable | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    **slq_options,
+) -> Spectrum:
+    """SLQ spectrum of the Hessian (or GGN) of ``loss_fn`` over ``data`` at the model's weights.
+
+    Builds a :class:`CurvatureOperator` and calls :func:`slq`; see both for the
+    parameters. ``slq_options`` go to :func:`slq` (``block_size``, ``state_path``,
+    ``resume``, ``checkpoint_every``, ``progress``, ...).
+
+    Example
+    -------
+    >>> import torch, pruning_limit as pl
+    >>> torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> X, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    >>> s = pl.estimate_spectrum(model, torch.nn.CrossEntropyLoss(), (X, y), steps=20, probes=2,
+    ...                          dtype=torch.float64, device="cpu", progress=False)
+    >>> s.dimension, s.num_probes, s.steps
+    (56, 2, 20)
+    """
+    operator = CurvatureOperator(
+        model,
+        loss_fn,
+        data,
+        curvature=curvature,
+        params=params,
+        dtype=dtype,
+        device=device,
+        batch_size=batch_size,
+    )
+    return slq(operator, steps=steps, probes=probes, seed=seed, **slq_options)
+
+
+def exact_spectrum(
+    model: torch.nn.Module,
+    loss_fn,
+    data,
+    *,
+    curvature: str = "hessian",
+    params: Iterable | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_dimension: int = DEFAULT_EXACT_LIMIT,
+) -> Spectrum:
+    """All eigenvalues of the curvature matrix, as a one-probe :class:`Spectrum`.
+
+    C is built column by column from products with unit vectors, symmetrised,
+    its identically-zero rows counted and removed, and the rest diagonalised in
+    float64 (``eigvalsh``). Each eigenvalue gets weight 1/(D - z), so every
+    ``trace_function`` is exact. Raises ``ValueError`` when D > ``max_dimension``.
+    """
+    started = time.perf_counter()
+    operator = CurvatureOperator(
+        model,
+        loss_fn,
+        data,
+        curvature=curvature,
+        params=params,
+        dtype=dtype,
+        device=device,
+        batch_size=batch_size,
+    )
+    return exact_spectrum_of(operator, max_dimension=max_dimension, started=started)
+
+
+def exact_spectrum_of(
+    operator: CurvatureOperator, *, max_dimension: int = DEFAULT_EXACT_LIMIT, started=None
+) -> Spectrum:
+    """:func:`exact_spectrum` for an existing operator."""
+    started = time.perf_counter() if started is None else started
+    matrix = operator.matrix(max_dimension=max_dimension).double().cpu()
+    active = ~(matrix == 0).all(dim=1)
+    eigenvalues = torch.linalg.eigvalsh(matrix[active][:, active]).numpy()
+    count = eigenvalues.size
+    if count == 0:
+        raise ValueError(
+            "every row of the curvature is zero: the loss does not depend on the weights"
+        )
+    return Spectrum(
+        nodes=eigenvalues[None],
+        weights=np.full((1, count), 1.0 / count),
+        dimension=operator.dimension,
+        zero_rows=operator.dimension - count,
+        curvature=operator.curvature,
+        method="exact",
+        parameters=operator.parameters,
+        provenance={
+            **_operator_provenance(operator),
+            "eigensolver": "torch.linalg.eigvalsh (float64)",
+            "seconds_total": time.perf_counter() - started,
+        },
+    )
+
+
+def hutchinson_trace(
+    operator: CurvatureOperator, *, probes: int = 32, seed: int = 0
+) -> tuple[float, float]:
+    """Hutchinson's estimate of tr(C)/D with Rademacher probes, and its standard error.
+
+    tr(C) = E[v^T C v]; each probe costs one product. Returns per-coordinate
+    values (divided by D), like ``Spectrum.trace_function``.
+    """
+    if probes < 2:
+        raise ValueError(f"probes must be >= 2 for a standard error, got {probes}")
+    active = torch.ones(operator.dimension, dtype=torch.bool)
+    rows = torch.cat([_random_rows(1, active, seed, ("hutchinson", k)) for k in range(probes)])
+    rows = rows.to(dtype=operator.dtype, device=operator.device)
+    quadratic_forms = torch.einsum("kd,kd->k", rows.double(), operator.apply(rows).double()).cpu()
+    values = quadratic_forms / operator.dimension
+    return float(values.mean()), float(values.std(unbiased=True) / np.sqrt(probes))
+
+
+def top_eigenvalues(
+    operator: CurvatureOperator, k: int = 5, *, which: str = "LA", tol: float = 1e-6
+):
+    """The ``k`` largest (``which="LA"``) or largest-magnitude (``"LM"``) eigenvalues of C.
+
+    Implicitly restarted Lanczos (ARPACK through ``scipy.sparse.linalg.eigsh``) on the
+    operator, in float64 on the host; returned in descending order.
+    """
+    if not 1 <= k < operator.dimension:
+        raise ValueError(f"k must lie in [1, D - 1 = {operator.dimension - 1}], got {k}")
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        vector = torch.as_tensor(
+            np.ascontiguousarray(x).reshape(-1), dtype=operator.dtype, device=operator.device
+        )
+        return operator.matvec(vector).double().cpu().numpy()
+
+    linear = scipy.sparse.linalg.LinearOperator(
+        (operator.dimension, operator.dimension), matvec=matvec, dtype=np.float64
+    )
+    values = scipy.sparse.linalg.eigsh(linear, k=k, which=which, tol=tol, return_eigenvectors=False)
+    return np.sort(values)[::-1]
+
+
+def _operator_provenance(operator: CurvatureOperator) -> dict:
+    return {
+        "curvature": operator.curvature,
+        "dtype": str(operator.dtype).replace("torch.", ""),
+        "device": str(operator.device),
+        "hvp_method": operator.hvp_method,
+        "num_samples": operator.batches.num_samples,
+        "num_batches": len(operator.batches),
+        "model": type(operator.model).__name__,
+        "package_version": _version(),
+        "torch_version": torch.__version__,
+    }
+
+
+def _write_state(path: str | Path, state: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_state(path: str | Path, config: dict) -> dict | None:
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as error:  # a truncated or foreign file: say so instead of guessing
+        raise ValueError(f"cannot read SLQ state file {path}: {error}") from error
+    saved = state.get("config", {})
+    if saved != config:
+        differing = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        raise ValueError(
+            f"SLQ state file {path} belongs to another run (differs in: {', '.join(differing)}); "
+            "remove it or run without resume"
+        )
+    if not state["alphas"] and state["block"] is None:
+        warnings.warn(f"state file {path} holds no finished step; starting over", stacklevel=3)
+    return state

@@ -1,0 +1,164 @@
+"""CurvatureOperator against torch.func ground truth (float64, short last batch)."""
+
+import pytest
+import torch
+from torch import nn
+
+import pruning_limit as pl
+from pruning_limit.hessian import CurvatureOperator
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("hvp_method", ["loop", "batched"])
+def test_hessian_products_match_torch_func(case, hvp_method):
+    assert case.inputs.shape[0] % case.batch_size != 0  # the last batch is short
+    operator = CurvatureOperator(
+        case.model, case.loss_fn, case.data, batch_size=case.batch_size, device="cpu",
+        hvp_method=hvp_method,
+    )
+    truth = case.hessian()
+    generator = torch.Generator().manual_seed(0)
+    block = torch.randn(operator.dimension, 5, generator=generator, dtype=torch.float64)
+    assert relative_error(operator.matmat(block), truth @ block) < 1e-10
+    assert relative_error(operator.matvec(block[:, 0]), truth @ block[:, 0]) < 1e-10
+    assert relative_error(operator.matrix(), truth) < 1e-10
+
+
+def test_ggn_products_match_jacobian_sandwich(case):
+    operator = CurvatureOperator(
+        case.model, case.loss_fn, case.data, batch_size=case.batch_size, curvature="ggn",
+        device="cpu",
+    )
+    truth = case.ggn()
+    block = torch.randn(operator.dimension, 3, generator=torch.Generator().manual_seed(1),
+                        dtype=torch.float64)
+    assert relative_error(operator.matmat(block), truth @ block) < 1e-10
+    assert torch.linalg.eigvalsh(operator.matrix()).min() > -1e-12  # PSD for convex losses
+
+
+def test_model_mode_and_weights_untouched():
+    case = __import__("cases").batchnorm_regression()
+    before = {k: v.clone() for k, v in case.model.state_dict().items()}
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    operator.matvec(torch.ones(operator.dimension, dtype=torch.float64))
+    assert case.model.training and case.model[1].training
+    for key, value in case.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_float32_operator_on_float64_model_is_close(case):
+    exact = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu").matrix()
+    single = CurvatureOperator(
+        case.model, case.loss_fn, case.data, device="cpu", dtype=torch.float32
+    ).matrix()
+    assert single.dtype == torch.float32
+    assert relative_error(single.double(), exact) < 1e-4
+
+
+def test_gradient_and_loss_match_autograd():
+    case = __import__("cases").mlp_tanh()
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, batch_size=8, device="cpu")
+    case.model.zero_grad()
+    loss = case.loss_fn(case.model(case.inputs), case.targets)
+    loss.backward()
+    expected = torch.cat([p.grad.reshape(-1) for _, p in case.prunable()])
+    assert abs(operator.loss() - float(loss)) < 1e-12
+    assert relative_error(operator.gradient(), expected) < 1e-12
+    losses, sizes = operator.batch_losses()
+    assert list(sizes) == [8, 8, 8, 8, 5]
+    assert abs((losses * sizes).sum() / sizes.sum() - float(loss)) < 1e-12
+
+
+def test_default_parameters_are_linear_and_conv_weights():
+    case = __import__("cases").batchnorm_regression()
+    names = [name for name, _ in pl.prunable_parameters(case.model)]
+    assert names == ["0.weight", "3.weight"]  # not biases, not BatchNorm's weight
+
+
+def test_user_parameter_selection_by_name_module_pair_and_tensor(case):
+    first_name, first = case.prunable()[0]
+    module = dict(case.model.named_modules())[first_name.rsplit(".", 1)[0]]
+    for selection in ([first_name], [(module, "weight")], [first]):
+        operator = CurvatureOperator(case.model, case.loss_fn, case.data, params=selection,
+                                     device="cpu")
+        assert operator.dimension == first.numel()
+        assert operator.names == [first_name]
+
+
+def test_curvature_of_mean_squared_error_is_closed_form():
+    gen = torch.Generator().manual_seed(5)
+    X, y = torch.randn(13, 4, generator=gen, dtype=torch.float64), torch.randn(13, 1, generator=gen,
+                                                                                dtype=torch.float64)
+    model = nn.Linear(4, 1, bias=False).double()
+    for curvature in ("hessian", "ggn"):
+        operator = CurvatureOperator(model, nn.MSELoss(), (X, y), curvature=curvature,
+                                     batch_size=5, device="cpu")
+        assert relative_error(operator.matrix(), 2 * X.T @ X / 13) < 1e-13
+
+
+# -- bad input -----------------------------------------------------------------------
+
+
+def test_model_without_prunable_parameter():
+    model = nn.Sequential(nn.Tanh(), nn.BatchNorm1d(3))
+    with pytest.raises(pl.NoPrunableParameterError, match="no prunable parameter"):
+        CurvatureOperator(model, nn.MSELoss(), (torch.randn(4, 3), torch.randn(4, 3)))
+
+
+def test_data_that_yields_no_batch():
+    model = nn.Linear(3, 2)
+    with pytest.raises(pl.EmptyDataError, match="no batch"):
+        CurvatureOperator(model, nn.MSELoss(), [])
+    with pytest.raises(pl.EmptyDataError, match="no sample"):
+        CurvatureOperator(model, nn.MSELoss(), (torch.randn(0, 3), torch.randn(0, 2)))
+
+
+def test_nan_in_weights_or_loss():
+    model = nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"0\.weight|weight holds NaN"):
+        CurvatureOperator(model, nn.MSELoss(), (torch.randn(4, 3), torch.randn(4, 2)))
+    model = nn.Linear(3, 2)
+    targets = torch.randn(4, 2)
+    targets[1, 1] = float("nan")
+    with pytest.raises(FloatingPointError, match="loss .* NaN"):
+        CurvatureOperator(model, nn.MSELoss(), (torch.randn(4, 3), targets), device="cpu")
+
+
+def test_parameters_not_in_model():
+    model, other = nn.Linear(3, 2), nn.Linear(3, 2)
+    data = (torch.randn(4, 3), torch.randn(4, 2))
+    with pytest.raises(ValueError, match="not a parameter"):
+        CurvatureOperator(model, nn.MSELoss(), data, params=["nonexistent.weight"])
+    with pytest.raises(ValueError, match="not a parameter"):
+        CurvatureOperator(model, nn.MSELoss(), data, params=[other.weight])
+
+
+def test_mismatched_inputs_and_targets():
+    with pytest.raises(ValueError, match="disagree on the number of samples"):
+        CurvatureOperator(nn.Linear(3, 2), nn.MSELoss(), (torch.randn(4, 3), torch.randn(5, 2)))
+
+
+def test_sum_reduction_refused():
+    with pytest.raises(ValueError, match="reduction"):
+        CurvatureOperator(nn.Linear(3, 2), nn.MSELoss(reduction="sum"),
+                          (torch.randn(4, 3), torch.randn(4, 2)))
+
+
+def test_dimension_above_exact_limit():
+    operator = CurvatureOperator(nn.Linear(30, 20), nn.MSELoss(),
+                                 (torch.randn(4, 30), torch.randn(4, 20)), device="cpu")
+    with pytest.raises(ValueError, match="exceeds the exact-path limit"):
+        operator.matrix(max_dimension=500)
+
+
+@pytest.mark.gpu
+def test_cuda_products_equal_cpu_products(case):
+    cpu = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    gpu = CurvatureOperator(case.model, case.loss_fn, case.data, device="cuda")
+    block = torch.randn(cpu.dimension, 4, dtype=torch.float64)
+    assert relative_error(gpu.matmat(block).cpu(), cpu.matmat(block)) < 1e-10

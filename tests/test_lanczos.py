@@ -1,0 +1,219 @@
+"""SLQ, exact spectra and zero-row deflation against eigvalsh of the exact matrix."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import pruning_limit as pl
+from pruning_limit.hessian import CurvatureOperator
+
+
+def eigenvalues(matrix: torch.Tensor) -> np.ndarray:
+    return torch.linalg.eigvalsh(matrix).numpy()
+
+
+def test_exact_spectrum_equals_eigvalsh_of_torch_func_hessian(case):
+    spectrum = pl.exact_spectrum(case.model, case.loss_fn, case.data, device="cpu",
+                                 batch_size=case.batch_size)
+    truth = eigenvalues(case.hessian())
+    assert spectrum.method == "exact" and spectrum.num_probes == 1
+    # zero rows carry eigenvalue 0: put them back before comparing
+    nodes = np.sort(np.concatenate([spectrum.nodes[0], np.zeros(spectrum.zero_rows)]))
+    np.testing.assert_allclose(nodes, truth, atol=1e-10 * np.abs(truth).max())
+    value, error = spectrum.trace_function(np.square)
+    assert value == pytest.approx(np.mean(truth**2), rel=1e-10) and error == 0.0
+
+
+def test_slq_with_m_equal_to_dimension_recovers_every_eigenvalue(case):
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    matrix = operator.matrix()
+    spectrum = pl.slq(operator, steps=operator.dimension, probes=2, progress=False)
+    truth = eigenvalues(matrix)
+    active = ~(matrix == 0).all(dim=1)
+    truth_active = eigenvalues(matrix[active][:, active])
+    assert spectrum.zero_rows == int((~active).sum())
+    scale = np.abs(truth).max()
+    for probe in range(2):
+        np.testing.assert_allclose(np.sort(spectrum.nodes[probe]), truth_active, atol=1e-8 * scale)
+
+
+def test_each_probe_is_the_exact_quadratic_form_when_m_equals_dimension():
+    case = __import__("cases").mlp_tanh()
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    matrix = operator.matrix()
+    values, vectors = torch.linalg.eigh(matrix)
+    spectrum = pl.slq(operator, steps=operator.dimension, probes=3, progress=False, seed=7)
+    g = lambda x: np.exp(-3.0 * x / float(values.abs().max()))  # noqa: E731
+    g_matrix = vectors @ torch.diag(torch.as_tensor(g(values.numpy()))) @ vectors.T
+    # rebuild the probes the way slq draws them (documented: Rademacher per probe index)
+    from pruning_limit.lanczos import _random_rows
+
+    active = torch.ones(operator.dimension, dtype=torch.bool)
+    for k in range(3):
+        v = _random_rows(1, active, 7, ("probe", k))[0]
+        expected = float(v @ g_matrix @ v / (v @ v))
+        assert spectrum.per_probe(g)[k] == pytest.approx(expected, rel=1e-9)
+
+
+def test_trace_estimate_converges_for_smooth_g_and_error_bars_cover_truth():
+    case = __import__("cases").cnn()
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    truth = eigenvalues(operator.matrix())
+    scale = np.abs(truth).max()
+    g = lambda x: np.exp(-x / scale)  # noqa: E731
+    exact = np.mean(g(truth))
+    spectrum = pl.slq(operator, steps=30, probes=40, progress=False, seed=3)
+    # quadrature error shrinks with m ...
+    errors = [abs(spectrum.trace_function(g, steps=s)[0] - exact) for s in (2, 4, 8)]
+    assert errors[0] > errors[1] > errors[2]
+    # ... and what is left is probe noise, which the standard error describes
+    estimate, standard_error = spectrum.trace_function(g)
+    assert abs(estimate - exact) < 4 * standard_error
+    assert standard_error < 0.05 * exact
+
+
+def test_trace_and_top_eigenvalues():
+    case = __import__("cases").mlp_tanh()
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    truth = eigenvalues(operator.matrix())
+    mean, error = pl.hutchinson_trace(operator, probes=200, seed=0)
+    assert abs(mean - truth.mean()) < 4 * error
+    np.testing.assert_allclose(pl.top_eigenvalues(operator, k=3), truth[::-1][:3], rtol=1e-6)
+
+
+def dead_unit_model():
+    """A ReLU MLP whose hidden units 1 and 4 never fire, and whose input 2 is always zero."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        model[0].bias[[1, 4]] = -1e3
+    X = torch.randn(40, 4, dtype=torch.float64)
+    X[:, 2] = 0.0
+    y = torch.randint(0, 3, (40,))
+    # rows: incoming weights of dead units (2 x 4), outgoing weights of dead units (3 x 2),
+    # incoming weights from the silent input to the 4 live units
+    expected_zero_rows = 2 * 4 + 3 * 2 + 4
+    return model, (X, y), expected_zero_rows
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+def test_dead_units_give_exactly_the_right_zero_row_count(curvature):
+    model, data, expected = dead_unit_model()
+    loss_fn = nn.CrossEntropyLoss()
+    slq_spectrum = pl.estimate_spectrum(model, loss_fn, data, steps=10, probes=2, device="cpu",
+                                        curvature=curvature, progress=False)
+    exact = pl.exact_spectrum(model, loss_fn, data, device="cpu", curvature=curvature)
+    assert slq_spectrum.zero_rows == expected
+    assert exact.zero_rows == expected
+    # the deflated rule still integrates g(0) = 1 over the null directions
+    value, _ = exact.trace_function(lambda x: (x == 0).astype(float))
+    assert value >= expected / exact.dimension
+
+
+def test_save_and_load_round_trip_exactly(tmp_path):
+    case = __import__("cases").mlp_relu()
+    spectrum = pl.estimate_spectrum(case.model, case.loss_fn, case.data, steps=12, probes=3,
+                                    device="cpu", progress=False)
+    path = spectrum.save(tmp_path / "spectrum.npz")
+    loaded = pl.Spectrum.load(path)
+    for name in ("nodes", "weights", "alphas", "betas"):
+        assert np.array_equal(getattr(loaded, name), getattr(spectrum, name))
+    assert loaded.parameters == spectrum.parameters
+    assert loaded.provenance == spectrum.provenance
+    assert (loaded.dimension, loaded.zero_rows, loaded.curvature, loaded.method) == (
+        spectrum.dimension, spectrum.zero_rows, spectrum.curvature, spectrum.method)
+    exact = pl.exact_spectrum(case.model, case.loss_fn, case.data, device="cpu")
+    again = pl.Spectrum.load(exact.save(tmp_path / "exact"))
+    assert again.alphas is None and np.array_equal(again.nodes, exact.nodes)
+
+
+def test_load_rejects_foreign_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        pl.Spectrum.load(tmp_path / "missing.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="not a spectrum file"):
+        pl.Spectrum.load(tmp_path / "junk.npz")
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_identical_result(tmp_path):
+    case = __import__("cases").cnn()
+    options = dict(steps=15, probes=5, block_size=2, seed=11, progress=False)
+    reference = pl.slq(CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu"),
+                       **options)
+
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    original_apply, calls = operator.apply, {"n": 0}
+
+    def flaky_apply(rows):
+        calls["n"] += 1
+        if calls["n"] == 25:  # mid-way through the second block of probes
+            raise Interrupt
+        return original_apply(rows)
+
+    operator.apply = flaky_apply
+    state = tmp_path / "slq.state"
+    with pytest.raises(Interrupt):
+        pl.slq(operator, state_path=state, checkpoint_every=4, **options)
+    assert state.exists()
+    resumed = pl.slq(CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu"),
+                     state_path=state, resume=True, **options)
+    assert resumed.provenance["resumed"]
+    assert np.array_equal(resumed.alphas, reference.alphas)
+    assert np.array_equal(resumed.betas, reference.betas)
+    assert np.array_equal(resumed.nodes, reference.nodes)
+    assert not state.exists()
+
+
+def test_resume_refuses_a_state_file_of_another_run(tmp_path):
+    case = __import__("cases").mlp_tanh()
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    operator.apply_original = operator.apply
+    state = tmp_path / "slq.state"
+
+    def stop(rows):
+        raise Interrupt
+
+    operator.apply = stop
+    with pytest.raises(Interrupt):
+        pl.slq(operator, steps=5, probes=2, state_path=state, deflate_zero_rows=False,
+               progress=False)
+    torch.save({"config": {"steps": 99}}, state)
+    fresh = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    with pytest.raises(ValueError, match="belongs to another run"):
+        pl.slq(fresh, steps=5, probes=2, state_path=state, resume=True, progress=False)
+
+
+def test_breakdown_on_a_low_rank_curvature_continues():
+    # A linear least-squares model on 3 samples: the Hessian 2 X^T X / n has rank 3 in D = 12,
+    # so the Krylov space is exhausted after 3 steps and Lanczos must restart.
+    gen = torch.Generator().manual_seed(2)
+    X = torch.randn(3, 12, generator=gen, dtype=torch.float64)
+    y = torch.randn(3, 1, generator=gen, dtype=torch.float64)
+    model = nn.Linear(12, 1, bias=False).double()
+    spectrum = pl.estimate_spectrum(model, nn.MSELoss(), (X, y), steps=12, probes=2,
+                                    device="cpu", progress=False)
+    truth = np.sort(np.linalg.eigvalsh((2 * X.T @ X / 3).numpy()))
+    for probe in range(2):
+        nodes = np.sort(spectrum.nodes[probe])
+        assert np.all(np.isfinite(nodes))
+        np.testing.assert_allclose(nodes[-3:], truth[-3:], rtol=1e-10)
+        assert spectrum.weights[probe].sum() == pytest.approx(1.0)
+    g = lambda x: 1.0 / (1.0 + 5.0 * x)  # noqa: E731
+    assert spectrum.trace_function(g)[0] == pytest.approx(
+        np.mean(g(truth)), abs=0.2)  # two probes: a loose check that the rule is sane
+
+
+def test_bad_arguments():
+    case = __import__("cases").mlp_tanh()
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    with pytest.raises(ValueError, match="steps and probes"):
+        pl.slq(operator, steps=0, probes=3)
+    with pytest.raises(ValueError, match="exact-path limit"):
+        pl.exact_spectrum(case.model, case.loss_fn, case.data, max_dimension=10)
+    with pytest.raises(ValueError, match="curvature must be one of"):
+        pl.estimate_spectrum(case.model, case.loss_fn, case.data, curvature="fisher")
