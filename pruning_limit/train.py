@@ -1,0 +1,444 @@
+"""Training classifiers to checkpoints whose model card says how they were made.
+
+:func:`train` minimises, by mini-batch Adam or SGD over shuffled epochs,
+
+    J(w) = L(w) + l1 * sum_j |w_j|,    L(w) = (1/N) sum_i CE(f(x_i; w), y_i),
+
+the mean cross-entropy over the training set plus an optional L1 penalty on the
+prunable weights (the ``weight`` of every Linear and Conv layer,
+:func:`pruning_limit.hessian.prunable_parameters`; biases and normalisation
+parameters are not penalised). ``weight_decay`` is the optimizer's own (coupled)
+L2 term on every parameter. The L1 penalty pulls weights towards zero, so more of
+them are near zero at the end; it is a subgradient term, so they hover at about
+the step size rather than reaching exactly zero.
+
+A run is a pure function of its arguments on the CPU: the initialisation and the
+order of the mini-batches are drawn from ``seed`` through private generators, so
+the same call gives bit-identical weights (torch's global random state is left
+as it was).
+
+A checkpoint is a directory with
+
+- ``model.pt``: the state_dict, written by ``torch.save``;
+- ``card.json``: the model card, everything needed to rebuild and judge it: the
+  architecture spec (``build_model(card["model"])``), the dataset spec
+  (``load_dataset(**card["dataset"])``), the training configuration, the dtype,
+  the final train/test loss and accuracy, and the versions of this package and torch.
+
+:func:`load_checkpoint` rebuilds the model from the card and reads the weights
+with ``torch.load(..., weights_only=True)``: nothing is unpickled.
+
+Example
+-------
+>>> from pruning_limit.datasets import manifold
+>>> from pruning_limit.models import model_spec
+>>> from pruning_limit.train import train
+>>> data = manifold(d=2, n=8, n_train=200, n_test=100)
+>>> spec = model_spec("mlp", input_dim=8, classes=2, hidden=[16])
+>>> result = train(spec, data, lr=1e-2, epochs=20, batch_size=50, progress=False)
+>>> result.card["metrics"]["train"]["accuracy"] > 0.8
+True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .batches import as_batches
+from .datasets import Dataset
+from .hessian import eval_mode, prunable_parameters
+from .models import build_model, count_parameters
+
+OPTIMIZERS = ("adam", "sgd")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+CARD_FILE = "card.json"
+WEIGHTS_FILE = "model.pt"
+CARD_FORMAT = "pruning-limit model card v1"
+EVALUATION_BATCH_SIZE = 4096
+
+
+@dataclass(frozen=True, repr=False)
+class TrainResult:
+    """A trained model and its model card.
+
+    Attributes
+    ----------
+    model
+        The trained network, in eval mode, in the training dtype.
+    card
+        The model card (see :mod:`pruning_limit.train`), a JSON-serialisable dict.
+    path
+        The checkpoint directory, if one was written.
+    """
+
+    model: nn.Module
+    card: dict
+    path: Path | None = None
+
+    def __repr__(self) -> str:
+        metrics = self.card["metrics"]
+        return (
+            f"TrainResult({self.card['model']['kind']}, {self.card['num_parameters']} parameters, "
+            f"dataset={self.card['dataset']['name']!r}, "
+            f"train loss={metrics['train']['loss']:.4g} acc={metrics['train']['accuracy']:.3f}, "
+            f"test loss={metrics['test']['loss']:.4g} acc={metrics['test']['accuracy']:.3f}, "
+            f"path={str(self.path) if self.path else None!r})"
+        )
+
+
+def evaluate(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: nn.Module | None = None,
+) -> dict[str, float]:
+    """Mean loss and accuracy of ``model`` on ``(X, y)``, in eval mode, without gradients.
+
+        loss = (1/N) sum_i loss_fn(f(x_i), y_i),
+        accuracy = (1/N) #{i : argmax_k f(x_i)_k = y_i},
+
+    computed over batches of 4096 samples, each weighted by its size. ``X`` is
+    cast to the dtype and device of the model's parameters; the model's train/eval
+    modes are restored afterwards.
+
+    Parameters
+    ----------
+    model
+        A classifier returning logits of shape ``(N, classes)``.
+    X, y
+        Inputs and int64 class labels.
+    loss_fn
+        A batch-mean loss (``reduction="mean"``); default ``nn.CrossEntropyLoss()``.
+
+    Returns
+    -------
+    dict
+        ``{"loss": float, "accuracy": float}``.
+    """
+    loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
+    if getattr(loss_fn, "reduction", "mean") != "mean":
+        raise ValueError(
+            f"loss_fn must average over the batch (reduction='mean'), "
+            f"got reduction={loss_fn.reduction!r}"
+        )
+    reference = next(model.parameters())
+    total_loss, correct = 0.0, 0
+    with eval_mode(model), torch.no_grad():
+        for inputs, targets in as_batches((X, y), EVALUATION_BATCH_SIZE):
+            inputs = inputs.to(device=reference.device, dtype=reference.dtype)
+            targets = targets.to(reference.device)
+            logits = model(inputs)
+            total_loss += float(loss_fn(logits, targets)) * len(targets)
+            correct += int((logits.argmax(dim=1) == targets).sum())
+    return {"loss": total_loss / len(y), "accuracy": correct / len(y)}
+
+
+def train(
+    model_spec: dict,
+    dataset: Dataset,
+    *,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    epochs: int = 50,
+    batch_size: int = 128,
+    momentum: float = 0.9,
+    l1: float = 0.0,
+    weight_decay: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    target_train_loss: float | None = None,
+    progress: bool = True,
+    out: str | Path | None = None,
+) -> TrainResult:
+    """Train the network ``model_spec`` describes on ``dataset`` (see the module docstring).
+
+    Parameters
+    ----------
+    model_spec
+        A complete spec (:func:`pruning_limit.models.model_spec`); its ``input_dim``
+        and ``classes`` must match the dataset.
+    dataset
+        A :class:`pruning_limit.datasets.Dataset`.
+    optimizer
+        ``"adam"`` or ``"sgd"`` (with ``momentum``; ignored by Adam).
+    lr, epochs, batch_size
+        Step size, number of passes over the training set, mini-batch size (the last
+        mini-batch of an epoch may be smaller).
+    l1
+        Weight of the L1 penalty on the prunable weights.
+    weight_decay
+        The optimizer's L2 weight decay.
+    dtype
+        ``torch.float32`` or ``torch.float64``, for the weights and the inputs.
+    seed
+        Seeds the initialisation and the mini-batch order.
+    target_train_loss
+        If given, stop after the first epoch at whose end the training loss L(w)
+        (without the penalty) is at or below it.
+    progress
+        Show a tqdm bar over the epochs.
+    out
+        If given, a directory to write ``model.pt`` and ``card.json`` to (created if
+        needed).
+
+    Returns
+    -------
+    TrainResult
+        The model (eval mode) and its card.
+
+    Raises
+    ------
+    ValueError
+        For a bad argument, or a spec that does not fit the dataset.
+    FloatingPointError
+        If the training loss becomes NaN or infinite (diverged).
+    """
+    _check_training_arguments(
+        optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum,
+        l1=l1, weight_decay=weight_decay, dtype=dtype, target_train_loss=target_train_loss,
+    )  # fmt: skip
+    if not isinstance(dataset, Dataset):
+        raise ValueError(f"dataset must be a pruning_limit Dataset, got {type(dataset).__name__}")
+    if not isinstance(model_spec, dict):
+        raise ValueError(f"model_spec must be a dict, got {type(model_spec).__name__}")
+    if (
+        model_spec.get("input_dim") != dataset.ambient_dimension
+        or model_spec.get("classes") != dataset.num_classes
+    ):
+        raise ValueError(
+            f"model spec (input_dim={model_spec.get('input_dim')}, "
+            f"classes={model_spec.get('classes')}) does not fit dataset {dataset.name!r} "
+            f"(ambient_dimension={dataset.ambient_dimension}, classes={dataset.num_classes})"
+        )
+    if model_spec.get("batchnorm") and 1 in (batch_size, len(dataset.y_train) % batch_size):
+        raise ValueError(
+            f"with batchnorm, no mini-batch may hold a single sample, but {len(dataset.y_train)} "
+            f"training samples in batches of {batch_size} leave one; choose another batch_size"
+        )
+    # A private copy, as it will read back from the card's JSON.
+    model_spec = json.loads(json.dumps(model_spec))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(model_spec).to(dtype)
+    batch_order = torch.Generator().manual_seed(seed)
+    prunable = [weight for _, weight in prunable_parameters(model)]
+    if optimizer == "adam":
+        step = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        step = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
+    loss_fn = nn.CrossEntropyLoss()
+    X_train, y_train = dataset.X_train.to(dtype), dataset.y_train
+    num_train = len(y_train)
+
+    loss_history: list[float] = []
+    target_reached = None if target_train_loss is None else False
+    bar = tqdm(range(1, epochs + 1), desc="train", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        epoch_loss = 0.0
+        for batch in torch.randperm(num_train, generator=batch_order).split(batch_size):
+            data_loss = loss_fn(model(X_train[batch]), y_train[batch])
+            objective = data_loss
+            if l1 > 0:
+                objective = objective + l1 * sum(weight.abs().sum() for weight in prunable)
+            step.zero_grad(set_to_none=True)
+            objective.backward()
+            step.step()
+            epoch_loss += data_loss.item() * len(batch)
+        loss_history.append(epoch_loss / num_train)
+        if not math.isfinite(loss_history[-1]):
+            raise FloatingPointError(
+                f"training diverged: mean mini-batch loss {loss_history[-1]} in epoch {epoch}; "
+                f"try a smaller lr (got {lr})"
+            )
+        bar.set_postfix(loss=f"{loss_history[-1]:.4g}")
+        if target_train_loss is not None:
+            target_reached = evaluate(model, X_train, y_train)["loss"] <= target_train_loss
+            if target_reached:
+                break
+    bar.close()
+    model.eval()
+
+    card = {
+        "format": CARD_FORMAT,
+        "model": model_spec,
+        "num_parameters": count_parameters(model),
+        "num_prunable": sum(weight.numel() for weight in prunable),
+        "dataset": dict(dataset.spec),
+        "dataset_properties": {
+            key: value for key, value in dataset.metadata().items() if key not in ("name", "spec")
+        },
+        "training": {
+            "loss": "cross_entropy (mean over samples)",
+            "optimizer": optimizer,
+            "lr": lr,
+            "momentum": momentum if optimizer == "sgd" else None,
+            "epochs": epochs,
+            "epochs_run": len(loss_history),
+            "target_train_loss": target_train_loss,
+            "target_reached": target_reached,
+            "batch_size": batch_size,
+            "l1": l1,
+            "l1_on": "weight of every Linear and Conv layer",
+            "weight_decay": weight_decay,
+            "seed": seed,
+            "device": "cpu",
+            "mean_minibatch_loss_per_epoch": loss_history,
+        },
+        "dtype": _dtype_name(dtype),
+        "metrics": {
+            "train": evaluate(model, X_train, y_train),
+            "test": evaluate(model, dataset.X_test, dataset.y_test),
+        },
+        "pruning_limit_version": _package_version(),
+        "torch_version": torch.__version__,
+    }
+    path = save_checkpoint(model, card, out) if out is not None else None
+    return TrainResult(model=model, card=card, path=path)
+
+
+def save_checkpoint(model: nn.Module, card: dict, directory: str | Path) -> Path:
+    """Write ``model.pt`` (the state_dict) and ``card.json`` into ``directory``.
+
+    The directory is created if needed; files already there are replaced.
+
+    Returns
+    -------
+    Path
+        The checkpoint directory.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"checkpoint path {directory} exists and is not a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), directory / WEIGHTS_FILE)
+    (directory / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    return directory
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild a checkpointed model from its card and load its weights.
+
+    Parameters
+    ----------
+    path
+        The checkpoint directory, or its ``card.json``.
+
+    Returns
+    -------
+    (model, card)
+        The model in eval mode and in the card's dtype, and the card.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the directory, ``card.json`` or ``model.pt`` is missing (naming the path).
+    ValueError
+        If the card is not valid JSON or lacks a field, if ``model.pt`` is not a
+        state_dict that ``torch.load(weights_only=True)`` can read, or if the
+        state_dict does not fit the card's architecture (naming the missing,
+        unexpected and mismatching keys).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    card_path = path / CARD_FILE if path.is_dir() else path
+    weights_path = card_path.parent / WEIGHTS_FILE
+    for required in (card_path, weights_path):
+        if not required.is_file():
+            raise FileNotFoundError(f"checkpoint file missing: {required}")
+    try:
+        card = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{card_path} is not a valid JSON model card: {error}") from error
+    if not isinstance(card, dict) or "model" not in card or "dtype" not in card:
+        raise ValueError(
+            f"{card_path} is not a model card: it needs the fields 'model' and 'dtype'"
+        )
+    if card["dtype"] not in DTYPES:
+        raise ValueError(
+            f"{card_path}: dtype must be one of {', '.join(DTYPES)}, got {card['dtype']!r}"
+        )
+    dtype = DTYPES[card["dtype"]]
+    try:
+        model = build_model(card["model"]).to(dtype)
+    except ValueError as error:
+        raise ValueError(f"{card_path}: {error}") from error
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{weights_path} is not a readable state_dict: {error}") from error
+    if not isinstance(state, dict) or not all(
+        isinstance(value, torch.Tensor) for value in state.values()
+    ):
+        raise ValueError(f"{weights_path} does not hold a state_dict (a dict of tensors)")
+    problems = _state_dict_mismatches(model.state_dict(), state)
+    if problems:
+        raise ValueError(
+            f"the weights in {weights_path} do not fit the architecture in {card_path}: "
+            + "; ".join(problems)
+        )
+    model.load_state_dict(state)
+    model.eval()
+    return model, card
+
+
+def _state_dict_mismatches(expected: dict, found: dict) -> list[str]:
+    """Missing and unexpected keys, and keys whose shape or dtype differs."""
+    problems = []
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    for key in expected.keys() & found.keys():
+        want, have = expected[key], found[key]
+        if want.shape != have.shape:
+            problems.append(
+                f"{key} has shape {tuple(have.shape)}, the architecture needs {tuple(want.shape)}"
+            )
+        elif want.dtype != have.dtype:
+            problems.append(f"{key} has dtype {have.dtype}, the card says {want.dtype}")
+    return problems
+
+
+def _check_training_arguments(
+    *, optimizer, lr, epochs, batch_size, momentum, l1, weight_decay, dtype, target_train_loss
+) -> None:
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    for name, value in (("momentum", momentum), ("l1", l1), ("weight_decay", weight_decay)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be non-negative, got {value}")
+    if target_train_loss is not None and not target_train_loss >= 0:
+        raise ValueError(f"target_train_loss must be None or non-negative, got {target_train_loss}")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, value in DTYPES.items() if value == dtype)
+
+
+def _package_version() -> str:
+    # Imported when called: the package's __init__ imports this module first.
+    from . import __version__
+
+    return __version__
