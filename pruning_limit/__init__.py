@@ -9,6 +9,7 @@ the fraction kept is 1 - p.
 from importlib.metadata import PackageNotFoundError, version
 
 from .batches import Batches, EmptyDataError, as_batches
+from .datasets import Dataset, digits, intrinsic_dimension, load_dataset, manifold, mnist1d
 from .hessian import (
     CurvatureOperator,
     NoPrunableParameterError,
@@ -23,7 +24,9 @@ from .lanczos import (
     slq,
     top_eigenvalues,
 )
+from .models import build_model, count_parameters, model_spec
 from .spectrum import ParameterInfo, Spectrum
+from .train import TrainResult, evaluate, load_checkpoint, save_checkpoint
 
 try:
     __version__ = version("pruning-limit")
@@ -46,4 +49,18 @@ __all__ = [
     "resolve_parameters",
     "slq",
     "top_eigenvalues",
+    # datasets.py, models.py, train.py (train() itself: pruning_limit.train.train)
+    "Dataset",
+    "TrainResult",
+    "build_model",
+    "count_parameters",
+    "digits",
+    "evaluate",
+    "intrinsic_dimension",
+    "load_checkpoint",
+    "load_dataset",
+    "manifold",
+    "mnist1d",
+    "model_spec",
+    "save_checkpoint",
 ]
