@@ -1,0 +1,640 @@
+"""Global one-shot magnitude pruning, pruning sweeps and the actual pruning limit.
+
+Let w in R^D be the prunable weights (by default every Linear/Conv ``weight``, see
+:func:`~pruning_limit.hessian.resolve_parameters`) concatenated in that order.
+Removing the fraction p (``amount``, as in ``torch.nn.utils.prune``) means
+
+    k = round(p * D)                      (Python's round: halves go to the even integer)
+    P = indices of the k smallest |w_j|   (the pruned set; K, its complement, is kept)
+    w_j <- 0 for j in P,
+
+with P chosen by ``torch.topk(|w|, k, largest=False)`` on the concatenated vector,
+exactly as ``torch.nn.utils.prune.global_unstructured(parameters,
+pruning_method=prune.L1Unstructured, amount=p)`` chooses it, so that ties between
+equal magnitudes are broken identically.
+
+A sweep evaluates metrics m(p) (test accuracy, test loss, train loss, ...) of the
+pruned network on a coarse grid of p, then bisects between the last unbroken and
+the first broken p. The actual limit is
+
+    p_limit = max { p evaluated : no evaluated p' <= p is broken },
+
+the largest amount before the first break. With the accuracy criterion, broken
+means acc(p) < acc(0) - tolerance; with the loss-budget criterion (the quantity
+the theory speaks of), L_train(p) > L_train(0) + eps.
+
+Pruning happens in place inside the :func:`pruned` context, which saves only the
+values it overwrites and writes them back on exit, so the model's state is
+bit-identical after any sweep.
+
+Example
+-------
+>>> import torch
+>>> from pruning_limit.pruning import magnitude_mask, pruned
+>>> model = torch.nn.Linear(4, 1, bias=False)
+>>> with torch.no_grad():
+...     _ = model.weight.copy_(torch.tensor([[0.3, -0.1, 2.0, -0.5]]))
+>>> magnitude_mask(model, 0.5)["weight"]
+tensor([[False, False,  True,  True]])
+>>> with pruned(model, 0.5):
+...     model.weight
+Parameter containing:
+tensor([[ 0.0000,  0.0000,  2.0000, -0.5000]], requires_grad=True)
+>>> model.weight
+Parameter containing:
+tensor([[ 0.3000, -0.1000,  2.0000, -0.5000]], requires_grad=True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from scipy import stats
+from torch import nn
+from tqdm.auto import tqdm
+
+from .hessian import eval_mode, resolve_parameters
+from .train import evaluate as evaluate_classifier
+
+Mask = dict[str, torch.Tensor]
+Metrics = Mapping[str, float]
+BreakCriterion = Callable[[Metrics], bool]
+
+DEFAULT_AMOUNTS = tuple(round(0.05 * i, 2) for i in range(20)) + (0.99,)
+INTERVAL_METHODS = {"wilson": "wilson", "clopper-pearson": "exact"}
+# Accuracies are ratios of counts; a drop exactly equal to the tolerance must not
+# read as larger because of rounding in the subtraction.
+_COMPARISON_SLACK = 1e-12
+
+
+# -- the mask -----------------------------------------------------------------------------
+
+
+def number_to_prune(amount: float, dimension: int) -> int:
+    """k = round(amount * D), the number of weights that ``amount`` removes out of D.
+
+    Python's ``round`` (half to even) on ``amount * D``, as ``torch.nn.utils.prune``
+    computes it: ``number_to_prune(0.5, 5) == 2``.
+
+    ``amount`` is the fraction removed, in [0, 1]. torch also accepts an integer
+    ``amount`` as a count of weights; here an integer other than 0 is refused,
+    because ``amount=1`` would silently mean "one weight" rather than "all".
+
+    Raises
+    ------
+    TypeError
+        If ``amount`` is not a real number.
+    ValueError
+        If ``amount`` is outside [0, 1] (or NaN), or a non-zero integer.
+    """
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
+        raise TypeError(f"amount must be a float in [0, 1], got {type(amount).__name__}")
+    if isinstance(amount, numbers.Integral) and amount != 0:
+        raise ValueError(
+            f"amount must be a float fraction in [0, 1], got the integer {amount}, which "
+            "torch.nn.utils.prune would read as a count of weights; pass e.g. 1.0 to "
+            "remove everything or k / D to remove k weights"
+        )
+    if not 0.0 <= float(amount) <= 1.0:
+        raise ValueError(f"amount must be a fraction in [0, 1], got {amount}")
+    return int(round(amount * dimension))
+
+
+def magnitude_mask(model: nn.Module, amount: float, params: Iterable | None = None) -> Mask:
+    """The keep-mask of global magnitude pruning that removes the fraction ``amount``.
+
+    Parameters
+    ----------
+    model
+        The network; it is not modified.
+    amount
+        p, the fraction of the selected weights to remove, in [0, 1].
+    params
+        The tensors pruned jointly, as in :func:`~pruning_limit.hessian.resolve_parameters`;
+        default: every Linear/Conv ``weight``.
+
+    Returns
+    -------
+    dict
+        Qualified parameter name -> boolean tensor of the parameter's shape and
+        device, True where the weight is kept. Exactly ``round(p * D)`` entries are
+        False, and they are the entries ``torch.nn.utils.prune.global_unstructured``
+        with ``L1Unstructured`` prunes (same tie-breaking). The masks can be handed
+        to ``torch.nn.utils.prune.custom_from_mask``.
+
+    Example
+    -------
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    >>> mask = magnitude_mask(model, 0.5)
+    >>> sorted(mask), sum(int((~m).sum()) for m in mask.values())
+    (['0.weight', '1.weight'], 3)
+    """
+    selected = resolve_parameters(model, params)
+    with torch.no_grad():
+        magnitudes = torch.cat([p.detach().reshape(-1) for _, p in selected]).abs()
+    count = number_to_prune(amount, magnitudes.numel())
+    keep = torch.ones(magnitudes.shape, dtype=torch.bool, device=magnitudes.device)
+    if count:
+        # The same call as torch's L1Unstructured.compute_mask on the same vector,
+        # so that equal magnitudes are broken the same way.
+        keep[torch.topk(magnitudes, k=count, largest=False).indices] = False
+    masks = {}
+    for (name, parameter), piece in zip(
+        selected, torch.split(keep, [p.numel() for _, p in selected])
+    ):
+        masks[name] = piece.reshape(parameter.shape).to(parameter.device)
+    return masks
+
+
+def _resolve_mask(model: nn.Module, mask: Mapping) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """Check a name -> keep-mask mapping against ``model``; pair each mask with its tensor."""
+    named = dict(model.named_parameters())
+    resolved = []
+    for name, keep in mask.items():
+        if name not in named:
+            raise ValueError(
+                f"mask names {name!r}, which is not a parameter of {type(model).__name__}"
+            )
+        parameter = named[name]
+        if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool:
+            received = keep.dtype if isinstance(keep, torch.Tensor) else type(keep).__name__
+            raise TypeError(
+                f"mask[{name!r}] must be a boolean tensor (True = kept), got {received}; "
+                "convert a torch.nn.utils.prune mask with mask.bool()"
+            )
+        if keep.shape != parameter.shape:
+            raise ValueError(
+                f"mask[{name!r}] has shape {tuple(keep.shape)}, the parameter "
+                f"{tuple(parameter.shape)}"
+            )
+        resolved.append((parameter, keep.to(parameter.device)))
+    return resolved
+
+
+@contextlib.contextmanager
+def pruned(
+    model: nn.Module, mask_or_amount: Mapping | float, params: Iterable | None = None
+) -> Iterator[Mask]:
+    """Zero the pruned weights of ``model`` in place; restore them exactly on exit.
+
+    Inside the block w_j = 0 for every j outside the kept set K. Only the values it
+    overwrites are saved (at most one copy of the selected weights, never of the
+    model) and they are written back on exit, also when the block raises, so
+    every parameter and buffer is bit-identical afterwards. Changes the block makes
+    to kept weights are not undone.
+
+    Parameters
+    ----------
+    model
+        The network to prune.
+    mask_or_amount
+        Either p, the fraction to remove (pruned by :func:`magnitude_mask`), or a
+        mapping from parameter name to a boolean keep-mask of that parameter's shape.
+    params
+        With an amount: the tensors pruned jointly (default: every Linear/Conv
+        ``weight``). With a mask, the mask names the tensors and ``params`` must be
+        None.
+
+    Yields
+    ------
+    dict
+        The keep-masks applied, by parameter name.
+    """
+    if isinstance(mask_or_amount, Mapping):
+        if params is not None:
+            raise ValueError("give params only with an amount: a mask already names its tensors")
+        masks = dict(mask_or_amount)
+    else:
+        masks = magnitude_mask(model, mask_or_amount, params)
+    targets = _resolve_mask(model, masks)
+    overwritten = []
+    try:
+        with torch.no_grad():
+            for parameter, keep in targets:
+                removed = ~keep
+                overwritten.append((parameter, removed, parameter[removed]))
+                parameter.masked_fill_(removed, 0)
+        yield masks
+    finally:
+        with torch.no_grad():
+            for parameter, removed, values in reversed(overwritten):
+                parameter[removed] = values
+
+
+# -- the sweep ----------------------------------------------------------------------------
+
+
+@dataclass
+class SweepPoint:
+    """Metrics of the network with the fraction ``amount`` of its weights removed.
+
+    Attributes
+    ----------
+    amount
+        p, the requested fraction removed.
+    removed
+        k = round(p * D), the number of weights set to zero.
+    dimension
+        D, the number of prunable weights.
+    metrics
+        What ``evaluate_fn`` returned for the pruned network.
+    """
+
+    amount: float
+    removed: int
+    dimension: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def removal_fraction(self) -> float:
+        """k / D, the fraction actually removed (``amount`` up to rounding)."""
+        return self.removed / self.dimension
+
+
+def _validated_amounts(amounts: Iterable[float]) -> list[float]:
+    amounts = list(amounts)
+    if not amounts:
+        raise ValueError("amounts is empty: give at least one fraction in [0, 1]")
+    for amount in amounts:
+        number_to_prune(amount, 1)
+    return sorted({float(amount) for amount in amounts})
+
+
+def _validated_criteria(is_broken) -> list[BreakCriterion]:
+    criteria = [is_broken] if callable(is_broken) else list(is_broken)
+    if not criteria:
+        raise ValueError("is_broken is empty: give at least one criterion")
+    for criterion in criteria:
+        if not callable(criterion):
+            raise TypeError(
+                "is_broken must be a callable metrics -> bool or a sequence of them, got "
+                f"{type(criterion).__name__}"
+            )
+    return criteria
+
+
+def _as_metrics(result, amount: float) -> dict[str, float]:
+    if not isinstance(result, Mapping):
+        raise TypeError(
+            f"evaluate_fn must return a mapping of metric name -> number, got "
+            f"{type(result).__name__} at amount {amount}"
+        )
+    metrics = {}
+    for key, value in result.items():
+        if isinstance(value, torch.Tensor):
+            value = value.item()
+        if isinstance(value, numbers.Integral):
+            metrics[str(key)] = int(value)
+        elif isinstance(value, numbers.Real):
+            metrics[str(key)] = float(value)
+        else:
+            raise TypeError(
+                f"evaluate_fn returned {type(value).__name__} for metric {key!r}; expected a number"
+            )
+    return metrics
+
+
+def sweep(
+    model: nn.Module,
+    evaluate_fn: Callable[[nn.Module], Metrics],
+    *,
+    is_broken: BreakCriterion | Sequence[BreakCriterion],
+    amounts: Iterable[float] | None = None,
+    resolution: float = 0.005,
+    params: Iterable | None = None,
+    progress: bool = True,
+) -> list[SweepPoint]:
+    """Evaluate the magnitude-pruned network on a grid of amounts, refined at the break.
+
+    Every grid amount p is evaluated (``evaluate_fn(model)`` with the fraction p
+    of weights removed, see :func:`pruned`). Then, for each criterion, the gap
+    between the last unbroken amount and the first broken one is bisected until it
+    is at most ``resolution`` wide, or until the two amounts remove counts of
+    weights that differ by at most one (no amount between them prunes anything
+    else). The break is then located to within that gap:
+    ``limit_from_sweep(points, criterion)`` is its lower end.
+
+    ``evaluate_fn`` runs with the model in eval mode (BatchNorm on its running
+    statistics, dropout off), and each set of weights k is evaluated once: amounts
+    that remove the same count reuse the metrics. The model is restored
+    bit-identically afterwards.
+
+    Parameters
+    ----------
+    model
+        The trained network.
+    evaluate_fn
+        ``evaluate_fn(model) -> {metric name: number}``, e.g. from
+        :func:`classification_metrics`.
+    is_broken
+        ``is_broken(metrics) -> bool``, e.g. :class:`AccuracyDrop` or
+        :class:`LossBudget`, or a sequence of them to refine around each break.
+    amounts
+        The coarse grid of fractions removed; default :data:`DEFAULT_AMOUNTS`
+        (0, 0.05, ..., 0.95, 0.99).
+    resolution
+        Width in amount below which bisection stops.
+    params
+        The tensors pruned jointly; default: every Linear/Conv ``weight``.
+    progress
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    list of SweepPoint
+        Every evaluated amount, sorted by amount.
+    """
+    criteria = _validated_criteria(is_broken)
+    grid = _validated_amounts(DEFAULT_AMOUNTS if amounts is None else amounts)
+    if not (isinstance(resolution, numbers.Real) and 0 < resolution < 1):
+        raise ValueError(f"resolution must be a number in (0, 1), got {resolution!r}")
+    dimension = sum(p.numel() for _, p in resolve_parameters(model, params))
+
+    by_count: dict[int, dict[str, float]] = {}
+    points: dict[float, SweepPoint] = {}
+    bar = tqdm(total=len(grid), desc="pruning sweep", unit="eval", disable=not progress)
+
+    def evaluate_at(amount: float) -> None:
+        removed = number_to_prune(amount, dimension)
+        if removed not in by_count:
+            with pruned(model, amount, params), eval_mode(model):
+                by_count[removed] = _as_metrics(evaluate_fn(model), amount)
+        points[amount] = SweepPoint(amount, removed, dimension, dict(by_count[removed]))
+        bar.set_postfix(amount=f"{amount:.4f}")
+        bar.update()
+
+    with bar:
+        for amount in grid:
+            evaluate_at(amount)
+        for criterion in criteria:
+            while (gap := _break_gap(list(points.values()), criterion)) is not None:
+                last_unbroken, first_broken = gap
+                if (
+                    first_broken.amount - last_unbroken.amount <= resolution
+                    or first_broken.removed - last_unbroken.removed <= 1
+                ):
+                    break
+                bar.total += 1
+                evaluate_at(0.5 * (last_unbroken.amount + first_broken.amount))
+    return sorted(points.values(), key=lambda point: point.amount)
+
+
+def _break_gap(
+    points: Sequence[SweepPoint], is_broken: BreakCriterion
+) -> tuple[SweepPoint, SweepPoint] | None:
+    """(last unbroken point, first broken point) in order of amount; None if no such pair."""
+    ordered = sorted(points, key=lambda point: point.amount)
+    for index, point in enumerate(ordered):
+        if is_broken(point.metrics):
+            return (ordered[index - 1], point) if index > 0 else None
+    return None
+
+
+def limit_from_sweep(points: Sequence[SweepPoint], is_broken: BreakCriterion) -> float:
+    """The largest amount evaluated before the first broken one.
+
+    With the points sorted by amount, the amount of the point just before the first
+    point for which ``is_broken(point.metrics)`` holds; if none is broken, the largest
+    amount evaluated (then only a lower bound on the limit).
+
+    Raises
+    ------
+    ValueError
+        If ``points`` is empty, or the smallest amount evaluated is already broken
+        (nothing is known below it).
+    """
+    if not points:
+        raise ValueError("points is empty: run sweep first")
+    ordered = sorted(points, key=lambda point: point.amount)
+    if is_broken(ordered[0].metrics):
+        raise ValueError(
+            f"the smallest amount evaluated ({ordered[0].amount}) is already broken: "
+            "the criterion rejects it, so no limit can be read (include amount 0, and "
+            "check the criterion against the dense network)"
+        )
+    gap = _break_gap(ordered, is_broken)
+    return gap[0].amount if gap is not None else ordered[-1].amount
+
+
+# -- break criteria and the uncertainty of an accuracy --------------------------------------
+
+
+@dataclass(frozen=True)
+class AccuracyDrop:
+    """Broken when the accuracy falls more than ``tolerance`` below the dense accuracy.
+
+    ``AccuracyDrop(a0, t)(metrics)`` is ``metrics[key] < a0 - t``: a pruned network
+    whose accuracy is within t of the dense network's a0 is unbroken.
+    """
+
+    dense_accuracy: float
+    tolerance: float
+    key: str = "test_accuracy"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dense_accuracy <= 1.0:
+            raise ValueError(f"dense_accuracy must be in [0, 1], got {self.dense_accuracy}")
+        if not self.tolerance >= 0:
+            raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+
+    def __call__(self, metrics: Metrics) -> bool:
+        return _metric(metrics, self.key) < self.dense_accuracy - self.tolerance - _COMPARISON_SLACK
+
+
+@dataclass(frozen=True)
+class LossBudget:
+    """Broken when the loss exceeds the budget L(w*) + eps of the theory.
+
+    ``LossBudget(L0, eps)(metrics)`` is ``metrics[key] > L0 + eps``, with L0 the
+    dense network's mean training loss and eps the loss budget.
+    """
+
+    dense_loss: float
+    eps: float
+    key: str = "train_loss"
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.dense_loss):
+            raise ValueError(f"dense_loss must be finite, got {self.dense_loss}")
+        if not self.eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {self.eps}")
+
+    def __call__(self, metrics: Metrics) -> bool:
+        return _metric(metrics, self.key) > self.dense_loss + self.eps
+
+
+def _metric(metrics: Metrics, key: str) -> float:
+    if key not in metrics:
+        raise KeyError(f"the metrics have no {key!r}; they hold {sorted(metrics)}")
+    return metrics[key]
+
+
+def accuracy_interval(
+    accuracy: float, n: int, confidence: float = 0.95, method: str = "wilson"
+) -> tuple[float, float]:
+    """Binomial confidence interval on an accuracy measured on n test samples.
+
+    With c = accuracy * n correct answers out of n, the interval on the true
+    accuracy at level ``confidence``: ``"wilson"`` (score interval,
+
+        (c + z^2/2) / (n + z^2)  -+  z / (n + z^2) * sqrt(c (n - c) / n + z^2 / 4),
+
+    z the normal quantile) or ``"clopper-pearson"`` (exact, from Beta quantiles),
+    both by ``scipy.stats.binomtest(...).proportion_ci``.
+
+    Raises
+    ------
+    ValueError
+        If n < 1, ``accuracy * n`` is not a whole number of samples, ``confidence``
+        is outside (0, 1) or ``method`` is unknown.
+
+    Example
+    -------
+    >>> low, high = accuracy_interval(0.9, 100)
+    >>> round(low, 4), round(high, 4)
+    (0.8256, 0.9448)
+    """
+    if method not in INTERVAL_METHODS:
+        raise ValueError(f"method must be one of {sorted(INTERVAL_METHODS)}, got {method!r}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be a positive integer number of samples, got {n!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"accuracy must be in [0, 1], got {accuracy}")
+    correct = round(accuracy * n)
+    if abs(accuracy * n - correct) > 1e-6:
+        raise ValueError(
+            f"accuracy {accuracy} on n = {n} samples is not a whole number of correct "
+            f"answers ({accuracy * n}); pass the n the accuracy was measured on"
+        )
+    interval = stats.binomtest(int(correct), int(n)).proportion_ci(
+        confidence_level=confidence, method=INTERVAL_METHODS[method]
+    )
+    return float(interval.low), float(interval.high)
+
+
+@dataclass(frozen=True)
+class AccuracyDropBound:
+    """The break decision of an :class:`AccuracyDrop` at one end of the accuracy intervals.
+
+    With [lo(a), hi(a)] the binomial interval (:func:`accuracy_interval`) on an
+    accuracy a measured on n samples, and a0, t the dense accuracy and tolerance:
+
+        side "earliest":  broken iff lo(a) < a0 - t   (breaks as soon as it could)
+        side "latest":    broken iff hi(a) < a0 - t   (breaks only when it must)
+
+    so the limits read with the two criteria bracket every limit that the pruned
+    accuracies, moved within their intervals, could give. The dense accuracy a0
+    stays fixed: it is the reference the tolerance is defined against, and it comes
+    from the same test samples as the pruned accuracies, so its sampling error is
+    shared with theirs rather than independent of it.
+    """
+
+    drop: AccuracyDrop
+    n: int
+    side: str
+    confidence: float = 0.95
+    method: str = "wilson"
+
+    def __post_init__(self) -> None:
+        if self.side not in ("earliest", "latest"):
+            raise ValueError(f"side must be 'earliest' or 'latest', got {self.side!r}")
+        accuracy_interval(self.drop.dense_accuracy, self.n, self.confidence, self.method)
+
+    def __call__(self, metrics: Metrics) -> bool:
+        low, high = accuracy_interval(
+            _metric(metrics, self.drop.key), self.n, self.confidence, self.method
+        )
+        moved = low if self.side == "earliest" else high
+        return moved < self.drop.dense_accuracy - self.drop.tolerance - _COMPARISON_SLACK
+
+
+def limit_interval(
+    points: Sequence[SweepPoint],
+    drop: AccuracyDrop,
+    n: int,
+    confidence: float = 0.95,
+    method: str = "wilson",
+) -> tuple[float, float]:
+    """The interval on the accuracy limit implied by the binomial uncertainty of accuracies.
+
+    (limit with the "earliest" :class:`AccuracyDropBound`, limit with the "latest"
+    one), both read by :func:`limit_from_sweep`: the smallest and largest limits
+    the sweep could give if every pruned accuracy moved within its interval at
+    level ``confidence`` (n test samples). When even the point that removes no
+    weight could be broken (the interval is wider than the tolerance), no amount
+    is certainly within tolerance and the lower end is 0. The ends are read from
+    the evaluated points only; pass the two bounds to :func:`sweep` as extra
+    criteria to refine them.
+    """
+    earliest = AccuracyDropBound(drop, n, "earliest", confidence, method)
+    latest = AccuracyDropBound(drop, n, "latest", confidence, method)
+    first = min(points, key=lambda point: point.amount) if points else None
+    if first is not None and first.removed == 0 and earliest(first.metrics):
+        low = 0.0
+    else:
+        low = limit_from_sweep(points, earliest)
+    return low, limit_from_sweep(points, latest)
+
+
+# -- evaluating a classifier ---------------------------------------------------------------
+
+
+def _tensor_pair(data, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(t, torch.Tensor) for t in data)
+    ):
+        raise TypeError(
+            f"{split} data must be a pair of tensors (X, y), got {type(data).__name__}"
+            + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+        )
+    return data[0], data[1]
+
+
+def classification_metrics(
+    test: tuple[torch.Tensor, torch.Tensor],
+    train: tuple[torch.Tensor, torch.Tensor] | None = None,
+    loss_fn: nn.Module | None = None,
+) -> Callable[[nn.Module], dict[str, float]]:
+    """An ``evaluate_fn`` for :func:`sweep`: loss and accuracy of a classifier.
+
+    The returned function maps a model to ``test_loss``, ``test_accuracy``,
+    ``n_test`` and, when ``train`` is given, ``train_loss``, ``train_accuracy``,
+    ``n_train``, each computed by :func:`pruning_limit.train.evaluate`:
+
+        loss = (1/N) sum_i loss_fn(f(x_i), y_i),
+        accuracy = (1/N) #{i : argmax_k f(x_i)_k = y_i},
+
+    N the number of samples (``n_test``, ``n_train``: the n of
+    :func:`accuracy_interval`).
+
+    Parameters
+    ----------
+    test, train
+        ``(X, y)``: inputs and int64 class labels.
+    loss_fn
+        A batch-mean loss; default ``nn.CrossEntropyLoss()``.
+    """
+    splits = {"test": _tensor_pair(test, "test")}
+    if train is not None:
+        splits["train"] = _tensor_pair(train, "train")
+
+    def metrics_of(model: nn.Module) -> dict[str, float]:
+        metrics = {}
+        for split, (inputs, labels) in splits.items():
+            result = evaluate_classifier(model, inputs, labels, loss_fn)
+            metrics[f"{split}_loss"] = result["loss"]
+            metrics[f"{split}_accuracy"] = result["accuracy"]
+            metrics[f"n_{split}"] = len(labels)
+        return metrics
+
+    return metrics_of
