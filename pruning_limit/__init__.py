@@ -25,8 +25,22 @@ from .lanczos import (
     top_eigenvalues,
 )
 from .models import build_model, count_parameters, model_spec
+from .pruning import (
+    AccuracyDrop,
+    AccuracyDropBound,
+    LossBudget,
+    SweepPoint,
+    accuracy_interval,
+    classification_metrics,
+    limit_from_sweep,
+    limit_interval,
+    magnitude_mask,
+    number_to_prune,
+    pruned,
+    sweep,
+)
 from .spectrum import ParameterInfo, Spectrum
-from .train import TrainResult, evaluate, load_checkpoint, save_checkpoint
+from .training import TrainResult, evaluate, load_checkpoint, save_checkpoint, train
 
 try:
     __version__ = version("pruning-limit")
@@ -49,7 +63,20 @@ __all__ = [
     "resolve_parameters",
     "slq",
     "top_eigenvalues",
-    # datasets.py, models.py, train.py (train() itself: pruning_limit.train.train)
+    # pruning.py
+    "AccuracyDrop",
+    "AccuracyDropBound",
+    "LossBudget",
+    "SweepPoint",
+    "accuracy_interval",
+    "classification_metrics",
+    "limit_from_sweep",
+    "limit_interval",
+    "magnitude_mask",
+    "number_to_prune",
+    "pruned",
+    "sweep",
+    # datasets.py, models.py, training.py
     "Dataset",
     "TrainResult",
     "build_model",
@@ -63,4 +90,5 @@ __all__ = [
     "mnist1d",
     "model_spec",
     "save_checkpoint",
+    "train",
 ]

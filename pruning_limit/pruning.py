@@ -59,7 +59,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .hessian import eval_mode, resolve_parameters
-from .train import evaluate as evaluate_classifier
+from .training import evaluate as evaluate_classifier
 
 Mask = dict[str, torch.Tensor]
 Metrics = Mapping[str, float]
@@ -609,7 +609,7 @@ def classification_metrics(
 
     The returned function maps a model to ``test_loss``, ``test_accuracy``,
     ``n_test`` and, when ``train`` is given, ``train_loss``, ``train_accuracy``,
-    ``n_train``, each computed by :func:`pruning_limit.train.evaluate`:
+    ``n_train``, each computed by :func:`pruning_limit.training.evaluate`:
 
         loss = (1/N) sum_i loss_fn(f(x_i), y_i),
         accuracy = (1/N) #{i : argmax_k f(x_i)_k = y_i},

@@ -32,7 +32,7 @@ Example
 -------
 >>> from pruning_limit.datasets import manifold
 >>> from pruning_limit.models import model_spec
->>> from pruning_limit.train import train
+>>> from pruning_limit import train
 >>> data = manifold(d=2, n=8, n_train=200, n_test=100)
 >>> spec = model_spec("mlp", input_dim=8, classes=2, hidden=[16])
 >>> result = train(spec, data, lr=1e-2, epochs=20, batch_size=50, progress=False)
@@ -75,7 +75,7 @@ class TrainResult:
     model
         The trained network, in eval mode, in the training dtype.
     card
-        The model card (see :mod:`pruning_limit.train`), a JSON-serialisable dict.
+        The model card (see :mod:`pruning_limit.training`), a JSON-serialisable dict.
     path
         The checkpoint directory, if one was written.
     """
