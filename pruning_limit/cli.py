@@ -1,0 +1,511 @@
+"""The ``pruning-limit`` command line: the only place that parses strings and prints.
+
+Exit codes: 0 on success, 2 on a user error (one line on stderr saying what is
+wrong, no traceback), 1 on an internal error (``--debug`` shows the traceback).
+With ``--json`` the result goes to stdout as JSON and everything else to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pickle
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .batches import EmptyDataError
+from .datasets import Dataset, load_dataset
+from .hessian import NoPrunableParameterError, resolve_parameters
+from .lanczos import estimate_spectrum, exact_spectrum
+from .models import model_spec
+from .spectrum import Spectrum
+from .training import load_checkpoint, train
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+LOSSES: dict[str, Callable[[], nn.Module]] = {
+    "cross_entropy": nn.CrossEntropyLoss,
+    "mse": nn.MSELoss,
+}
+
+
+class UserError(Exception):
+    """Something the user can fix: printed as one line, exit code 2."""
+
+
+USER_ERRORS = (
+    UserError,
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+    EmptyDataError,
+    NoPrunableParameterError,
+    FloatingPointError,
+    ValueError,
+)
+
+
+# -- parsing of specs ------------------------------------------------------------------
+
+
+def parse_value(text: str):
+    """``"8"`` -> 8, ``"1e-3"`` -> 0.001, ``"true"`` -> True, ``"32x32"`` stays a string."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_spec(text: str) -> tuple[str, dict]:
+    """``"manifold:d=8,n=100"`` -> ``("manifold", {"d": 8, "n": 100})``."""
+    name, _, arguments = text.partition(":")
+    options = {}
+    for item in filter(None, arguments.split(",")):
+        key, equals, value = item.partition("=")
+        if not equals:
+            raise UserError(f"cannot read {item!r} in {text!r}: expected key=value")
+        options[key.strip()] = parse_value(value.strip())
+    return name.strip(), options
+
+
+DATA_ALIASES = {"pca": "pca_rank"}
+
+
+def load_data(text: str, seed: int | None = None) -> Dataset | dict:
+    """Data from a built-in spec, an .npz/.pt file, or ``module:function``.
+
+    Returns a :class:`Dataset` for built-in data, otherwise a dict with ``X``, ``y``
+    and optionally ``X_test``, ``y_test``.
+    """
+    path = Path(text)
+    if path.suffix in (".npz", ".pt", ".pth"):
+        if not path.exists():
+            raise FileNotFoundError(f"no data file at {path}")
+        return _data_from_file(path)
+    name, options = parse_spec(text)
+    if "." in name and ":" in text and not path.exists():
+        module_name, _, function_name = text.partition(":")
+        return _data_from_function(module_name, function_name)
+    options = {DATA_ALIASES.get(k, k): v for k, v in options.items()}
+    if seed is not None:
+        options.setdefault("seed", seed)
+    try:
+        return load_dataset(name, **options)
+    except TypeError as error:
+        raise UserError(f"bad option for dataset {name!r}: {error}") from error
+
+
+def _data_from_file(path: Path) -> dict:
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                raw = {k: torch.as_tensor(archive[k]) for k in archive.files}
+        else:
+            raw = torch.load(path, weights_only=True, map_location="cpu")
+    except (OSError, ValueError, RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError) as error:
+        raise UserError(f"cannot read data file {path}: {error}") from error
+    if not isinstance(raw, dict) or "X" not in raw or "y" not in raw:
+        raise UserError(
+            f"data file {path} must hold arrays named X and y (and optionally X_test, y_test)"
+        )
+    return {k: torch.as_tensor(v) for k, v in raw.items() if k in ("X", "y", "X_test", "y_test")}
+
+
+def _data_from_function(module_name: str, function_name: str) -> dict | Dataset:
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise UserError(
+            f"cannot find data function {module_name}:{function_name}: {error}"
+        ) from error
+    result = function()
+    if isinstance(result, Dataset):
+        return result
+    if isinstance(result, dict):
+        return result
+    if isinstance(result, (tuple, list)) and len(result) in (2, 4):
+        keys = ("X", "y", "X_test", "y_test")[: len(result)]
+        return dict(zip(keys, result))
+    raise UserError(
+        f"{module_name}:{function_name} must return a Dataset, a dict with X and y, "
+        "or a tuple (X, y[, X_test, y_test])"
+    )
+
+
+def split(data: Dataset | dict) -> tuple[tuple, tuple | None]:
+    """(train pair, test pair or None)."""
+    if isinstance(data, Dataset):
+        return (data.X_train, data.y_train), (data.X_test, data.y_test)
+    test = (data["X_test"], data["y_test"]) if "X_test" in data else None
+    return (data["X"], data["y"]), test
+
+
+def parse_model_spec(text: str, input_dim: int, classes: int) -> dict:
+    """``"mlp:64x64"``, ``"mlp:64x64,activation=tanh"``, ``"cnn1d"``, ``"cnn2d:8x16"``."""
+    kind, _, rest = text.partition(":")
+    head, _, options_text = rest.partition(",")
+    _, options = parse_spec(f"{kind}:{options_text}")
+    if head:
+        if "=" in head:
+            options.update(parse_spec(f"{kind}:{head}")[1])
+        else:
+            try:
+                widths = [int(w) for w in head.split("x")]
+            except ValueError as error:
+                raise UserError(f"cannot read layer widths {head!r} in {text!r}") from error
+            options["hidden" if kind == "mlp" else "channels"] = widths
+    return model_spec(kind, input_dim=input_dim, classes=classes, **options)
+
+
+# -- checkpoints -----------------------------------------------------------------------
+
+
+def load_model(path_text: str, *, model_factory: str | None, trust_pickle: bool):
+    """A model and its card (``{}`` when the checkpoint has none).
+
+    Accepts the project's checkpoint folders, a plain state_dict with
+    ``--model module:factory``, a TorchScript file, and (only with
+    ``--trust-pickle``) a fully pickled model.
+    """
+    path = Path(path_text)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_dir() or path.name == "card.json":
+        return load_checkpoint(path)
+    if zipfile.is_zipfile(path) and _is_torchscript(path):
+        return torch.jit.load(str(path), map_location="cpu"), {"format": "torchscript"}
+    try:
+        content = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error) and "Unsupported class" not in str(error):
+            raise UserError(
+                f"cannot read checkpoint {path}: not a torch file or truncated"
+            ) from error
+        if not trust_pickle:
+            raise UserError(
+                f"{path} holds pickled Python objects, which can run code when loaded; refusing "
+                "(torch.load weights_only=True). Pass --trust-pickle only if you trust the file"
+            ) from error
+        content = torch.load(path, weights_only=False, map_location="cpu")
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise UserError(f"cannot read checkpoint {path}: {error}") from error
+    if isinstance(content, nn.Module):
+        return content, {"format": "pickled module"}
+    if (
+        isinstance(content, dict)
+        and "state_dict" in content
+        and isinstance(content["state_dict"], dict)
+    ):
+        content = content["state_dict"]
+    if isinstance(content, dict) and all(isinstance(v, torch.Tensor) for v in content.values()):
+        if model_factory is None:
+            raise UserError(
+                f"{path} is a plain state_dict: say which model it belongs to with "
+                "--model module:factory"
+            )
+        model = _model_from_factory(model_factory)
+        try:
+            model.load_state_dict(content)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()
+            raise UserError(
+                f"the state_dict in {path} does not fit {model_factory}: "
+                + " ".join(line.strip() for line in first[:3])
+            ) from error
+        return model, {"format": "state_dict", "factory": model_factory}
+    raise UserError(f"{path} holds neither a model nor a state_dict")
+
+
+def _is_torchscript(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def _model_from_factory(text: str) -> nn.Module:
+    module_name, _, factory_name = text.partition(":")
+    if not factory_name:
+        raise UserError(f"--model must read module:factory, got {text!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except (ImportError, AttributeError) as error:
+        raise UserError(f"cannot find model factory {text}: {error}") from error
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise UserError(f"{text} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def check_spectrum_fits(spectrum: Spectrum, model: nn.Module) -> None:
+    selected = resolve_parameters(model)
+    expected = [(name, tuple(p.shape)) for name, p in selected]
+    found = [(p.name, tuple(p.shape)) for p in spectrum.parameters]
+    if expected != found:
+        raise UserError(
+            f"the spectrum was computed for another model (D = {spectrum.dimension}, "
+            f"{len(found)} tensors; this model: D = {sum(p.numel() for _, p in selected)}, "
+            f"{len(expected)} tensors)"
+        )
+
+
+# -- output ----------------------------------------------------------------------------
+
+
+class Output:
+    """Where results and logs go: logs to stderr (unless --quiet), JSON to stdout."""
+
+    def __init__(self, args) -> None:
+        self.quiet = args.quiet
+        self.json = args.json
+
+    def log(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr if self.json else sys.stdout)
+
+    def result(self, payload: dict, human: str) -> None:
+        if self.json:
+            print(json.dumps(payload, indent=2, default=_json_default))
+        elif not self.quiet:
+            print(human)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def writable_folder(path_text: str) -> Path:
+    """Create ``path_text`` if needed and check it can be written, before any long work."""
+    path = Path(path_text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".pruning-limit-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(
+            f"cannot write to output folder {path}: {error.strerror or error}"
+        ) from error
+    return path
+
+
+def writable_file(path_text: str) -> Path:
+    path = Path(path_text)
+    writable_folder(str(path.parent if str(path.parent) else "."))
+    return path
+
+
+# -- subcommands -----------------------------------------------------------------------
+
+
+def command_train(args, out: Output) -> int:
+    folder = writable_folder(args.out)
+    dataset = load_data(args.data, seed=args.seed)
+    if not isinstance(dataset, Dataset):
+        raise UserError("train needs built-in data (e.g. manifold:d=8, digits:pca=8, mnist1d)")
+    spec = parse_model_spec(args.model, dataset.ambient_dimension, dataset.num_classes)
+    out.log(f"training {spec['kind']} on {dataset.name} ({dataset.ambient_dimension} features)")
+    result = train(
+        spec,
+        dataset,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        l1=args.l1,
+        weight_decay=args.weight_decay,
+        dtype=DTYPES[args.dtype],
+        seed=args.seed,
+        target_train_loss=args.target_loss,
+        progress=not args.quiet,
+        out=folder,
+    )
+    metrics = result.card.get("metrics", {})
+    out.result(
+        {"checkpoint": str(folder), "card": result.card},
+        f"checkpoint written to {folder}\n" + json.dumps(metrics, indent=2, default=_json_default),
+    )
+    return 0
+
+
+def command_spectrum(args, out: Output) -> int:
+    target = writable_file(args.out)
+    if target.suffix != ".npz":
+        target = target.with_suffix(".npz")
+    model, _ = load_model(args.checkpoint, model_factory=args.model, trust_pickle=args.trust_pickle)
+    train_pair, _ = split(load_data(args.data, seed=args.data_seed))
+    loss_fn = LOSSES[args.loss]()
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    if args.exact:
+        spectrum = exact_spectrum(
+            model,
+            loss_fn,
+            train_pair,
+            curvature=args.curvature,
+            dtype=dtype,
+            device=args.device,
+            batch_size=args.batch_size,
+        )
+    else:
+        spectrum = estimate_spectrum(
+            model,
+            loss_fn,
+            train_pair,
+            steps=args.steps,
+            probes=args.probes,
+            curvature=args.curvature,
+            dtype=dtype,
+            device=args.device,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            block_size=args.block_size,
+            state_path=target.with_name(target.name + ".state"),
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
+            progress=not args.quiet,
+        )
+    spectrum.save(target)
+    trace, trace_error = spectrum.trace_function(lambda x: x)
+    out.result(
+        {
+            "spectrum": str(target),
+            "summary": repr(spectrum),
+            "trace_per_coordinate": trace,
+            "trace_standard_error": trace_error,
+            "provenance": spectrum.provenance,
+        },
+        f"{spectrum!r}\ntr(C)/D = {trace:.6g} +/- {trace_error:.2g}\nwritten to {target}",
+    )
+    return 0
+
+
+# -- the parser ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no logs or progress bars")
+    common.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    common.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    common.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+
+    checkpoint = argparse.ArgumentParser(add_help=False)
+    checkpoint.add_argument(
+        "checkpoint", help="checkpoint folder, state_dict, TorchScript or pickle"
+    )
+    checkpoint.add_argument(
+        "--data",
+        required=True,
+        help="manifold:d=8,n=64 | digits:pca=8 | mnist1d | FILE.npz | module:function",
+    )
+    checkpoint.add_argument(
+        "--data-seed",
+        type=int,
+        default=None,
+        help="seed of built-in data (default: the one in the checkpoint's card)",
+    )
+    checkpoint.add_argument("--model", default=None, help="module:factory for a plain state_dict")
+    checkpoint.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow unpickling a fully pickled model (can run code)",
+    )
+    checkpoint.add_argument("--loss", choices=sorted(LOSSES), default="cross_entropy")
+    checkpoint.add_argument("--batch-size", type=int, default=256)
+
+    parser = argparse.ArgumentParser(
+        prog="pruning-limit",
+        description="Predict how large a fraction of a network's weights global one-shot "
+        "magnitude pruning can remove (the fraction REMOVED, as torch's `amount`), "
+        "and check it by pruning.",
+    )
+    parser.add_argument("--version", action="version", version=f"pruning-limit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("train", parents=[common], help="train a small model to a checkpoint")
+    p.add_argument("--data", required=True, help="manifold:d=8 | digits:pca=8 | mnist1d")
+    p.add_argument("--model", required=True, help="mlp:64x64 | cnn1d:16x32 | cnn2d:8x16")
+    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    p.add_argument("--l1", type=float, default=0.0, help="L1 penalty on the prunable weights")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--target-loss", type=float, default=None, help="stop at this train loss")
+    p.set_defaults(handler=command_train)
+
+    p = commands.add_parser(
+        "spectrum",
+        parents=[common, checkpoint],
+        help="SLQ (or exact) spectrum of the loss curvature",
+    )
+    p.add_argument("--steps", type=int, default=100, help="Lanczos steps per probe")
+    p.add_argument("--probes", type=int, default=10)
+    p.add_argument("--block-size", type=int, default=None, help="probes run together")
+    p.add_argument("--curvature", choices=["hessian", "ggn"], default="ggn")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None)
+    p.add_argument("--exact", action="store_true", help="full matrix + eigvalsh (small D)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from OUT.state"
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="write OUT.state every STEPS Lanczos steps (default: every 60 s)",
+    )
+    p.add_argument("--out", default="spectrum.npz")
+    p.set_defaults(handler=command_spectrum)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Output(args)
+    try:
+        return args.handler(args, out)
+    except KeyboardInterrupt:
+        print("pruning-limit: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as error:
+        if getattr(args, "debug", False):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"pruning-limit: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as error:  # an internal error: say so, and how to see more
+        if getattr(args, "debug", False):
+            raise
+        print(
+            f"pruning-limit: internal error ({type(error).__name__}: {error}); "
+            "rerun with --debug for the traceback",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The command line, driven in subprocesses: outputs checked, bad input exits 2 in one line."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import pruning_limit as pl
+
+TINY_DATA = "manifold:d=3,n=8,n_train=200,n_test=100"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def run(*args, cwd=None, check=True):
+    result = subprocess.run(
+        [sys.executable, "-m", "pruning_limit.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def assert_user_error(result, *words):
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pruning-limit: error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word.lower() in lines[0].lower(), lines[0]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt") / "model"
+    result = run(
+        "train",
+        "--data",
+        TINY_DATA,
+        "--model",
+        "mlp:8",
+        "--epochs",
+        "20",
+        "--out",
+        folder,
+        "--quiet",
+        "--json",
+    )
+    payload = json.loads(result.stdout)
+    assert payload["checkpoint"] == str(folder)
+    assert (folder / "model.pt").exists() and (folder / "card.json").exists()
+    return folder
+
+
+def test_train_writes_a_checkpoint_that_reloads(checkpoint):
+    model, card = pl.load_checkpoint(checkpoint)
+    assert card["model"]["hidden"] == [8]
+    assert sum(p.numel() for _, p in pl.prunable_parameters(model)) == 8 * 8 + 8 * 2
+
+
+def test_spectrum_exact_and_slq_agree_on_the_trace(checkpoint, tmp_path):
+    exact = json.loads(
+        run(
+            "spectrum",
+            checkpoint,
+            "--data",
+            TINY_DATA,
+            "--exact",
+            "--dtype",
+            "float64",
+            "--out",
+            tmp_path / "exact.npz",
+            "--json",
+        ).stdout
+    )
+    slq = json.loads(
+        run(
+            "spectrum",
+            checkpoint,
+            "--data",
+            TINY_DATA,
+            "--steps",
+            "30",
+            "--probes",
+            "8",
+            "--dtype",
+            "float64",
+            "--out",
+            tmp_path / "slq.npz",
+            "--json",
+            "--quiet",
+        ).stdout
+    )
+    assert pl.Spectrum.load(tmp_path / "exact.npz").method == "exact"
+    loaded = pl.Spectrum.load(tmp_path / "slq.npz")
+    assert loaded.num_probes == 8 and loaded.curvature == "ggn"
+    assert (
+        abs(slq["trace_per_coordinate"] - exact["trace_per_coordinate"])
+        < 4 * slq["trace_standard_error"] + 1e-12
+    )
+
+
+def test_spectrum_killed_and_resumed_equals_uninterrupted(checkpoint, tmp_path):
+    # more samples than the checkpoint saw, so that each product takes a while
+    common = [
+        "spectrum",
+        checkpoint,
+        "--data",
+        "manifold:d=3,n=8,n_train=3000,n_test=10",
+        "--steps",
+        "40",
+        "--probes",
+        "3",
+        "--block-size",
+        "1",
+        "--dtype",
+        "float64",
+        "--checkpoint-every",
+        "5",
+        "--quiet",
+    ]
+    run(*common, "--out", tmp_path / "reference.npz")
+    target = tmp_path / "resumed.npz"
+    state = tmp_path / "resumed.npz.state"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pruning_limit.cli", *map(str, common), "--out", target],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert state.exists() and not target.exists()
+    run(*common, "--out", target, "--resume")
+    reference, resumed = pl.Spectrum.load(tmp_path / "reference.npz"), pl.Spectrum.load(target)
+    assert resumed.provenance["resumed"]
+    assert np.array_equal(reference.alphas, resumed.alphas)
+    assert np.array_equal(reference.betas, resumed.betas)
+    assert not state.exists()
+
+
+def test_plain_state_dict_needs_a_factory_and_must_fit(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    (tmp_path / "factories.py").write_text(
+        "from torch import nn\n"
+        "def good():\n"
+        "    return nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))\n"
+        "def bad():\n"
+        "    return nn.Sequential(nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 2))\n"
+    )
+    base = [
+        "spectrum",
+        tmp_path / "weights.pt",
+        "--data",
+        TINY_DATA,
+        "--steps",
+        "5",
+        "--probes",
+        "2",
+        "--out",
+        tmp_path / "s.npz",
+        "--quiet",
+    ]
+    assert_user_error(run(*base, check=False, cwd=tmp_path), "--model")
+    assert_user_error(
+        run(*base, "--model", "factories:bad", check=False, cwd=tmp_path), "does not fit"
+    )
+    run(*base, "--model", "factories:good", cwd=tmp_path)
+    assert pl.Spectrum.load(tmp_path / "s.npz").dimension == 8 * 4 + 4 * 2
+
+
+def test_pickled_model_refused_without_trust_pickle(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    torch.save(model, tmp_path / "whole.pt")
+    base = [
+        "spectrum",
+        tmp_path / "whole.pt",
+        "--data",
+        TINY_DATA,
+        "--steps",
+        "5",
+        "--probes",
+        "2",
+        "--out",
+        tmp_path / "s.npz",
+        "--quiet",
+    ]
+    assert_user_error(run(*base, check=False), "--trust-pickle")
+    assert not (tmp_path / "s.npz").exists()
+    run(*base, "--trust-pickle")
+    assert (tmp_path / "s.npz").exists()
+
+
+@pytest.mark.parametrize(
+    "arguments, words",
+    [
+        (["spectrum", "{tmp}/missing", "--data", TINY_DATA], ["no checkpoint"]),
+        (["spectrum", "{ckpt}", "--data", "nosuchdata:d=3"], ["unknown dataset"]),
+        (["spectrum", "{ckpt}", "--data", "{tmp}/nothing.npz"], ["no data file"]),
+        (["spectrum", "{tmp}/corrupt.pt", "--data", TINY_DATA], ["cannot read"]),
+        (
+            ["spectrum", "{ckpt}", "--data", TINY_DATA, "--out", "/proc/forbidden/s.npz"],
+            ["cannot write"],
+        ),
+        (["train", "--data", "manifold:d=99,n=8", "--model", "mlp:8", "--out", "{tmp}/t"], ["d"]),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(checkpoint, tmp_path, arguments, words):
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")
+    filled = [a.format(tmp=tmp_path, ckpt=checkpoint) for a in arguments]
+    result = run(*filled, "--quiet", check=False)
+    assert_user_error(result, *words)
+    assert not any(tmp_path.glob("*.npz"))
