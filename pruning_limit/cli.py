@@ -187,7 +187,10 @@ def load_model(path_text: str, *, model_factory: str | None, trust_pickle: bool)
     if path.is_dir() or path.name == "card.json":
         return load_checkpoint(path)
     if zipfile.is_zipfile(path) and _is_torchscript(path):
-        return torch.jit.load(str(path), map_location="cpu"), {"format": "torchscript"}
+        raise UserError(
+            f"{path} is a TorchScript file: its curvature cannot be taken (torch.func does not "
+            "run scripted modules); save its state_dict and pass --model module:factory"
+        )
     try:
         content = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
@@ -247,6 +250,17 @@ def _model_from_factory(text: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise UserError(f"{text} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def load_model_and_data(args) -> tuple[nn.Module, dict, Dataset | dict]:
+    """The checkpoint, its card, and ``--data``; built-in data default to the card's seed."""
+    model, card = load_model(
+        args.checkpoint, model_factory=args.model, trust_pickle=args.trust_pickle
+    )
+    seed = args.data_seed
+    if seed is None:
+        seed = card.get("dataset", {}).get("seed")
+    return model, card, load_data(args.data, seed=seed)
 
 
 def check_spectrum_fits(spectrum: Spectrum, model: nn.Module) -> None:
@@ -350,8 +364,8 @@ def command_spectrum(args, out: Output) -> int:
     target = writable_file(args.out)
     if target.suffix != ".npz":
         target = target.with_suffix(".npz")
-    model, _ = load_model(args.checkpoint, model_factory=args.model, trust_pickle=args.trust_pickle)
-    train_pair, _ = split(load_data(args.data, seed=args.data_seed))
+    model, _, data = load_model_and_data(args)
+    train_pair, _ = split(data)
     loss_fn = LOSSES[args.loss]()
     dtype = DTYPES[args.dtype] if args.dtype else None
     if args.exact:
