@@ -10,6 +10,13 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .batches import Batches, EmptyDataError, as_batches
 from .datasets import Dataset, digits, intrinsic_dimension, load_dataset, manifold, mnist1d
+from .geometry import (
+    orthogonal_statistical_dimension,
+    quadrature_bounds,
+    statdim_exact,
+    statistical_dimension,
+    trace_bound,
+)
 from .hessian import (
     CurvatureOperator,
     NoPrunableParameterError,
@@ -23,6 +30,15 @@ from .lanczos import (
     hutchinson_trace,
     slq,
     top_eigenvalues,
+)
+from .limit import (
+    MethodEstimate,
+    Prediction,
+    loss_budget,
+    predict_from_spectrum,
+    predict_limit,
+    pruned_norm,
+    statistical_dimension_curve,
 )
 from .models import build_model, count_parameters, model_spec
 from .pruning import (
@@ -39,6 +55,7 @@ from .pruning import (
     pruned,
     sweep,
 )
+from .quadratic import QuadraticModel, magnitude_pruned_mask, quadratic_limit, quadratic_refit
 from .spectrum import ParameterInfo, Spectrum
 from .training import TrainResult, evaluate, load_checkpoint, save_checkpoint, train
 
@@ -91,4 +108,21 @@ __all__ = [
     "model_spec",
     "save_checkpoint",
     "train",
+    # geometry.py, limit.py, quadratic.py
+    "MethodEstimate",
+    "Prediction",
+    "QuadraticModel",
+    "loss_budget",
+    "magnitude_pruned_mask",
+    "orthogonal_statistical_dimension",
+    "predict_from_spectrum",
+    "predict_limit",
+    "pruned_norm",
+    "quadratic_limit",
+    "quadratic_refit",
+    "quadrature_bounds",
+    "statdim_exact",
+    "statistical_dimension",
+    "statistical_dimension_curve",
+    "trace_bound",
 ]

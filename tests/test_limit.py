@@ -1,0 +1,471 @@
+"""The predicted limit: eps, R(p), the fixed points, their intervals, the Prediction.
+
+Independent references are written here: a dense-grid-plus-bisection solver over
+exact eigenvalues, a brute-force quadratic-model search on Haar-rotated matrices,
+and a numpy Lanczos for SLQ-like spectra.
+"""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import ortho_group
+
+from pruning_limit.limit import (
+    CONVENTION,
+    METHODS,
+    Prediction,
+    loss_budget,
+    predict_from_spectrum,
+    predict_limit,
+    pruned_norm,
+    statistical_dimension_curve,
+)
+from pruning_limit.spectrum import ParameterInfo, Spectrum, gauss_rule
+
+
+def exact_spectrum(eigenvalues, curvature="hessian", parameters=()):
+    eigenvalues = np.asarray(eigenvalues, dtype=float)
+    n = eigenvalues.size
+    return Spectrum(
+        nodes=eigenvalues[None],
+        weights=np.full((1, n), 1.0 / n),
+        dimension=n,
+        zero_rows=0,
+        curvature=curvature,
+        method="exact",
+        parameters=parameters,
+    )
+
+
+def lanczos(matrix, start, steps):
+    basis = np.zeros((steps, start.size))
+    basis[0] = start / np.linalg.norm(start)
+    alphas, betas = np.zeros(steps), np.zeros(steps - 1)
+    for j in range(steps):
+        w = matrix @ basis[j]
+        alphas[j] = basis[j] @ w
+        for _ in range(2):
+            w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
+        if j + 1 < steps:
+            betas[j] = np.linalg.norm(w)
+            basis[j + 1] = w / betas[j]
+    return alphas, betas
+
+
+def slq_spectrum(matrix, probes, steps, rng, curvature):
+    starts = rng.choice([-1.0, 1.0], size=(probes, matrix.shape[0]))
+    pairs = [lanczos(matrix, start, steps) for start in starts]
+    rules = [gauss_rule(a, b) for a, b in pairs]
+    return Spectrum(
+        nodes=np.stack([r[0] for r in rules]),
+        weights=np.stack([r[1] for r in rules]),
+        dimension=matrix.shape[0],
+        zero_rows=0,
+        curvature=curvature,
+        method="slq",
+        alphas=np.array([a for a, _ in pairs]),
+        betas=np.array([b for _, b in pairs]),
+    )
+
+
+def reference_paper_limit(eigenvalues, weights, epsilon, policy="abs"):
+    """Root of mean(r^2 / (R(p)^2 + r^2)) - p: dense grid, then bisection."""
+    squares = np.sort(np.asarray(weights) ** 2)
+    cumulative = np.concatenate([[0.0], np.cumsum(squares)])
+    curvature = np.abs(eigenvalues) if policy == "abs" else np.maximum(eigenvalues, 0)
+
+    def excess(p):
+        position = p * squares.size
+        whole = min(int(np.floor(position)), squares.size - 1)
+        radius_sq = cumulative[whole] + (position - whole) * squares[whole]
+        return np.mean(1.0 / (1.0 + radius_sq / (2 * epsilon) * curvature)) - p
+
+    grid = np.linspace(0, 1, 2001)
+    values = np.array([excess(p) for p in grid])
+    first = np.flatnonzero(values <= 0)[0]
+    low, high = grid[first - 1], grid[first]
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if excess(middle) > 0 else (low, middle)
+    return 0.5 * (low + high)
+
+
+def brute_force_quadratic_limit(matrix, weights, epsilon):
+    """Largest count k whose magnitude support has Schur cost <= eps (every k tried)."""
+    order = np.argsort(np.abs(weights), kind="stable")
+    best = 0
+    for count in range(1, weights.size + 1):
+        pruned = np.zeros(weights.size, dtype=bool)
+        pruned[order[:count]] = True
+        kept = ~pruned
+        c_kp = matrix[np.ix_(kept, pruned)]
+        schur = (
+            matrix[np.ix_(pruned, pruned)]
+            - c_kp.T @ np.linalg.solve(matrix[np.ix_(kept, kept)], c_kp)
+            if kept.any()
+            else matrix
+        )
+        if 0.5 * weights[pruned] @ schur @ weights[pruned] <= epsilon:
+            best = count
+        else:
+            break
+    return best / weights.size
+
+
+# -- R(p) -----------------------------------------------------------------------------------
+
+
+def test_pruned_norm_is_exact_at_counts_and_continuous_between():
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal(37)
+    dimension = weights.size
+    sorted_squares = np.sort(weights**2)
+    counts = np.arange(dimension + 1)
+    expected = np.sqrt(np.concatenate([[0.0], np.cumsum(sorted_squares)]))
+    np.testing.assert_allclose(pruned_norm(weights, counts / dimension), expected, rtol=1e-12)
+    grid = np.linspace(0, 1, 1001)
+    values = pruned_norm(weights, grid)
+    assert np.all(np.diff(values) >= 0)
+    # R^2 moves by at most the largest square per unit of p D.
+    largest_step = sorted_squares.max() * grid[1] * dimension
+    assert np.max(np.abs(np.diff(values**2))) <= largest_step + 1e-12
+    assert isinstance(pruned_norm(weights, 0.3), float)
+    assert pruned_norm(torch.tensor(weights), 1.0) == pytest.approx(np.linalg.norm(weights))
+    for bad in (-0.1, 1.1, np.nan):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            pruned_norm(weights, bad)
+
+
+# -- the fixed points -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["abs", "flat"])
+@pytest.mark.parametrize("epsilon", [1e-4, 1e-2, 1.0])
+def test_paper_limit_matches_an_independent_solver(policy, epsilon):
+    rng = np.random.default_rng(1)
+    eigenvalues = rng.normal(0.05, 0.3, 300) * rng.exponential(1.0, 300)
+    weights = rng.standard_normal(300) * rng.exponential(1.0, 300)
+    prediction = predict_from_spectrum(
+        exact_spectrum(eigenvalues), weights, epsilon, methods=("paper",), policy=policy
+    )
+    expected = reference_paper_limit(eigenvalues, weights, epsilon, policy)
+    estimate = prediction.estimates["paper"]
+    assert estimate.removal_fraction == pytest.approx(expected, abs=1e-9)
+    assert estimate.interval == (estimate.removal_fraction, estimate.removal_fraction)
+    assert estimate.radius == pytest.approx(pruned_norm(weights, expected), rel=1e-6)
+    assert estimate.kept_fraction == pytest.approx(1 - expected)
+    assert estimate.sensitivity["epsilon/10"] < expected < estimate.sensitivity["epsilon*10"]
+
+
+def test_curves_cross_the_diagonal_at_the_limits():
+    rng = np.random.default_rng(2)
+    eigenvalues = np.exp(rng.uniform(-8, 0, 200))
+    weights = rng.standard_normal(200)
+    prediction = predict_from_spectrum(exact_spectrum(eigenvalues), weights, 0.01)
+    curves = prediction.curves
+    grid = np.asarray(curves["removal_fraction"])
+    for method in ("paper", "orthogonal", "trace_bound"):
+        values = np.asarray(curves[method])
+        first = np.flatnonzero(values - grid <= 0)[0]
+        assert grid[first - 1] <= prediction.removal_fraction(method) <= grid[first]
+    p, delta = statistical_dimension_curve(
+        exact_spectrum(eigenvalues), weights, 0.01, [prediction.removal_fraction("paper")]
+    )
+    assert delta[0] == pytest.approx(p[0], abs=1e-8)
+    assert prediction.removal_fraction("trace_bound") <= prediction.removal_fraction("paper")
+
+
+def test_orthogonal_form_tracks_the_quadratic_model_for_haar_eigenvectors():
+    """DESIGN section 7: on Haar-rotated H the orthogonal form is close to the exact answer."""
+    errors = {"orthogonal": [], "paper": []}
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        dimension = 120
+        eigenvalues = np.exp(rng.uniform(np.log(1e-4), 0, dimension))
+        basis = ortho_group.rvs(dimension, random_state=seed)
+        hessian = (basis * eigenvalues) @ basis.T
+        weights = rng.standard_normal(dimension)
+        epsilon = (1e-3, 1e-2, 1e-1)[seed % 3]
+        exact = brute_force_quadratic_limit(hessian, weights, epsilon)
+        prediction = predict_from_spectrum(
+            exact_spectrum(eigenvalues),
+            weights,
+            epsilon,
+            methods=("paper", "orthogonal", "quadratic"),
+            curvature=hessian,
+            sensitivity=False,
+        )
+        quadratic = prediction.estimates["quadratic"]
+        assert quadratic.interval[0] == pytest.approx(exact)
+        for method in errors:
+            errors[method].append(abs(prediction.removal_fraction(method) - exact))
+    assert max(errors["orthogonal"]) < 0.06
+    assert np.mean(errors["orthogonal"]) < np.mean(errors["paper"])
+
+
+def test_edges_of_the_fixed_point():
+    rng = np.random.default_rng(3)
+    eigenvalues = rng.uniform(0.1, 1.0, 80)
+    weights = rng.standard_normal(80)
+    spectrum = exact_spectrum(eigenvalues)
+    methods = ("paper", "orthogonal", "trace_bound")
+
+    tiny = predict_from_spectrum(spectrum, weights, 1e-14, methods=methods)
+    for method in methods:
+        assert tiny.removal_fraction(method) < 1e-3
+    huge = predict_from_spectrum(spectrum, weights, 1e12, methods=methods)
+    for method in methods:
+        assert huge.removal_fraction(method) > 0.999
+    unbounded = predict_from_spectrum(spectrum, weights, np.inf, methods=methods)
+    assert all(unbounded.removal_fraction(m) == 1.0 for m in methods)
+    assert unbounded.estimates["paper"].sensitivity == {}
+    # Zero curvature: every direction is unbounded (infinite radii r_i).
+    flat = predict_from_spectrum(exact_spectrum(np.zeros(80)), weights, 1e-6, methods=methods)
+    assert all(flat.removal_fraction(m) == 1.0 for m in methods)
+    # Weights already zero cost nothing to remove: p* >= their share, even at tiny eps.
+    sparse = weights.copy()
+    sparse[:20] = 0.0
+    assert predict_from_spectrum(spectrum, sparse, 1e-14, methods=methods).removal_fraction(
+        "paper"
+    ) == pytest.approx(0.25, abs=1e-3)
+    assert predict_from_spectrum(spectrum, np.zeros(80), 1e-6).removal_fraction() == 1.0
+
+
+def test_bad_input_is_refused():
+    spectrum = exact_spectrum(np.linspace(0.1, 1, 10))
+    weights = np.ones(10)
+    for bad in (0.0, -1.0, np.nan):
+        with pytest.raises(ValueError, match="positive"):
+            predict_from_spectrum(spectrum, weights, bad)
+    with pytest.raises(ValueError, match="known: paper, orthogonal"):
+        predict_from_spectrum(spectrum, weights, 0.1, methods=("paper", "magic"))
+    with pytest.raises(ValueError, match="D = 10"):
+        predict_from_spectrum(spectrum, np.ones(11), 0.1)
+    with pytest.raises(ValueError, match="curvature itself"):
+        predict_from_spectrum(spectrum, weights, 0.1, methods=("quadratic",))
+    with pytest.raises(ValueError, match="policy"):
+        predict_from_spectrum(spectrum, weights, 0.1, policy="clip")
+    with pytest.raises(ValueError, match="statdim_exact needs D <= 500"):
+        predict_from_spectrum(
+            exact_spectrum(np.ones(501)), np.ones(501), 0.1, methods=("statdim_exact",)
+        )
+
+
+# -- uncertainty of SLQ estimates ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("curvature", ["ggn", "hessian"])
+def test_intervals_contain_the_exact_spectrum_answer(curvature):
+    rng = np.random.default_rng(10)
+    dimension = 200
+    if curvature == "ggn":
+        eigenvalues = np.concatenate([np.zeros(40), np.exp(rng.uniform(-7, 0, dimension - 40))])
+    else:
+        eigenvalues = np.concatenate(
+            [-np.exp(rng.uniform(-7, -3, 30)), np.exp(rng.uniform(-7, 0, dimension - 30))]
+        )
+    basis = ortho_group.rvs(dimension, random_state=10)
+    matrix = (basis * eigenvalues) @ basis.T
+    weights = rng.standard_normal(dimension)
+    epsilon = 0.01
+    truth = predict_from_spectrum(
+        exact_spectrum(eigenvalues, curvature), weights, epsilon, sensitivity=False
+    )
+    seeds = 10
+    covered = {method: 0 for method in truth.estimates}
+    for seed in range(seeds):
+        spectrum = slq_spectrum(matrix, 4, 16, np.random.default_rng(seed), curvature)
+        estimate = predict_from_spectrum(spectrum, weights, epsilon, sensitivity=False)
+        for method, result in estimate.estimates.items():
+            low, high = result.interval
+            assert low <= result.removal_fraction <= high
+            assert {"probes", "half_steps"} <= set(result.uncertainty)
+            # tr(C)/D is exact in Gauss quadrature, so a GGN trace bound needs no bracket.
+            if not (curvature == "ggn" and method == "trace_bound"):
+                assert "quadrature" in result.uncertainty
+            covered[method] += low <= truth.removal_fraction(method) <= high
+    assert all(count >= 0.9 * seeds for count in covered.values()), covered
+
+
+def test_convergence_report_says_how_far_from_converged():
+    rng = np.random.default_rng(11)
+    dimension = 300
+    eigenvalues = np.exp(rng.uniform(np.log(1e-6), 0, dimension))
+    basis = ortho_group.rvs(dimension, random_state=11)
+    matrix = (basis * eigenvalues) @ basis.T
+    weights = rng.standard_normal(dimension)
+    spectrum = slq_spectrum(matrix, 3, 30, rng, "ggn")
+    loose = predict_from_spectrum(spectrum, weights, 1e-4, sensitivity=False).convergence
+    easy = predict_from_spectrum(spectrum, weights, 10.0, sensitivity=False).convergence
+    assert loose["scale_times_lambda_max"] > 100 * easy["scale_times_lambda_max"]
+    assert not loose["converged"] and easy["converged"]
+    assert loose["relative_width"] > loose["relative_width_half_steps"] / 10
+    assert loose["steps_for_tolerance_observed"] > 30
+    assert loose["steps_for_tolerance_theory"] > 30
+    assert "not converged" in loose["message"] and "Lanczos steps" in loose["message"]
+    exact = predict_from_spectrum(exact_spectrum(eigenvalues, "ggn"), weights, 1e-4)
+    assert exact.convergence["converged"] and "exact" in exact.convergence["message"]
+    # Hessian with the flat policy: no bracket exists, only the m/2-step check.
+    hessian = slq_spectrum(matrix - 0.01 * np.eye(dimension), 3, 30, rng, "hessian")
+    flat = predict_from_spectrum(hessian, weights, 1e-3, policy="flat", sensitivity=False)
+    assert "no bracket" in flat.convergence["message"]
+    assert "quadrature" not in flat.estimates["paper"].uncertainty
+
+
+# -- the loss budget ---------------------------------------------------------------------------
+
+
+def test_loss_budget():
+    losses = np.array([0.31, 0.29, 0.35, 0.33])
+    eps, record = loss_budget((losses, [32, 32, 32, 16]))
+    assert eps == pytest.approx(np.std(losses, ddof=1))
+    assert record["kind"] == "batch_std" and record["batch_size"] == 32
+    assert record["batch_sizes_vary"] and record["batches"] == 4
+    assert record["loss"] == pytest.approx(np.average(losses, weights=[32, 32, 32, 16]))
+    assert loss_budget(losses)[0] == pytest.approx(eps)
+    eps, record = loss_budget(None, 0.05)
+    assert (eps, record["kind"]) == (0.05, "given")
+    for bad in (0.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            loss_budget(None, bad)
+    with pytest.raises(ValueError, match="batch_std"):
+        loss_budget(None, "batch_mean")
+    with pytest.raises(ValueError, match="at least two"):
+        loss_budget([0.3])
+    with pytest.raises(ValueError, match="at least two"):
+        loss_budget(None)
+    with pytest.warns(UserWarning, match="resolves"):
+        loss_budget(None, 1e-7, dtype=torch.float32, loss=2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss_budget(None, 1e-7, dtype=torch.float64, loss=2.0)
+
+
+# -- the Prediction ------------------------------------------------------------------------------
+
+
+def test_prediction_round_trips_through_json(tmp_path):
+    rng = np.random.default_rng(4)
+    dimension = 150
+    eigenvalues = rng.uniform(-0.1, 1.0, dimension)
+    matrix = np.diag(eigenvalues)
+    spectrum = slq_spectrum(matrix, 3, 12, rng, "hessian")
+    spectrum.provenance = {"seed": 4, "dtype": "float64"}
+    prediction = predict_from_spectrum(
+        spectrum,
+        rng.standard_normal(dimension),
+        0.02,
+        methods=("paper", "quadratic"),
+        curvature=matrix,
+    )
+    path = prediction.save(tmp_path / "prediction")
+    assert path.suffix == ".json"
+    loaded = Prediction.load(path)
+    assert loaded.to_json() == prediction.to_json()
+    data = json.loads(path.read_text())
+    assert data["fraction"] == "removed" and data["convention"] == CONVENTION
+    assert data["spectrum"]["provenance"]["seed"] == 4
+    assert loaded.removal_fraction("quadratic") == prediction.removal_fraction("quadratic")
+    assert loaded.interval("paper") == prediction.interval("paper")
+    text = prediction.summary()
+    assert "REMOVED" in text and "kept" in text and "paper" in text and "quadratic" in text
+    assert "removed" in repr(prediction)
+    with pytest.raises(KeyError, match="computed"):
+        prediction.removal_fraction("orthogonal")
+    with pytest.raises(FileNotFoundError):
+        Prediction.load(tmp_path / "missing.json")
+
+
+# -- from a model ------------------------------------------------------------------------------
+
+
+def tiny_problem():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)
+    ).double()
+    inputs = torch.randn(96, 3, dtype=torch.float64)
+    targets = (inputs[:, 0] > 0).long()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(150):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+        optimizer.step()
+    return model, torch.nn.CrossEntropyLoss(), (inputs, targets)
+
+
+def model_spectrum(model, loss_fn, data, curvature="hessian"):
+    from pruning_limit.hessian import CurvatureOperator
+
+    operator = CurvatureOperator(model, loss_fn, data, curvature=curvature, device="cpu")
+    matrix = operator.matrix().numpy()
+    spectrum = exact_spectrum(np.linalg.eigvalsh(matrix), curvature, operator.parameters)
+    return spectrum, matrix, operator
+
+
+def test_predict_limit_from_a_model():
+    model, loss_fn, data = tiny_problem()
+    spectrum, matrix, operator = model_spectrum(model, loss_fn, data)
+    weights = torch.cat([model[0].weight.reshape(-1), model[2].weight.reshape(-1)]).detach()
+    prediction = predict_limit(
+        model,
+        spectrum,
+        epsilon="batch_std",
+        data=data,
+        loss_fn=loss_fn,
+        batch_size=32,
+        methods=("paper", "quadratic", "statdim_exact"),
+        statdim_samples=200,
+    )
+    losses = operator.batch_losses()[0]  # default batch size: one batch of 96
+    assert losses.size == 1 and prediction.epsilon > 0
+    assert prediction.epsilon_source["batch_size"] == 32
+    assert prediction.epsilon_source["batches"] == 3
+    direct = predict_from_spectrum(
+        spectrum,
+        weights.numpy(),
+        prediction.epsilon,
+        methods=("paper", "quadratic"),
+        curvature=matrix,
+    )
+    assert prediction.removal_fraction("paper") == pytest.approx(direct.removal_fraction("paper"))
+    assert prediction.removal_fraction("quadratic") == pytest.approx(
+        direct.removal_fraction("quadratic")
+    )
+    assert 0 <= prediction.removal_fraction("statdim_exact") <= 1
+    assert prediction.parameters == [["0.weight", [5, 3]], ["2.weight", [2, 5]]]
+    assert prediction.dimension == 25
+    given = predict_limit(model, spectrum, epsilon=0.01, methods=("paper", "trace_bound"))
+    assert given.epsilon_source["kind"] == "given" and given.curvature == "hessian"
+
+
+def test_predict_limit_refuses_mismatches_and_missing_data():
+    model, loss_fn, data = tiny_problem()
+    spectrum, _, _ = model_spectrum(model, loss_fn, data)
+    with pytest.raises(ValueError, match="known: " + ", ".join(METHODS)):
+        predict_limit(model, spectrum, epsilon=0.1, methods=("paper", "exact"))
+    with pytest.raises(ValueError, match="data= and loss_fn="):
+        predict_limit(model, spectrum, epsilon="batch_std")
+    with pytest.raises(ValueError, match="data= and loss_fn="):
+        predict_limit(model, spectrum, epsilon=0.1, methods=("quadratic",))
+    with pytest.raises(ValueError, match="data= and loss_fn="):
+        predict_limit(model, None, epsilon=0.1)
+    wrong_size = exact_spectrum(np.ones(24))
+    with pytest.raises(ValueError, match="D = 24"):
+        predict_limit(model, wrong_size, epsilon=0.1)
+    renamed = exact_spectrum(
+        spectrum.nodes[0], parameters=(ParameterInfo("0.weight", (3, 5)), spectrum.parameters[1])
+    )
+    with pytest.raises(ValueError, match="do not match"):
+        predict_limit(model, renamed, epsilon=0.1)
+    unknown = exact_spectrum(spectrum.nodes[0], parameters=(ParameterInfo("9.weight", (25,)),))
+    with pytest.raises(ValueError, match="does not match the model"):
+        predict_limit(model, unknown, epsilon=0.1)
+    with pytest.raises(ValueError, match="curvature='ggn'"):
+        predict_limit(model, spectrum, epsilon=0.1, curvature="ggn")
+    for bad in (0.0, float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            predict_limit(model, spectrum, epsilon=bad)
