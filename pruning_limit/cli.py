@@ -25,6 +25,7 @@ from .batches import EmptyDataError
 from .datasets import Dataset, load_dataset
 from .hessian import NoPrunableParameterError, resolve_parameters
 from .lanczos import estimate_spectrum, exact_spectrum
+from .limit import DEFAULT_METHODS, predict_limit
 from .models import model_spec
 from .spectrum import Spectrum
 from .training import load_checkpoint, train
@@ -411,6 +412,50 @@ def command_spectrum(args, out: Output) -> int:
     return 0
 
 
+def parse_epsilon(text: str) -> str | float:
+    if text == "batch_std":
+        return text
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise UserError(f"--epsilon must be batch_std or a number, got {text!r}") from error
+    if not value > 0:  # also catches NaN
+        raise UserError(f"--epsilon must be > 0, got {text}")
+    return value
+
+
+def command_predict(args, out: Output) -> int:
+    target = writable_file(args.out) if args.out else None
+    model, _, data = load_model_and_data(args)
+    train_pair, _ = split(data)
+    spectrum = None
+    curvature = args.curvature
+    if args.spectrum:
+        spectrum = Spectrum.load(args.spectrum)
+        check_spectrum_fits(spectrum, model)
+        curvature = spectrum.curvature
+    prediction = predict_limit(
+        model,
+        spectrum,
+        epsilon=parse_epsilon(args.epsilon),
+        methods=tuple(args.method) if args.method else DEFAULT_METHODS,
+        policy=args.policy,
+        data=train_pair,
+        loss_fn=LOSSES[args.loss](),
+        curvature=curvature,
+        dtype=DTYPES[args.dtype] if args.dtype else None,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    if target is not None:
+        prediction.save(target)
+    out.result(
+        json.loads(prediction.to_json()),
+        prediction.summary() + (f"\nwritten to {target}" if target else ""),
+    )
+    return 0
+
+
 # -- the parser ------------------------------------------------------------------------
 
 
@@ -492,6 +537,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="spectrum.npz")
     p.set_defaults(handler=command_spectrum)
+
+    p = commands.add_parser(
+        "predict",
+        parents=[common, checkpoint],
+        help="the predicted pruning limit of a checkpoint, with intervals",
+    )
+    p.add_argument(
+        "--spectrum",
+        default=None,
+        help="a spectrum.npz from `pruning-limit spectrum` (default: exact for "
+        "D <= 5000, else SLQ)",
+    )
+    p.add_argument(
+        "--epsilon",
+        default="batch_std",
+        help="loss budget: batch_std (std of mini-batch losses at w*) or a number > 0",
+    )
+    p.add_argument(
+        "--method",
+        action="append",
+        choices=["paper", "orthogonal", "quadratic", "trace_bound", "statdim_exact"],
+        help="repeat for several (default: " + ", ".join(DEFAULT_METHODS) + ")",
+    )
+    p.add_argument(
+        "--policy",
+        choices=["abs", "flat"],
+        default="abs",
+        help="eigenvalues <= 0: |lambda| (paper) or flat (each adds 1)",
+    )
+    p.add_argument("--curvature", choices=["hessian", "ggn"], default="ggn")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None)
+    p.add_argument("--out", default=None, help="write the Prediction as JSON here")
+    p.set_defaults(handler=command_predict)
     return parser
 
 

@@ -354,23 +354,23 @@ class CurvatureOperator:
 
     def _ggn_rows(self, rows, inputs, targets) -> torch.Tensor:
         point = tuple(p.detach() for p in self._point)
-        outputs, pullback = torch.func.vjp(lambda *w: self._outputs(w, inputs), *point)
+
+        def network(*weights):
+            return self._outputs(weights, inputs)
+
+        outputs, pullback = torch.func.vjp(network, *point)
         # d^2 l / df^2 applied by double backward on the outputs alone (cheap: no weights).
         at_outputs = outputs.detach().requires_grad_(True)
         (output_gradient,) = torch.autograd.grad(
             self.loss_fn(at_outputs, targets), at_outputs, create_graph=True
         )
         directions = self.unflatten(rows)
-        out = []
-        for k in range(rows.shape[0]):
-            _, tangent = torch.func.jvp(
-                lambda *w: self._outputs(w, inputs), point, tuple(d[k] for d in directions)
-            )
-            (curved,) = torch.autograd.grad(
-                output_gradient, at_outputs, grad_outputs=tangent, retain_graph=True
-            )
-            out.append(self.flatten(pullback(curved)))
-        return torch.stack(out)
+        # J V for all K directions in one vectorised forward-mode pass, then H_out, then J^T.
+        tangents = torch.func.vmap(lambda *d: torch.func.jvp(network, point, d)[1])(*directions)
+        (curved,) = torch.autograd.grad(
+            output_gradient, at_outputs, grad_outputs=tangents, is_grads_batched=True
+        )
+        return self._flatten_rows(torch.func.vmap(pullback)(curved), rows.shape[0])
 
     def _flatten_rows(self, products, count: int) -> torch.Tensor:
         # A parameter the loss does not depend on has a zero block.

@@ -225,3 +225,85 @@ def test_bad_input_exits_2_with_one_line(checkpoint, tmp_path, arguments, words)
     result = run(*filled, "--quiet", check=False)
     assert_user_error(result, *words)
     assert not any(tmp_path.glob("*.npz"))
+
+
+def test_predict_prints_every_method_and_saves_json(checkpoint, tmp_path):
+    result = run(
+        "predict",
+        checkpoint,
+        "--data",
+        TINY_DATA,
+        "--epsilon",
+        "0.01",
+        "--out",
+        tmp_path / "prediction.json",
+    )
+    assert "REMOVED" in result.stdout
+    for method in ("paper", "orthogonal", "quadratic", "trace_bound"):
+        assert method in result.stdout
+    prediction = pl.Prediction.load(tmp_path / "prediction.json")
+    assert prediction.epsilon == 0.01 and prediction.curvature == "ggn"
+    for estimate in prediction.estimates.values():
+        low, high = estimate.interval
+        assert 0.0 <= low <= estimate.removal_fraction <= high <= 1.0
+
+
+def test_predict_from_a_saved_spectrum_and_json_output(checkpoint, tmp_path):
+    run(
+        "spectrum",
+        checkpoint,
+        "--data",
+        TINY_DATA,
+        "--steps",
+        "20",
+        "--probes",
+        "4",
+        "--out",
+        tmp_path / "s.npz",
+        "--quiet",
+    )
+    result = run(
+        "predict",
+        checkpoint,
+        "--data",
+        TINY_DATA,
+        "--spectrum",
+        tmp_path / "s.npz",
+        "--method",
+        "paper",
+        "--json",
+        "--epsilon",
+        "0.01",
+    )
+    payload = json.loads(result.stdout)
+    assert list(payload["estimates"]) == ["paper"]
+    assert payload["spectrum"]["method"] == "slq"
+
+
+def test_predict_bad_input(checkpoint, tmp_path):
+    assert_user_error(
+        run("predict", checkpoint, "--data", TINY_DATA, "--epsilon", "0", check=False), "epsilon"
+    )
+    assert_user_error(
+        run("predict", checkpoint, "--data", TINY_DATA, "--epsilon", "nan", check=False), "epsilon"
+    )
+    other = torch.nn.Sequential(torch.nn.Linear(8, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    operator = pl.CurvatureOperator(
+        other,
+        torch.nn.CrossEntropyLoss(),
+        (torch.randn(20, 8), torch.randint(0, 2, (20,))),
+        device="cpu",
+    )
+    pl.slq(operator, steps=4, probes=2, progress=False).save(tmp_path / "other.npz")
+    assert_user_error(
+        run(
+            "predict",
+            checkpoint,
+            "--data",
+            TINY_DATA,
+            "--spectrum",
+            tmp_path / "other.npz",
+            check=False,
+        ),
+        "another model",
+    )
