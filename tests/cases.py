@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, hessian, jacrev
+
+from pruning_limit.spectrum import Spectrum, gauss_rule
 
 
 @dataclass
@@ -119,3 +122,37 @@ def batchnorm_regression() -> Case:
 
 
 ALL_CASES = [mlp_tanh, mlp_relu, cnn, batchnorm_regression]
+
+
+def reference_lanczos(matrix: np.ndarray, start: np.ndarray, steps: int):
+    """Lanczos with full re-orthogonalisation (twice) in numpy: the tests' reference."""
+    basis = np.zeros((steps, start.size))
+    basis[0] = start / np.linalg.norm(start)
+    alphas, betas = np.zeros(steps), np.zeros(steps - 1)
+    for j in range(steps):
+        w = matrix @ basis[j]
+        alphas[j] = basis[j] @ w
+        for _ in range(2):
+            w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
+        if j + 1 < steps:
+            betas[j] = np.linalg.norm(w)
+            basis[j + 1] = w / betas[j]
+    return alphas, betas
+
+
+def reference_slq(matrix: np.ndarray, probes: int, steps: int, rng, curvature: str):
+    """An SLQ Spectrum of an explicit matrix, and its normalised Rademacher probes."""
+    starts = rng.choice([-1.0, 1.0], size=(probes, matrix.shape[0]))
+    pairs = [reference_lanczos(matrix, start, steps) for start in starts]
+    rules = [gauss_rule(a, b) for a, b in pairs]
+    spectrum = Spectrum(
+        nodes=np.stack([r[0] for r in rules]),
+        weights=np.stack([r[1] for r in rules]),
+        dimension=matrix.shape[0],
+        zero_rows=0,
+        curvature=curvature,
+        method="slq",
+        alphas=np.array([a for a, _ in pairs]),
+        betas=np.array([b for _, b in pairs]),
+    )
+    return spectrum, starts / np.sqrt(matrix.shape[0])

@@ -7,6 +7,7 @@ cone, and cvxpy (Clarabel) for projections.
 
 import numpy as np
 import pytest
+from cases import reference_lanczos, reference_slq
 from scipy.integrate import quad
 from scipy.stats import ortho_group
 
@@ -21,7 +22,7 @@ from pruning_limit.geometry import (
     statistical_dimension,
     trace_bound,
 )
-from pruning_limit.spectrum import Spectrum, gauss_rule
+from pruning_limit.spectrum import Spectrum
 
 
 def exact_spectrum(eigenvalues, zero_rows=0, curvature="hessian"):
@@ -35,41 +36,6 @@ def exact_spectrum(eigenvalues, zero_rows=0, curvature="hessian"):
         curvature=curvature,
         method="exact",
     )
-
-
-def lanczos(matrix, start, steps):
-    """Lanczos with full re-orthogonalisation (twice), as the tests' reference."""
-    basis = np.zeros((steps, start.size))
-    basis[0] = start / np.linalg.norm(start)
-    alphas, betas = np.zeros(steps), np.zeros(steps - 1)
-    for j in range(steps):
-        w = matrix @ basis[j]
-        alphas[j] = basis[j] @ w
-        for _ in range(2):
-            w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
-        if j + 1 < steps:
-            betas[j] = np.linalg.norm(w)
-            basis[j + 1] = w / betas[j]
-    return alphas, betas
-
-
-def slq_spectrum(matrix, probes, steps, rng, curvature):
-    starts = rng.choice([-1.0, 1.0], size=(probes, matrix.shape[0]))
-    pairs = [lanczos(matrix, v, steps) for v in starts]
-    alphas = np.array([a for a, _ in pairs])
-    betas = np.array([b for _, b in pairs])
-    rules = [gauss_rule(a, b) for a, b in pairs]
-    spectrum = Spectrum(
-        nodes=np.stack([r[0] for r in rules]),
-        weights=np.stack([r[1] for r in rules]),
-        dimension=matrix.shape[0],
-        zero_rows=0,
-        curvature=curvature,
-        method="slq",
-        alphas=alphas,
-        betas=betas,
-    )
-    return spectrum, starts / np.sqrt(matrix.shape[0])
 
 
 def circular_cone_fraction(dimension, angle):
@@ -162,7 +128,7 @@ def test_gauss_radau_rule_has_the_node_and_its_degree_of_exactness():
     matrix = a_matrix @ a_matrix.T / 40
     start = rng.standard_normal(40)
     start /= np.linalg.norm(start)
-    alphas, betas = lanczos(matrix, start, 6)
+    alphas, betas = reference_lanczos(matrix, start, 6)
     nodes, weights = gauss_radau_rule(alphas, betas, 0.0)
     assert np.min(np.abs(nodes)) < 1e-10
     assert weights.sum() == pytest.approx(1.0)
@@ -181,7 +147,7 @@ def test_gauss_and_radau_bracket_each_probe_for_a_psd_matrix(steps):
     )
     basis = ortho_group.rvs(dimension, random_state=steps)
     matrix = (basis * eigenvalues) @ basis.T
-    spectrum, probes = slq_spectrum(matrix, 4, 20, rng, "ggn")
+    spectrum, probes = reference_slq(matrix, 4, 20, rng, "ggn")
     mass = (probes @ basis) ** 2  # each unit probe's weight on each eigenvector
     for scale in (1.0, 1e2, 1e4, 1e7):
 
@@ -205,7 +171,7 @@ def test_bounds_on_the_absolute_value_of_an_indefinite_matrix():
     )
     basis = ortho_group.rvs(dimension, random_state=5)
     matrix = (basis * eigenvalues) @ basis.T
-    spectrum, probes = slq_spectrum(matrix, 3, 24, rng, "hessian")
+    spectrum, probes = reference_slq(matrix, 3, 24, rng, "hessian")
     mass = (probes @ basis) ** 2
     for scale in (1.0, 30.0, 1e3):
 
@@ -227,7 +193,7 @@ def test_bracket_tightens_with_steps_and_loosens_with_the_scale():
     dimension = 400
     eigenvalues = np.exp(rng.uniform(np.log(1e-6), 0, dimension))
     basis = ortho_group.rvs(dimension, random_state=7)
-    spectrum, _ = slq_spectrum((basis * eigenvalues) @ basis.T, 2, 60, rng, "ggn")
+    spectrum, _ = reference_slq((basis * eigenvalues) @ basis.T, 2, 60, rng, "ggn")
 
     def width(scale, steps):
         lower, upper = quadrature_bounds(spectrum, lambda x: 1 / (1 + scale * x), steps=steps)

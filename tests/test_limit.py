@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from cases import reference_slq
 from scipy.stats import ortho_group
 
 from pruning_limit.limit import (
@@ -23,7 +24,7 @@ from pruning_limit.limit import (
     pruned_norm,
     statistical_dimension_curve,
 )
-from pruning_limit.spectrum import ParameterInfo, Spectrum, gauss_rule
+from pruning_limit.spectrum import ParameterInfo, Spectrum
 
 
 def exact_spectrum(eigenvalues, curvature="hessian", parameters=()):
@@ -37,37 +38,6 @@ def exact_spectrum(eigenvalues, curvature="hessian", parameters=()):
         curvature=curvature,
         method="exact",
         parameters=parameters,
-    )
-
-
-def lanczos(matrix, start, steps):
-    basis = np.zeros((steps, start.size))
-    basis[0] = start / np.linalg.norm(start)
-    alphas, betas = np.zeros(steps), np.zeros(steps - 1)
-    for j in range(steps):
-        w = matrix @ basis[j]
-        alphas[j] = basis[j] @ w
-        for _ in range(2):
-            w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
-        if j + 1 < steps:
-            betas[j] = np.linalg.norm(w)
-            basis[j + 1] = w / betas[j]
-    return alphas, betas
-
-
-def slq_spectrum(matrix, probes, steps, rng, curvature):
-    starts = rng.choice([-1.0, 1.0], size=(probes, matrix.shape[0]))
-    pairs = [lanczos(matrix, start, steps) for start in starts]
-    rules = [gauss_rule(a, b) for a, b in pairs]
-    return Spectrum(
-        nodes=np.stack([r[0] for r in rules]),
-        weights=np.stack([r[1] for r in rules]),
-        dimension=matrix.shape[0],
-        zero_rows=0,
-        curvature=curvature,
-        method="slq",
-        alphas=np.array([a for a, _ in pairs]),
-        betas=np.array([b for _, b in pairs]),
     )
 
 
@@ -277,7 +247,7 @@ def test_intervals_contain_the_exact_spectrum_answer(curvature):
     seeds = 10
     covered = {method: 0 for method in truth.estimates}
     for seed in range(seeds):
-        spectrum = slq_spectrum(matrix, 4, 16, np.random.default_rng(seed), curvature)
+        spectrum = reference_slq(matrix, 4, 16, np.random.default_rng(seed), curvature)[0]
         estimate = predict_from_spectrum(spectrum, weights, epsilon, sensitivity=False)
         for method, result in estimate.estimates.items():
             low, high = result.interval
@@ -297,7 +267,7 @@ def test_convergence_report_says_how_far_from_converged():
     basis = ortho_group.rvs(dimension, random_state=11)
     matrix = (basis * eigenvalues) @ basis.T
     weights = rng.standard_normal(dimension)
-    spectrum = slq_spectrum(matrix, 3, 30, rng, "ggn")
+    spectrum = reference_slq(matrix, 3, 30, rng, "ggn")[0]
     loose = predict_from_spectrum(spectrum, weights, 1e-4, sensitivity=False).convergence
     easy = predict_from_spectrum(spectrum, weights, 10.0, sensitivity=False).convergence
     assert loose["scale_times_lambda_max"] > 100 * easy["scale_times_lambda_max"]
@@ -309,7 +279,7 @@ def test_convergence_report_says_how_far_from_converged():
     exact = predict_from_spectrum(exact_spectrum(eigenvalues, "ggn"), weights, 1e-4)
     assert exact.convergence["converged"] and "exact" in exact.convergence["message"]
     # Hessian with the flat policy: no bracket exists, only the m/2-step check.
-    hessian = slq_spectrum(matrix - 0.01 * np.eye(dimension), 3, 30, rng, "hessian")
+    hessian = reference_slq(matrix - 0.01 * np.eye(dimension), 3, 30, rng, "hessian")[0]
     flat = predict_from_spectrum(hessian, weights, 1e-3, policy="flat", sensitivity=False)
     assert "no bracket" in flat.convergence["message"]
     assert "quadrature" not in flat.estimates["paper"].uncertainty
@@ -352,7 +322,7 @@ def test_prediction_round_trips_through_json(tmp_path):
     dimension = 150
     eigenvalues = rng.uniform(-0.1, 1.0, dimension)
     matrix = np.diag(eigenvalues)
-    spectrum = slq_spectrum(matrix, 3, 12, rng, "hessian")
+    spectrum = reference_slq(matrix, 3, 12, rng, "hessian")[0]
     spectrum.provenance = {"seed": 4, "dtype": "float64"}
     prediction = predict_from_spectrum(
         spectrum,
