@@ -57,7 +57,9 @@ from .pruning import (
 )
 from .quadratic import QuadraticModel, magnitude_pruned_mask, quadratic_limit, quadratic_refit
 from .spectrum import ParameterInfo, Spectrum
+from .study import StudyResult, load_config, run_study
 from .training import TrainResult, evaluate, load_checkpoint, save_checkpoint, train
+from .validate import Comparison, FinetuneBudget, Validation, compare, validate
 
 try:
     __version__ = version("pruning-limit")
@@ -125,4 +127,13 @@ __all__ = [
     "statistical_dimension",
     "statistical_dimension_curve",
     "trace_bound",
+    # validate.py, study.py (plots.py: pruning_limit.plots)
+    "Comparison",
+    "FinetuneBudget",
+    "StudyResult",
+    "Validation",
+    "compare",
+    "load_config",
+    "run_study",
+    "validate",
 ]

@@ -1,0 +1,129 @@
+"""Predicted vs actual pruning limits across data of varying intrinsic dimension.
+
+Runs a study (:func:`pruning_limit.run_study`) once with float32 and once with
+float64 training: for every dataset of the configuration (hidden-manifold data with
+latent d in {2, 4, 8, 16, 32}; digits and MNIST-1D at several PCA ranks) and every L1
+strength, train an MLP, predict the limit with every method (GGN curvature, exact
+spectrum), prune for real with every meaning of "actual" (one-shot, quadratic refit,
+short fine-tune) and compare. p is the fraction of prunable weights REMOVED
+(``amount`` in torch.nn.utils.prune); kept = 1 - p.
+
+Writes ``benchmarks/results/prediction_vs_actual-DEVICE.json`` (every run's predicted
+and actual limits and the per-predictor summary, with machine and versions),
+``prediction_vs_actual-DEVICE.md`` (the tables) and
+``prediction_vs_actual-DEVICE-DTYPE.png`` (predicted vs actual vs intrinsic
+dimension). The run folders (checkpoints, spectra, predictions, validations, plots)
+go to ``--out`` (default ``runs/prediction_vs_actual``; a temporary folder with
+``--quick``); an interrupted run resumes there.
+
+How it was run (results in ``benchmarks/results/``)::
+
+    python benchmarks/prediction_vs_actual.py            # 2-core shared CPU, 1 thread
+    python benchmarks/prediction_vs_actual.py --quick    # the test: a few tiny runs
+
+The default configuration is ``benchmarks/configs/prediction_vs_actual.toml``
+(``--quick``: ``prediction_vs_actual-quick.toml``); ``--config`` takes any study
+configuration, whose ``dtypes``, ``out``, ``device`` and ``threads`` this script sets.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import common
+
+from pruning_limit import plots
+from pruning_limit.study import load_config, run_study
+
+NAME = "prediction_vs_actual"
+CONFIGS = Path(__file__).resolve().parent / "configs"
+REPOSITORY = Path(__file__).resolve().parent.parent
+DTYPES = ("float32", "float64")
+ROW_KEYS = (
+    "run", "dataset", "knob", "intrinsic_dimension", "intrinsic_dimension_estimates",
+    "regularisation", "dtype", "dimension", "dense", "epsilon", "curvature",
+    "spectrum_method", "refit_curvature", "predicted", "actual", "notes", "seconds",
+)  # fmt: skip
+
+
+def main() -> None:
+    parser = common.argument_parser(__doc__)
+    parser.add_argument("--config", type=Path, default=None, help="a study TOML file")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"run folders (default: {REPOSITORY / 'runs' / NAME}; --quick: a temporary one)",
+    )
+    args = parser.parse_args()
+    device = common.configure(args)
+    path = args.config or CONFIGS / (f"{NAME}-quick.toml" if args.quick else f"{NAME}.toml")
+    config = load_config(path)
+    config["study"]["device"] = device.type
+    config["study"]["threads"] = max(args.threads, 0)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        out = args.out or (Path(scratch) if args.quick else REPOSITORY / "runs" / NAME)
+        studies, seconds = {}, {}
+        for dtype in DTYPES:
+            config["study"]["dtypes"] = [dtype]
+            print(f"\n{NAME}: {path.name}, training dtype {dtype}", flush=True)
+            started = time.perf_counter()
+            studies[dtype] = run_study(config, out=out / dtype, log=_log)
+            seconds[dtype] = time.perf_counter() - started
+
+        for dtype, study in studies.items():
+            common.print_table(
+                f"{dtype}: predictor vs actual over {len(study.rows)} runs "
+                "(error = predicted - actual, percentage points)",
+                ["method", "variant", "criterion", "mean error", "mean |error|", "inside",
+                 "Spearman"],
+                [
+                    [s["method"], s["variant"], s["criterion"], s["mean_error_pp"],
+                     s["mean_abs_error_pp"], s["inside_fraction"], s["spearman"]]
+                    for s in study.summary
+                ],
+            )  # fmt: skip
+
+        directory = Path(args.results_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        body = {
+            "config_file": str(path.relative_to(REPOSITORY) if path.is_relative_to(REPOSITORY)
+                               else path),
+            "config": {k: v for k, v in config.items() if k != "study"}
+            | {"study": {k: v for k, v in config["study"].items() if k not in ("out", "dtypes")}},
+            "fraction": "removed",
+            "studies": {
+                dtype: {
+                    "seconds": seconds[dtype],
+                    "resumed_runs": study.skipped,
+                    "summary": study.summary,
+                    "runs": [{key: row.get(key) for key in ROW_KEYS} for row in study.rows],
+                }
+                for dtype, study in studies.items()
+            },
+        }  # fmt: skip
+        result_path = common.write_result(NAME, args, device, body)
+        markdown = directory / f"{NAME}-{device.type}.md"
+        markdown.write_text(
+            "\n".join(
+                f"<!-- {dtype} training: {len(study.rows)} runs, {seconds[dtype]:.0f} s -->\n"
+                + study.to_markdown().replace("# Study", f"# {dtype} training: study", 1)
+                for dtype, study in studies.items()
+            )
+        )
+        figures = [
+            plots.plot_study(study, directory / f"{NAME}-{device.type}-{dtype}.png")
+            for dtype, study in studies.items()
+        ]
+    print(f"\nwrote {result_path}, {markdown}, " + ", ".join(str(f) for f in figures))
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""Figures of predictions, validations, spectra and studies (PNG files).
+
+p is always the fraction of prunable weights REMOVED (``amount`` in
+torch.nn.utils.prune); the fraction kept is 1 - p.
+
+Every function takes result objects and a path, writes one PNG and returns its
+path. Figures are built on matplotlib's object API with the Agg canvas
+(``matplotlib.figure.Figure``), never through ``pyplot``: no global figure state is
+created, so nothing is left open and no display backend is needed.
+
+- :func:`plot_validation`: test accuracy and training loss against p for each
+  variant of a :class:`~pruning_limit.validate.Validation`, the thresholds, the
+  actual limits and, given a Prediction, the predicted limits and their intervals.
+- :func:`plot_statistical_dimension`: delta(R(p))/D and p against p
+  (``Prediction.curves``), the crossings marked: the closed-form limits.
+- :func:`plot_spectral_density`: the smoothed spectral density of a Spectrum and
+  the cumulative distribution of |lambda| on a log scale (the bulk of tiny
+  eigenvalues drives the prediction).
+- :func:`plot_study`: predicted and actual limits against the intrinsic dimension,
+  one panel per dataset family and regularisation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+VARIANT_COLOURS = {"one_shot": "#1f77b4", "refit": "#d62728", "finetune": "#2ca02c"}
+METHOD_STYLES = {
+    "paper": ("#9467bd", "o"),
+    "orthogonal": ("#8c564b", "s"),
+    "quadratic": ("#ff7f0e", "D"),
+    "trace_bound": ("#7f7f7f", "v"),
+    "statdim_exact": ("#e377c2", "^"),
+}
+REMOVED = "p, fraction of prunable weights removed"
+DPI = 120
+
+
+def _figure(rows: int, columns: int, width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        path = path.with_suffix(".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI)
+    figure.clear()
+    return path
+
+
+def _method_colour(method: str) -> tuple[str, str]:
+    return METHOD_STYLES.get(method, ("#17becf", "x"))
+
+
+def _variant_colour(variant: str) -> str:
+    return VARIANT_COLOURS.get(variant, "#bcbd22")
+
+
+def _mark_predictions(axis, prediction, label: bool) -> None:
+    for method, estimate in prediction.estimates.items():
+        colour, _ = _method_colour(method)
+        low, high = estimate.interval
+        if high > low:
+            axis.axvspan(low, high, color=colour, alpha=0.12, linewidth=0)
+        axis.axvline(
+            estimate.removal_fraction,
+            color=colour,
+            linestyle="--",
+            linewidth=1.2,
+            label=f"predicted ({method}) {estimate.removal_fraction:.3f}" if label else None,
+        )
+
+
+def plot_validation(validation, path, prediction=None) -> Path:
+    """Test accuracy and train loss against p per variant, limits marked.
+
+    Parameters
+    ----------
+    validation
+        A :class:`~pruning_limit.validate.Validation`.
+    path
+        Where to write the PNG.
+    prediction
+        Optionally a :class:`~pruning_limit.limit.Prediction` of the same model: its
+        limits (dashed) and intervals (shaded) are drawn on both panels.
+
+    Returns
+    -------
+    Path
+        The PNG written.
+    """
+    from .pruning import accuracy_interval
+
+    classification = validation.task == "classification"
+    figure = _figure(1, 2 if classification else 1, 5.6, 4.2)
+    axes = figure.subplots(1, 2 if classification else 1, squeeze=False)[0]
+    dense = validation.dense
+    if classification:
+        axis = axes[0]
+        for variant, result in validation.variants.items():
+            colour = _variant_colour(variant)
+            amounts = np.array([p.amount for p in result.points])
+            accuracy = np.array([p.metrics["test_accuracy"] for p in result.points])
+            bands = np.array(
+                [
+                    accuracy_interval(
+                        p.metrics["test_accuracy"],
+                        int(p.metrics["n_test"]),
+                        validation.confidence,
+                        validation.interval_method,
+                    )
+                    for p in result.points
+                ]
+            )
+            axis.fill_between(amounts, bands[:, 0], bands[:, 1], color=colour, alpha=0.15)
+            axis.plot(amounts, accuracy, marker=".", color=colour, label=variant)
+            axis.axvline(result.accuracy_limit, color=colour, linestyle=":", linewidth=1.5)
+        axis.axhline(
+            dense["test_accuracy"] - validation.tolerance / 100.0,
+            color="black",
+            linewidth=0.8,
+            linestyle="-.",
+            label=f"dense - {validation.tolerance:g} pp",
+        )
+        axis.set_ylabel("test accuracy")
+        axis.set_title("accuracy (dotted: actual limits)")
+    axis = axes[-1]
+    for variant, result in validation.variants.items():
+        colour = _variant_colour(variant)
+        amounts = np.array([p.amount for p in result.points])
+        losses = np.array([p.metrics["train_loss"] for p in result.points])
+        axis.plot(amounts, losses, marker=".", color=colour, label=variant)
+        axis.axvline(result.loss_budget_limit, color=colour, linestyle=":", linewidth=1.5)
+    axis.axhline(
+        dense["train_loss"] + validation.epsilon,
+        color="black",
+        linewidth=0.8,
+        linestyle="-.",
+        label=f"L(w*) + eps (eps = {validation.epsilon:.3g})",
+    )
+    axis.set_yscale("log")
+    axis.set_ylabel("train loss")
+    axis.set_title("loss budget (dotted: actual limits)")
+    for index, axis in enumerate(axes):
+        if prediction is not None:
+            _mark_predictions(axis, prediction, label=index == len(axes) - 1)
+        axis.set_xlabel(REMOVED)
+        axis.set_xlim(0, 1)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="lower left" if axis is not axes[-1] else "upper left")
+    figure.suptitle(
+        f"Pruning sweep, D = {validation.dimension}, dtype {validation.dtype}", fontsize=10
+    )
+    return _save(figure, path)
+
+
+def plot_statistical_dimension(prediction, path) -> Path:
+    """delta(R(p))/D for each closed form and the diagonal p, crossings marked.
+
+    The closed-form limits are where a curve crosses the diagonal (the fixed point
+    p = delta(R(p))/D). The paper's curve carries a band of +- 2 standard errors
+    over probes (zero for an exact spectrum).
+    """
+    curves = prediction.curves
+    grid = np.asarray(curves["removal_fraction"], dtype=float)
+    figure = _figure(1, 1, 5.6, 4.4)
+    axis = figure.subplots()
+    axis.plot(grid, grid, color="black", linewidth=1, label="p")
+    for form in ("paper", "orthogonal", "trace_bound"):
+        if form not in curves:
+            continue
+        colour, marker = _method_colour(form)
+        values = np.asarray(curves[form], dtype=float)
+        axis.plot(grid, values, color=colour, label=f"delta(R(p))/D, {form}")
+        if form == "paper" and "paper_standard_error" in curves:
+            error = 2 * np.asarray(curves["paper_standard_error"], dtype=float)
+            axis.fill_between(grid, values - error, values + error, color=colour, alpha=0.2)
+        if form in prediction.estimates:
+            p = prediction.estimates[form].removal_fraction
+            axis.plot([p], [p], marker=marker, color=colour, markersize=8, linestyle="none")
+            axis.annotate(
+                f"{p:.3f}", (p, p), textcoords="offset points", xytext=(6, -12), fontsize=8
+            )
+    if "quadratic" in prediction.estimates:
+        colour, _ = _method_colour("quadratic")
+        p = prediction.estimates["quadratic"].removal_fraction
+        axis.axvline(p, color=colour, linestyle="--", label=f"quadratic model {p:.3f}")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel(REMOVED)
+    axis.set_ylabel("delta / D")
+    axis.set_title(
+        f"Statistical dimension, eps = {prediction.epsilon:.3g}, {prediction.curvature}, "
+        f"D = {prediction.dimension}",
+        fontsize=9,
+    )
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    return _save(figure, path)
+
+
+def plot_spectral_density(spectrum, path, points: int = 600) -> Path:
+    """The spectral density of a Spectrum and the distribution of |lambda|.
+
+    Left: ``Spectrum.density`` (the quadrature rule smoothed by Gaussians) on a grid
+    over the node range, log density. Right: the fraction of eigenvalues with
+    |lambda| <= x on a log x axis, which shows the bulk of tiny eigenvalues that
+    decides tr g_c(C) at large c; the zero rows sit at the left edge.
+    """
+    nodes = np.asarray(spectrum.nodes, dtype=float)
+    weights = np.asarray(spectrum.weights, dtype=float)
+    low, high = float(nodes.min()), float(nodes.max())
+    margin = 0.05 * (high - low) if high > low else max(abs(high), 1.0) * 0.05
+    grid = np.linspace(low - margin, high + margin, points)
+    density = spectrum.density(grid)
+    figure = _figure(1, 2, 5.0, 4.0)
+    left, right = figure.subplots(1, 2)
+    left.plot(grid, np.maximum(density, 1e-12), color="#1f77b4")
+    left.set_yscale("log")
+    left.set_ylim(bottom=max(1e-6, float(density.max()) * 1e-8))
+    left.set_xlabel("eigenvalue lambda")
+    left.set_ylabel("density")
+    left.set_title(f"{spectrum.curvature} spectrum ({spectrum.method})", fontsize=9)
+    left.grid(alpha=0.3)
+
+    magnitudes = np.abs(nodes).ravel()
+    mass = (weights / spectrum.num_probes).ravel() * spectrum.active_dimension
+    mass = mass / spectrum.dimension
+    order = np.argsort(magnitudes)
+    cumulative = spectrum.zero_rows / spectrum.dimension + np.cumsum(mass[order])
+    positive = magnitudes[order] > 0
+    floor = float(magnitudes[order][positive].min()) if positive.any() else 1e-12
+    right.step(np.maximum(magnitudes[order], floor), cumulative, where="post", color="#d62728")
+    right.set_xscale("log")
+    right.set_ylim(0, 1.02)
+    right.set_xlabel("|lambda|")
+    right.set_ylabel("fraction of eigenvalues <= |lambda|")
+    right.set_title(f"D = {spectrum.dimension}, {spectrum.zero_rows} zero rows", fontsize=9)
+    right.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_study(study, path, criterion: str = "accuracy") -> Path:
+    """Predicted and actual limits against the intrinsic dimension, per dataset family.
+
+    One panel per dataset family (columns) and regularisation and dtype (rows); x is
+    the intrinsic-dimension knob of each run (the latent d of manifold data, the PCA
+    rank of the real sets), log scale. Dashed lines with markers: the predictors;
+    solid: the actual limits of each variant under ``criterion`` (``"accuracy"``,
+    with the intervals the binomial intervals imply as bars); dotted: the actual
+    loss-budget limits.
+
+    Parameters
+    ----------
+    study
+        A :class:`~pruning_limit.study.StudyResult`.
+    path
+        Where to write the PNG.
+    criterion
+        ``"accuracy"`` or ``"loss_budget"`` for the solid lines.
+    """
+    rows = study.rows
+    families = list(dict.fromkeys(row["dataset"] for row in rows))
+    settings = list(dict.fromkeys((row["regularisation"], row["dtype"]) for row in rows))
+    figure = _figure(max(len(settings), 1), max(len(families), 1), 4.4, 3.6)
+    axes = figure.subplots(max(len(settings), 1), max(len(families), 1), squeeze=False)
+    for i, setting in enumerate(settings):
+        for j, family in enumerate(families):
+            axis = axes[i][j]
+            chosen = sorted(
+                (r for r in rows if r["dataset"] == family
+                 and (r["regularisation"], r["dtype"]) == setting),
+                key=lambda r: r["intrinsic_dimension"],
+            )  # fmt: skip
+            if not chosen:
+                axis.set_visible(False)
+                continue
+            x = np.array([r["intrinsic_dimension"] for r in chosen])
+            methods = list(dict.fromkeys(m for r in chosen for m in r["predicted"]))
+            for method in methods:
+                colour, marker = _method_colour(method)
+                y = np.array([r["predicted"].get(method, {}).get("p", np.nan) for r in chosen])
+                axis.plot(x, y, linestyle="--", marker=marker, color=colour, label=method)
+            variants = list(dict.fromkeys(v for r in chosen for v in r["actual"]))
+            for variant in variants:
+                colour = _variant_colour(variant)
+                actual = [r["actual"].get(variant, {}) for r in chosen]
+                y = np.array([_number(a.get(criterion)) for a in actual])
+                axis.plot(x, y, marker="o", color=colour, linewidth=2, label=f"actual {variant}")
+                if criterion == "accuracy":
+                    interval = np.array(
+                        [a.get("accuracy_interval") or [np.nan, np.nan] for a in actual],
+                        dtype=float,
+                    )
+                    axis.errorbar(
+                        x,
+                        y,
+                        yerr=np.abs(np.stack([y - interval[:, 0], interval[:, 1] - y])),
+                        fmt="none",
+                        ecolor=colour,
+                        alpha=0.35,
+                        capsize=3,
+                    )
+                if criterion != "loss_budget":
+                    y = np.array([_number(a.get("loss_budget")) for a in actual])
+                    axis.plot(x, y, linestyle=":", marker=".", color=colour)
+            axis.set_xscale("log", base=2)
+            axis.set_ylim(0, 1.02)
+            axis.set_xlabel(chosen[0].get("intrinsic_dimension_label", "intrinsic dimension"))
+            axis.set_ylabel("p removed")
+            axis.set_title(f"{family}, {setting[0]}, {setting[1]}", fontsize=9)
+            axis.grid(alpha=0.3)
+            if i == 0 and j == 0:
+                axis.legend(fontsize=6, loc="lower left")
+    figure.suptitle(
+        f"Study {study.name}: predicted (dashed) vs actual\n{criterion} limit (solid, "
+        "bars: 95% interval; dotted: loss budget)",
+        fontsize=9,
+    )
+    return _save(figure, path)
+
+
+def _number(value) -> float:
+    return np.nan if value is None else float(value)

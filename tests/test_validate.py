@@ -1,0 +1,407 @@
+"""The validator: exact restoration, the refit against the quadratic predictor, the
+bisection, compare() on hand-made results, JSON round trips and bad input.
+
+The ground truth for the refit and the bisection is a linear model under mean squared
+error, L(w) = mean (Xw - y)^2, whose loss is exactly quadratic with Hessian
+2 X^T X / n: there the quadratic model is not a model but the loss itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+from torch import nn
+
+from pruning_limit.limit import MethodEstimate, Prediction, predict_limit
+from pruning_limit.pruning import SweepPoint
+from pruning_limit.quadratic import QuadraticModel, magnitude_pruned_mask
+from pruning_limit.validate import (
+    FinetuneBudget,
+    Validation,
+    VariantSweep,
+    compare,
+    validate,
+)
+
+validate_module = sys.modules["pruning_limit.validate"]
+COARSE = [0.0, 0.2, 0.4, 0.6, 0.8, 0.95]
+
+
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    # As for torch (conftest): BLAS threads that outnumber the free cores of a shared
+    # machine made a single 800 x 400 QR take seconds.
+    with threadpool_limits(limits=1):
+        yield
+
+
+def classification_problem(seed: int = 0, batchnorm: bool = True):
+    generator = torch.Generator().manual_seed(seed)
+    X = torch.randn(240, 6, generator=generator)
+    y = (X[:, :3].sum(dim=1) > 0).long() + (X[:, 3] > 1).long()
+    torch.manual_seed(seed)
+    layers = [nn.Linear(6, 12)]
+    if batchnorm:
+        layers.append(nn.BatchNorm1d(12))
+    layers += [nn.Tanh(), nn.Linear(12, 3)]
+    model = nn.Sequential(*layers)
+    if batchnorm:  # non-trivial running statistics, which must survive untouched
+        model.train()
+        with torch.no_grad():
+            model(X)
+    model.eval()
+    return model, (X[:160], y[:160]), (X[160:], y[160:])
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {key: tensor.clone() for key, tensor in model.state_dict().items()}
+
+
+def assert_bit_identical(before: dict, model: nn.Module) -> None:
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for key, tensor in before.items():
+        assert torch.equal(tensor, after[key]), key
+        if tensor.is_floating_point():
+            bits = torch.int64 if tensor.dtype == torch.float64 else torch.int32
+            assert torch.equal(tensor.view(bits), after[key].view(bits)), key
+
+
+def linear_problem(dimension: int, samples: int, scales=None, seed: int = 0):
+    """A float64 linear model at the exact least-squares optimum (zero gradient).
+
+    y = X w* + r with X^T r = 0, so L(w) = (w - w*)^T (X^T X / n) (w - w*) + mean r^2.
+    """
+    rng = np.random.default_rng(seed)
+    if scales is None:
+        X = rng.standard_normal((samples, dimension))
+    else:
+        basis, _ = np.linalg.qr(rng.standard_normal((samples, dimension)))
+        X = math.sqrt(samples) * basis * np.asarray(scales)
+    weights = rng.standard_normal(dimension)
+    noise = rng.standard_normal(samples)
+    noise -= X @ np.linalg.lstsq(X, noise, rcond=None)[0]  # orthogonal to range(X)
+    y = X @ weights + 0.5 * noise
+    model = nn.Linear(dimension, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.as_tensor(weights)[None])
+    data = (torch.as_tensor(X), torch.as_tensor(y)[:, None])
+    return model, data, weights, X
+
+
+# -- restoration --------------------------------------------------------------------------------
+
+
+def test_state_dict_bit_identical_after_every_variant():
+    model, train_pair, test_pair = classification_problem()
+    model.train()  # the caller's mode must come back too
+    before = snapshot(model)
+    flags = [p.requires_grad for p in model.parameters()]
+    validation = validate(
+        model,
+        train_data=train_pair,
+        test_data=test_pair,
+        loss_fn=nn.CrossEntropyLoss(),
+        variants=("one_shot", "refit", "finetune"),
+        amounts=COARSE,
+        resolution=0.05,
+        finetune={"epochs": 2, "lr": 1e-2, "batch_size": 32},
+        batch_size=40,
+        progress=False,
+    )
+    assert_bit_identical(before, model)
+    assert model.training
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert list(validation.variants) == ["one_shot", "refit", "finetune"]
+    assert validation.refit["curvature"] == "hessian" and validation.refit["solver"] == "dense"
+
+
+def test_finetune_never_ends_above_one_shot_and_restores_frozen_weights():
+    """The fine-tune keeps its best iterate, so its training loss is at most one-shot's."""
+    model, train_pair, test_pair = classification_problem(seed=1, batchnorm=False)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    before = snapshot(model)
+    validation = validate(
+        model,
+        train_data=train_pair,
+        test_data=test_pair,
+        loss_fn=nn.CrossEntropyLoss(),
+        epsilon=0.02,
+        variants=("one_shot", "finetune"),
+        amounts=COARSE,
+        resolution=0.05,
+        finetune=FinetuneBudget(epochs=2, lr=5e-2, batch_size=40),
+        progress=False,
+    )
+    assert_bit_identical(before, model)
+    assert not any(p.requires_grad for p in model.parameters())
+    one_shot = {p.removed: p.metrics["train_loss"] for p in validation.variants["one_shot"].points}
+    finetune = {p.removed: p.metrics["train_loss"] for p in validation.variants["finetune"].points}
+    common = one_shot.keys() & finetune.keys()
+    assert len(common) >= len(COARSE)
+    assert all(finetune[k] <= one_shot[k] + 1e-7 for k in common)
+    assert any(finetune[k] < one_shot[k] - 1e-4 for k in common if k > 0)
+
+
+# -- the refit reaches the quadratic predictor on an exactly quadratic loss ----------------------
+
+
+@pytest.mark.parametrize("solver", ["dense", "cg"])
+def test_refit_loss_budget_limit_equals_quadratic_prediction(solver):
+    model, data, weights, X = linear_problem(dimension=60, samples=150)
+    hessian = 2 * X.T @ X / X.shape[0]
+    # A budget that puts p* mid-range: the quadratic cost of removing half the weights.
+    epsilon = 1.3 * QuadraticModel(hessian, weights).cost(magnitude_pruned_mask(weights, 0.5))
+    loss_fn = nn.MSELoss()
+    prediction = predict_limit(
+        model, data=data, loss_fn=loss_fn, epsilon=epsilon, methods=("quadratic",),
+        curvature="hessian", sensitivity=False,
+    )  # fmt: skip
+    resolution = 0.005
+    validation = validate(
+        model,
+        train_data=data,
+        test_data=data,
+        loss_fn=loss_fn,
+        epsilon=epsilon,
+        variants=("one_shot", "refit"),
+        resolution=resolution,
+        curvature="hessian" if solver == "dense" else "ggn",
+        dense_limit=3000 if solver == "dense" else 10,
+        progress=False,
+    )
+    assert validation.task == "regression"
+    assert validation.refit["solver"] == solver
+    predicted = prediction.removal_fraction("quadratic")
+    assert 0.3 < predicted < 0.8
+    actual = validation.limit("refit", "loss_budget")
+    assert abs(actual - predicted) <= resolution + 1.0 / 60
+    # The refit is the best point of the kept subspace: never worse than one-shot.
+    assert actual >= validation.limit("one_shot", "loss_budget")
+    comparison = compare(prediction, validation)
+    assert {row.criterion for row in comparison.rows} == {"loss_budget"}
+    row = comparison.row("quadratic", "refit", "loss_budget")
+    assert abs(row.error_pp) <= 100 * (resolution + 1.0 / 60)
+    # At every evaluated p the refit's loss is L0 + q(P) exactly.
+    quadratic = QuadraticModel(hessian, weights)
+    dense_loss = validation.dense["train_loss"]
+    for point in validation.variants["refit"].points[::4]:
+        expected = dense_loss + quadratic.cost_of_count(point.removed)
+        assert point.metrics["train_loss"] == pytest.approx(expected, rel=1e-7, abs=1e-12)
+
+
+def test_bisection_brackets_the_break_to_the_resolution():
+    """Diagonal curvature: the one-shot loss rises by sum_P s_j^2 w_j^2, monotone in p."""
+    dimension = 400
+    scales = np.linspace(0.2, 2.0, dimension)
+    model, data, weights, _ = linear_problem(dimension, samples=800, scales=scales, seed=3)
+    order = np.argsort(np.abs(weights), kind="stable")
+    increase = np.concatenate([[0.0], np.cumsum((scales[order] * weights[order]) ** 2)])
+    epsilon = float(increase[int(0.437 * dimension)]) * 1.0001
+    first_broken = int(np.argmax(increase > epsilon))  # smallest k that breaks
+    resolution = 0.005
+    validation = validate(
+        model,
+        train_data=data,
+        test_data=data,
+        loss_fn=nn.MSELoss(),
+        epsilon=epsilon,
+        variants=("one_shot",),
+        resolution=resolution,
+        progress=False,
+    )
+    result = validation.variants["one_shot"]
+    low, high = result.loss_budget_bracket
+    removed = {p.amount: p.removed for p in result.points}
+    assert removed[low] < first_broken <= removed[high]
+    assert high - low <= resolution or removed[high] - removed[low] <= 1
+    assert result.loss_budget_limit == low
+    assert abs(low - first_broken / dimension) <= resolution + 1.0 / dimension
+
+
+# -- compare ------------------------------------------------------------------------------
+
+
+def hand_made_prediction(parameters=(("fc.weight", [4, 5]),), dimension=20, epsilon=0.01):
+    estimates = {
+        "paper": MethodEstimate("paper", 0.60, (0.55, 0.65), radius=1.0, scale=1.0),
+        "trace_bound": MethodEstimate("trace_bound", 0.30, (0.30, 0.30), radius=0.5, scale=1.0),
+    }
+    return Prediction(
+        estimates=estimates, epsilon=epsilon, epsilon_source={"kind": "given"}, policy="abs",
+        curvature="ggn", dimension=dimension, zero_rows=0, spectrum={"method": "exact"},
+        parameters=[[name, list(shape)] for name, shape in parameters], convergence={},
+        curves={}, confidence=0.95,
+    )  # fmt: skip
+
+
+def hand_made_validation(parameters=(("fc.weight", [4, 5]),), dimension=20, epsilon=0.01):
+    points = [
+        SweepPoint(0.0, 0, dimension, {"test_accuracy": 0.9, "train_loss": 0.1, "n_test": 100}),
+        SweepPoint(0.5, 10, dimension, {"test_accuracy": 0.9, "train_loss": 0.105, "n_test": 100}),
+    ]
+    sweeps = {
+        "one_shot": VariantSweep(
+            "one_shot", points, accuracy_limit=0.50, accuracy_interval=(0.40, 0.58),
+            accuracy_bracket=(0.50, 0.505), loss_budget_limit=0.62,
+            loss_budget_bracket=(0.62, 0.625), evaluations=2, seconds=0.0,
+        ),
+        "refit": VariantSweep(
+            "refit", points, accuracy_limit=0.70, accuracy_interval=(0.60, 0.90),
+            accuracy_bracket=(0.70, None), loss_budget_limit=0.25,
+            loss_budget_bracket=(0.25, 0.26), evaluations=2, seconds=0.0,
+        ),
+    }  # fmt: skip
+    return Validation(
+        variants=sweeps, dense={"test_accuracy": 0.9, "train_loss": 0.1, "n_test": 100},
+        tolerance=0.5, epsilon=epsilon, epsilon_source={"kind": "given"}, resolution=0.005,
+        amounts=[0.0, 0.5], confidence=0.95, interval_method="wilson",
+        parameters=[[name, list(shape)] for name, shape in parameters], dimension=dimension,
+        dtype="float32", task="classification", seed=0,
+    )  # fmt: skip
+
+
+def test_compare_errors_and_intervals_by_hand():
+    comparison = compare(hand_made_prediction(), hand_made_validation())
+    assert len(comparison.rows) == 2 * 2 * 2
+    row = comparison.row("paper", "one_shot", "accuracy")
+    assert row.error_pp == pytest.approx(10.0)
+    assert not row.inside and row.overlap  # 0.5 outside [0.55, 0.65]; [0.40, 0.58] meets it
+    row = comparison.row("paper", "one_shot", "loss_budget")
+    assert row.error_pp == pytest.approx(-2.0)
+    assert row.inside and row.actual_interval == (0.62, 0.625)
+    row = comparison.row("trace_bound", "refit", "loss_budget")
+    assert row.error_pp == pytest.approx(5.0)
+    assert not row.inside and not row.overlap
+    row = comparison.row("trace_bound", "refit", "accuracy")
+    assert row.error_pp == pytest.approx(-40.0) and row.actual_is_lower_bound
+    assert not comparison.notes
+    table = comparison.to_markdown()
+    assert "| paper | one_shot | accuracy | 0.6000 |" in table and "+10.0" in table
+    assert json.loads(json.dumps(comparison.to_dict()))["rows"][0]["method"] == "paper"
+
+
+def test_compare_refuses_a_prediction_for_another_model():
+    validation = hand_made_validation()
+    with pytest.raises(ValueError, match="D = 30"):
+        compare(hand_made_prediction(dimension=30), validation)
+    with pytest.raises(ValueError, match="not the same model"):
+        compare(hand_made_prediction(parameters=(("fc.weight", [5, 4]),)), validation)
+    with pytest.raises(ValueError, match="not the same model"):
+        compare(hand_made_prediction(parameters=(("other.weight", [4, 5]),)), validation)
+    with pytest.raises(TypeError):
+        compare(validation, hand_made_prediction())
+
+
+def test_compare_notes_a_different_budget():
+    comparison = compare(hand_made_prediction(epsilon=0.02), hand_made_validation())
+    assert any("eps" in note for note in comparison.notes)
+
+
+# -- JSON ---------------------------------------------------------------------------------------
+
+
+def test_validation_json_round_trip(tmp_path):
+    model, train_pair, test_pair = classification_problem(seed=2)
+    validation = validate(
+        model,
+        train_data=train_pair,
+        test_data=test_pair,
+        loss_fn=nn.CrossEntropyLoss(),
+        variants=("one_shot", "refit"),
+        amounts=COARSE,
+        resolution=0.05,
+        seed=7,
+        batch_size=40,
+        progress=False,
+    )
+    path = validation.save(tmp_path / "validation")
+    assert path.suffix == ".json"
+    loaded = Validation.load(path)
+    assert loaded.to_dict() == validation.to_dict()
+    assert isinstance(loaded.variants["refit"].points[0], SweepPoint)
+    assert loaded.limit("refit", "accuracy") == validation.limit("refit", "accuracy")
+    assert loaded.interval("one_shot", "loss_budget") == validation.interval(
+        "one_shot", "loss_budget"
+    )
+    record = json.loads(path.read_text())
+    for key in ("tolerance", "epsilon", "epsilon_source", "resolution", "parameters", "dtype",
+                "seed", "version", "dense", "variants", "fraction"):  # fmt: skip
+        assert key in record, key
+    assert record["epsilon_source"]["kind"] == "batch_std"
+    assert record["parameters"] == [["0.weight", [12, 6]], ["3.weight", [3, 12]]]
+    assert record["seed"] == 7 and record["fraction"] == "removed"
+    assert "test_accuracy_interval" in record["dense"]
+    assert "one_shot" in str(loaded) and "Validation(" in repr(loaded)
+    with pytest.raises(ValueError, match="format"):
+        Validation.from_dict({**record, "format_version": 99})
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_sweep(monkeypatch):
+    """Fail loudly if validate gets as far as pruning."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("validate reached the pruning sweep")
+
+    monkeypatch.setattr(validate_module, "sweep", refuse)
+
+
+def call(model, train_pair, test_pair, **options):
+    return validate(
+        model,
+        train_data=train_pair,
+        test_data=test_pair,
+        loss_fn=nn.CrossEntropyLoss(),
+        progress=False,
+        **options,
+    )
+
+
+@pytest.mark.usefixtures("no_sweep")
+def test_bad_options_are_refused_before_pruning():
+    model, train_pair, test_pair = classification_problem()
+    for tolerance in (-0.5, float("nan"), 101, True):
+        with pytest.raises(ValueError, match="tolerance"):
+            call(model, train_pair, test_pair, tolerance=tolerance)
+    with pytest.raises(ValueError, match="unknown variant"):
+        call(model, train_pair, test_pair, variants=("one_shot", "retrain"))
+    with pytest.raises(ValueError, match="resolution"):
+        call(model, train_pair, test_pair, resolution=0)
+    with pytest.raises(ValueError, match="eps"):
+        call(model, train_pair, test_pair, epsilon=-1.0)
+    with pytest.raises(ValueError, match="curvature"):
+        call(model, train_pair, test_pair, curvature="fisher")
+    with pytest.raises(ValueError, match="finetune"):
+        call(model, train_pair, test_pair, variants=("finetune",), finetune={"epochs": 0})
+    with pytest.raises(ValueError, match="unknown finetune"):
+        call(model, train_pair, test_pair, variants=("finetune",), finetune={"steps": 3})
+
+
+@pytest.mark.usefixtures("no_sweep")
+def test_data_that_does_not_fit_the_model_is_refused_naming_the_shapes():
+    model, train_pair, test_pair = classification_problem()
+    before = snapshot(model)
+    X, y = test_pair
+    with pytest.raises(ValueError, match=r"\(80, 5\).*\(160, 6\)"):
+        call(model, train_pair, (X[:, :5], y))
+    with pytest.raises(ValueError, match=r"\(160, 5\) do not fit the model"):
+        call(model, (train_pair[0][:, :5], train_pair[1]), (X[:, :5], y))
+    with pytest.raises(ValueError, match=r"labels lie in \[\d, 7\].*3 output classes"):
+        call(model, train_pair, (X, torch.where(y == 0, 7, y)))
+    with pytest.raises(ValueError, match="disagree on the number of samples"):
+        call(model, train_pair, (X, y[:10]))
+    with pytest.raises(TypeError, match="pair of tensors"):
+        call(model, train_pair, X)
+    assert_bit_identical(before, model)
