@@ -97,8 +97,6 @@ def plot_validation(validation, path, prediction=None) -> Path:
     Path
         The PNG written.
     """
-    from .pruning import accuracy_interval
-
     classification = validation.task == "classification"
     figure = _figure(1, 2 if classification else 1, 5.6, 4.2)
     axes = figure.subplots(1, 2 if classification else 1, squeeze=False)[0]
@@ -110,16 +108,9 @@ def plot_validation(validation, path, prediction=None) -> Path:
             amounts = np.array([p.amount for p in result.points])
             accuracy = np.array([p.metrics["test_accuracy"] for p in result.points])
             bands = np.array(
-                [
-                    accuracy_interval(
-                        p.metrics["test_accuracy"],
-                        int(p.metrics["n_test"]),
-                        validation.confidence,
-                        validation.interval_method,
-                    )
-                    for p in result.points
-                ]
-            )
+                [[p.metrics["test_accuracy_low"], p.metrics["test_accuracy_high"]]
+                 for p in result.points]
+            )  # fmt: skip
             axis.fill_between(amounts, bands[:, 0], bands[:, 1], color=colour, alpha=0.15)
             axis.plot(amounts, accuracy, marker=".", color=colour, label=variant)
             axis.axvline(result.accuracy_limit, color=colour, linestyle=":", linewidth=1.5)

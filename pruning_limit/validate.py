@@ -152,7 +152,8 @@ class VariantSweep:
     variant
         ``"one_shot"``, ``"refit"`` or ``"finetune"``.
     points
-        Every evaluated p, sorted, with ``test_accuracy`` (classification only),
+        Every evaluated p, sorted, with ``test_accuracy`` and its binomial interval
+        ``test_accuracy_low`` / ``test_accuracy_high`` (classification only),
         ``test_loss``, ``train_loss`` and the sample counts.
     accuracy_limit
         Largest p before the first p whose test accuracy fell more than the tolerance
@@ -168,6 +169,10 @@ class VariantSweep:
         How many distinct supports were evaluated.
     seconds
         Wall time of the sweep.
+    reference
+        ``finetune`` only: the metrics of the unpruned network after the same
+        fine-tune (p = 0 in the sweep is the dense network itself), to tell the
+        fine-tune's own effect on accuracy from pruning's.
     """
 
     variant: str
@@ -180,6 +185,7 @@ class VariantSweep:
     evaluations: int
     seconds: float
     notes: list = field(default_factory=list)
+    reference: dict | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -539,6 +545,10 @@ class _Weights:
         # Inside pruned() the removed weights are the zeros (see the module docstring).
         return [tensor.detach() != 0 for tensor in self.tensors]
 
+    def unchanged(self) -> bool:
+        """True when pruning removed nothing that was not already zero: the dense network."""
+        return all(torch.equal(t, o) for t, o in zip(self.tensors, self.original))
+
     def flat_pruned(self, masks) -> np.ndarray:
         return np.concatenate([(~keep).cpu().numpy().reshape(-1) for keep in masks])
 
@@ -560,10 +570,10 @@ class _Weights:
 
 def _refit_evaluator(weights: _Weights, quadratic: QuadraticModel, metrics_of) -> Callable:
     def evaluate(model: nn.Module) -> dict[str, float]:
-        pruned_flat = weights.flat_pruned(weights.keep_masks())
+        if weights.unchanged():  # p = 0: the dense network, nothing to re-fit
+            return metrics_of(model)
         try:
-            if pruned_flat.any():
-                weights.write_flat(quadratic.refit(pruned_flat))
+            weights.write_flat(quadratic.refit(weights.flat_pruned(weights.keep_masks())))
             return metrics_of(model)
         finally:
             weights.restore()
@@ -573,11 +583,16 @@ def _refit_evaluator(weights: _Weights, quadratic: QuadraticModel, metrics_of) -
 
 def _finetune_evaluator(
     weights: _Weights, budget: FinetuneBudget, train_pair, loss_fn, seed: int, metrics_of
-) -> Callable:
+) -> tuple[Callable, Callable]:
+    """(evaluate for the sweep, fine-tune and evaluate whatever the mask).
+
+    The sweep's evaluation leaves a network with nothing removed as it is: p = 0 is the
+    dense network, the reference the criteria are defined against.
+    """
     inputs, targets = train_pair
     train_loss = _metrics_function({"train": train_pair}, loss_fn, classification=False)
 
-    def evaluate(model: nn.Module) -> dict[str, float]:
+    def finetuned(model: nn.Module) -> dict[str, float]:
         masks = weights.keep_masks()
         flags = [tensor.requires_grad for tensor in weights.tensors]
         try:
@@ -592,7 +607,10 @@ def _finetune_evaluator(
             for tensor, flag in zip(weights.tensors, flags):
                 tensor.requires_grad_(flag)
 
-    return evaluate
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        return metrics_of(model) if weights.unchanged() else finetuned(model)
+
+    return evaluate, finetuned
 
 
 def _adam_on_kept(model, tensors, masks, inputs, targets, loss_fn, budget, seed, train_loss):
@@ -838,10 +856,13 @@ def validate(
     evaluators = {"one_shot": metrics_of}
     if "refit" in variants:
         evaluators["refit"] = _refit_evaluator(weights, quadratic, metrics_of)
+    finetuned_dense = None
     if "finetune" in variants:
-        evaluators["finetune"] = _finetune_evaluator(
+        evaluators["finetune"], finetune_anyway = _finetune_evaluator(
             weights, budget, train_pair, loss_fn, seed, metrics_of
         )
+        with eval_mode(model):
+            finetuned_dense = finetune_anyway(model)
 
     results = {}
     for variant in variants:
@@ -864,6 +885,12 @@ def validate(
             interval_method,
             time.perf_counter() - sweep_started,
         )
+        if variant == "finetune":
+            results[variant].reference = finetuned_dense
+            results[variant].notes.append(
+                "p = 0 is the dense network itself; reference: the dense network after the same "
+                "fine-tune (nothing removed), which shows the fine-tune's own effect"
+            )
     from . import __version__
 
     return Validation(
@@ -901,6 +928,11 @@ def _read_limits(
     notes = []
     accuracy_limit = accuracy_bracket = accuracy_limits_interval = None
     if drop is not None:
+        for point in points:
+            low, high = accuracy_interval(
+                point.metrics["test_accuracy"], point.metrics["n_test"], confidence, interval_method
+            )
+            point.metrics.update(test_accuracy_low=low, test_accuracy_high=high)
         accuracy_bracket = _bracket(points, drop)
         accuracy_limit = accuracy_bracket[0]
         accuracy_limits_interval = limit_interval(

@@ -149,6 +149,36 @@ def test_finetune_never_ends_above_one_shot_and_restores_frozen_weights():
     assert len(common) >= len(COARSE)
     assert all(finetune[k] <= one_shot[k] + 1e-7 for k in common)
     assert any(finetune[k] < one_shot[k] - 1e-4 for k in common if k > 0)
+    # p = 0 is the dense network itself; the fine-tuned dense network is the reference.
+    sweep = validation.variants["finetune"]
+    assert sweep.points[0].metrics["train_loss"] == validation.dense["train_loss"]
+    assert sweep.reference["train_loss"] < validation.dense["train_loss"]
+
+
+def test_weights_already_zero_leave_p0_dense_in_every_variant():
+    """A model with exact zeros (e.g. already pruned): removing only zeros changes
+    nothing, so no variant re-fits or fine-tunes there and p = 0 reads as dense."""
+    model, train_pair, test_pair = classification_problem(seed=3, batchnorm=False)
+    with torch.no_grad():
+        model[0].weight[:, :2] = 0.0  # 24 of the 108 prunable weights
+    before = snapshot(model)
+    validation = validate(
+        model,
+        train_data=train_pair,
+        test_data=test_pair,
+        loss_fn=nn.CrossEntropyLoss(),
+        epsilon=0.01,
+        variants=("one_shot", "refit", "finetune"),
+        amounts=[0.0, 0.1, 0.2, 0.5],
+        resolution=0.1,
+        finetune={"epochs": 1, "lr": 1e-2},
+        progress=False,
+    )
+    assert_bit_identical(before, model)
+    for sweep in validation.variants.values():
+        by_amount = {p.amount: p.metrics for p in sweep.points}
+        for amount in (0.0, 0.1, 0.2):  # 0, 11 and 22 weights: zeros only
+            assert by_amount[amount]["train_loss"] == validation.dense["train_loss"], amount
 
 
 # -- the refit reaches the quadratic predictor on an exactly quadratic loss ----------------------
