@@ -14,6 +14,7 @@ import pickle
 import sys
 import zipfile
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,13 @@ from .batches import EmptyDataError
 from .datasets import Dataset, load_dataset
 from .hessian import NoPrunableParameterError, resolve_parameters
 from .lanczos import estimate_spectrum, exact_spectrum
-from .limit import DEFAULT_METHODS, predict_limit
+from .limit import DEFAULT_METHODS, Prediction, predict_limit
 from .models import model_spec
+from .plots import plot_validation
 from .spectrum import Spectrum
+from .study import load_config, run_study
 from .training import load_checkpoint, train
+from .validate import compare, validate
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LOSSES: dict[str, Callable[[], nn.Module]] = {
@@ -456,6 +460,84 @@ def command_predict(args, out: Output) -> int:
     return 0
 
 
+def command_validate(args, out: Output) -> int:
+    folder = writable_folder(args.out)
+    model, _, data = load_model_and_data(args)
+    train_pair, test_pair = split(data)
+    if test_pair is None:
+        raise UserError("validate needs test data: give X_test and y_test, or built-in data")
+    prediction = None
+    if args.prediction:
+        prediction = Prediction.load(args.prediction)
+    epsilon = (
+        parse_epsilon(args.epsilon)
+        if args.epsilon
+        else (prediction.epsilon if prediction is not None else "batch_std")
+    )
+    validation = validate(
+        model,
+        train_data=train_pair,
+        test_data=test_pair,
+        loss_fn=LOSSES[args.loss](),
+        epsilon=epsilon,
+        variants=tuple(args.variant) if args.variant else ("one_shot", "refit"),
+        tolerance=args.tolerance,
+        resolution=args.resolution,
+        curvature=args.curvature,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    comparison = compare(prediction, validation) if prediction is not None else None
+    validation.save(folder / "validation.json")
+    figure = plot_validation(validation, folder / "validation.png", prediction=prediction)
+    human = [validation.summary()]
+    payload = {"validation": json.loads(validation.to_json()), "files": [str(figure)]}
+    if comparison is not None:
+        (folder / "comparison.md").write_text(comparison.to_markdown() + "\n")
+        human += ["", comparison.to_markdown()]
+        payload["comparison"] = comparison.to_dict()
+    human.append(f"\nwritten to {folder}")
+    out.result(payload, "\n".join(human))
+    return 0
+
+
+def command_study(args, out: Output) -> int:
+    config = load_config(args.config)
+    result = run_study(config, out=args.out, log=None if args.quiet else out.log)
+    markdown = Path(result.out) / "study.md"
+    out.result(
+        json.loads(result.to_json()),
+        (markdown.read_text() if markdown.exists() else "") + f"\nresults in {result.out}",
+    )
+    return 0
+
+
+def command_demo(args, out: Output) -> int:
+    writable_folder(args.out)
+    config = load_config(str(resources.files("pruning_limit") / "demo.toml"))
+    config["study"]["seed"] = args.seed
+    if args.quick:  # a first look in seconds: two small datasets, a smaller model
+        config["model"]["hidden"] = [16]
+        config["training"]["epochs"] = 20
+        config["validation"]["variants"] = ["one_shot", "refit"]
+        config["datasets"] = [
+            {**config["datasets"][0], "d": [2, 8], "n": 16, "n_train": 400, "n_test": 400}
+        ]
+        config = load_config(config)
+    out.log(
+        "demo: small MLPs on hidden-manifold data of intrinsic dimension 2, 8 and 32; "
+        "exact GGN spectra, every predictor, one-shot / refit / fine-tune pruning sweeps"
+    )
+    result = run_study(config, out=args.out, log=None if args.quiet else out.log)
+    markdown = Path(result.out) / "study.md"
+    out.result(
+        json.loads(result.to_json()),
+        (markdown.read_text() if markdown.exists() else "") + f"\nresults in {result.out}",
+    )
+    return 0
+
+
 # -- the parser ------------------------------------------------------------------------
 
 
@@ -570,6 +652,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None)
     p.add_argument("--out", default=None, help="write the Prediction as JSON here")
     p.set_defaults(handler=command_predict)
+
+    p = commands.add_parser(
+        "validate",
+        parents=[common, checkpoint],
+        help="prune for real: actual limits, comparison and plots",
+    )
+    p.add_argument("--prediction", default=None, help="a prediction.json to compare with")
+    p.add_argument(
+        "--variant",
+        action="append",
+        choices=["one_shot", "refit", "finetune"],
+        help="repeat for several (default: one_shot and refit)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.5,
+        help="accuracy drop allowed, in percentage points (default 0.5)",
+    )
+    p.add_argument("--resolution", type=float, default=0.005, help="bisection resolution in p")
+    p.add_argument(
+        "--epsilon", default=None, help="loss budget (default: the prediction's, else batch_std)"
+    )
+    p.add_argument(
+        "--curvature",
+        choices=["auto", "hessian", "ggn"],
+        default="auto",
+        help="curvature of the refit's quadratic model",
+    )
+    p.add_argument("--out", default="validation", help="results folder")
+    p.set_defaults(handler=command_validate)
+
+    p = commands.add_parser(
+        "study", parents=[common], help="the full experiment from a TOML configuration"
+    )
+    p.add_argument("config", help="study configuration (TOML); see pruning_limit.study")
+    p.add_argument("--out", default=None, help="results folder (default: the config's)")
+    p.set_defaults(handler=command_study)
+
+    p = commands.add_parser(
+        "demo", parents=[common], help="the main job on built-in data (a few minutes on a CPU)"
+    )
+    p.add_argument("--out", default="results/demo", help="results folder")
+    p.add_argument("--quick", action="store_true", help="smaller models and data (seconds)")
+    p.set_defaults(handler=command_demo)
     return parser
 
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -307,3 +308,77 @@ def test_predict_bad_input(checkpoint, tmp_path):
         ),
         "another model",
     )
+
+
+def test_validate_compares_with_a_prediction_and_writes_plots(checkpoint, tmp_path):
+    run(
+        "predict",
+        checkpoint,
+        "--data",
+        TINY_DATA,
+        "--epsilon",
+        "0.01",
+        "--out",
+        tmp_path / "prediction.json",
+        "--quiet",
+    )
+    result = run(
+        "validate",
+        checkpoint,
+        "--data",
+        TINY_DATA,
+        "--prediction",
+        tmp_path / "prediction.json",
+        "--variant",
+        "one_shot",
+        "--resolution",
+        "0.02",
+        "--out",
+        tmp_path / "val",
+        "--json",
+        "--quiet",
+    )
+    payload = json.loads(result.stdout)
+    assert payload["validation"]["epsilon"] == 0.01  # taken from the prediction
+    assert (tmp_path / "val" / "validation.json").exists()
+    assert (tmp_path / "val" / "validation.png").stat().st_size > 0
+    assert "paper" in (tmp_path / "val" / "comparison.md").read_text()
+    assert {row["method"] for row in payload["comparison"]["rows"]} >= {"paper", "quadratic"}
+
+
+def test_validate_rejects_a_negative_tolerance(checkpoint, tmp_path):
+    assert_user_error(
+        run(
+            "validate",
+            checkpoint,
+            "--data",
+            TINY_DATA,
+            "--tolerance",
+            "-1",
+            "--out",
+            tmp_path / "v",
+            check=False,
+        ),
+        "tolerance",
+    )
+
+
+def test_demo_quick_writes_the_results_folder(tmp_path):
+    result = run("demo", "--quick", "--out", tmp_path / "demo")
+    assert "paper" in result.stdout and "one_shot" in result.stdout
+    study = json.loads((tmp_path / "demo" / "study.json").read_text())
+    assert len(study["rows"]) == 2
+    for row in study["rows"]:
+        assert 0.0 <= row["predicted"]["paper"]["p"] <= 1.0
+    assert (tmp_path / "demo" / "study.png").stat().st_size > 0
+
+
+def test_study_from_a_toml_file_and_unknown_keys(tmp_path):
+    config = Path(__file__).parent.parent / "examples" / "study-tiny.toml"
+    result = run("study", config, "--out", tmp_path / "study", "--quiet", "--json")
+    assert json.loads(result.stdout)["name"] == "tiny"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[study]\nname = "x"\nfavourite_colour = "blue"\n[[datasets]]\nname = "manifold"\n'
+    )
+    assert_user_error(run("study", bad, check=False), "favourite_colour")
