@@ -181,10 +181,13 @@ class CurvatureOperator:
     device
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``. The data are moved there once.
     hvp_method
-        How a block of K Hessian products is taken per batch after one
-        create-graph backward pass: ``"loop"`` (K backward passes through the
-        gradient's graph) or ``"batched"`` (one vmapped pass,
-        ``is_grads_batched=True``). ``benchmarks/hvp_cost.py`` measures both.
+        How a block of K products is taken per batch. Hessian: after one
+        create-graph backward pass, ``"loop"`` makes K backward passes through the
+        gradient's graph, ``"batched"`` one vmapped pass (``is_grads_batched``).
+        GGN: after one linearisation, ``"loop"`` makes K forward-mode passes,
+        ``"batched"`` one vmapped pass. ``benchmarks/hvp_cost.py`` measured
+        ``"loop"`` faster per vector in blocks of 8 (MLP 1.44 vs 1.58 gradients,
+        CNN 1.54 vs 2.63), hence the default; ``matrix()`` uses ``"batched"``.
 
     Attributes
     ----------
@@ -308,8 +311,12 @@ class CurvatureOperator:
         """C V for V of shape (D, K) (columns are vectors, as in scipy)."""
         return self.apply(block.T).T
 
-    def apply(self, rows: torch.Tensor) -> torch.Tensor:
-        """C applied to each row of ``rows`` (shape (K, D)); returns shape (K, D)."""
+    def apply(self, rows: torch.Tensor, method: str | None = None) -> torch.Tensor:
+        """C applied to each row of ``rows`` (shape (K, D)); returns shape (K, D).
+
+        ``method`` overrides the operator's ``hvp_method`` for this call.
+        """
+        method = self.hvp_method if method is None else method
         if rows.dim() != 2 or rows.shape[1] != self.dimension:
             raise ValueError(
                 f"expected vectors of shape (K, {self.dimension}), got {tuple(rows.shape)}"
@@ -318,14 +325,14 @@ class CurvatureOperator:
         product = self._hessian_rows if self.curvature == "hessian" else self._ggn_rows
         result = torch.zeros_like(rows)
         for w, (x, y) in zip(self._weights, self.batches):
-            result += w * product(rows, x, y)
+            result += w * product(rows, x, y, method)
         if not torch.isfinite(result).all():
             raise FloatingPointError(
                 f"the {self.curvature} product is NaN or infinite: check the loss and weights"
             )
         return result
 
-    def _hessian_rows(self, rows, inputs, targets) -> torch.Tensor:
+    def _hessian_rows(self, rows, inputs, targets, method: str) -> torch.Tensor:
         point = [p.detach().requires_grad_(True) for p in self._point]
         loss = self._batch_loss(point, inputs, targets)
         grads = torch.autograd.grad(loss, point, create_graph=True, allow_unused=True)
@@ -335,7 +342,7 @@ class CurvatureOperator:
             return torch.zeros_like(rows)
         grads = [grads[i] for i in curved]
         directions = [self.unflatten(rows)[i] for i in curved]
-        if self.hvp_method == "batched" and rows.shape[0] > 1:
+        if method == "batched" and rows.shape[0] > 1:
             products = torch.autograd.grad(
                 grads, point, grad_outputs=directions, is_grads_batched=True, allow_unused=True
             )
@@ -352,7 +359,7 @@ class CurvatureOperator:
             out.append(self._flatten_rows([p if p is None else p[None] for p in products], 1))
         return torch.cat(out)
 
-    def _ggn_rows(self, rows, inputs, targets) -> torch.Tensor:
+    def _ggn_rows(self, rows, inputs, targets, method: str) -> torch.Tensor:
         point = tuple(p.detach() for p in self._point)
 
         def network(*weights):
@@ -365,12 +372,20 @@ class CurvatureOperator:
             self.loss_fn(at_outputs, targets), at_outputs, create_graph=True
         )
         directions = self.unflatten(rows)
-        # J V for all K directions in one vectorised forward-mode pass, then H_out, then J^T.
-        tangents = torch.func.vmap(lambda *d: torch.func.jvp(network, point, d)[1])(*directions)
-        (curved,) = torch.autograd.grad(
-            output_gradient, at_outputs, grad_outputs=tangents, is_grads_batched=True
-        )
-        return self._flatten_rows(torch.func.vmap(pullback)(curved), rows.shape[0])
+        if method == "batched":  # J V in one vmapped forward-mode pass, J^T by a vmapped pullback
+            tangents = torch.func.vmap(lambda *d: torch.func.jvp(network, point, d)[1])(*directions)
+            (curved,) = torch.autograd.grad(
+                output_gradient, at_outputs, grad_outputs=tangents, is_grads_batched=True
+            )
+            return self._flatten_rows(torch.func.vmap(pullback)(curved), rows.shape[0])
+        out = []
+        for k in range(rows.shape[0]):
+            _, tangent = torch.func.jvp(network, point, tuple(d[k] for d in directions))
+            (curved,) = torch.autograd.grad(
+                output_gradient, at_outputs, grad_outputs=tangent, retain_graph=True
+            )
+            out.append(self.flatten(pullback(curved)))
+        return torch.stack(out)
 
     def _flatten_rows(self, products, count: int) -> torch.Tensor:
         # A parameter the loss does not depend on has a zero block.
@@ -398,7 +413,11 @@ class CurvatureOperator:
                 "use estimate_spectrum (SLQ) or raise max_dimension"
             )
         eye = torch.eye(self.dimension, dtype=self.dtype, device=self.device)
-        columns = [self.apply(eye[i : i + block]) for i in range(0, self.dimension, block)]
+        # Blocks of unit vectors: the vmapped products are the faster ones for small models.
+        columns = [
+            self.apply(eye[i : i + block], method="batched")
+            for i in range(0, self.dimension, block)
+        ]
         full = torch.cat(columns)
         return 0.5 * (full + full.T)
 

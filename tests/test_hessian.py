@@ -27,15 +27,17 @@ def test_hessian_products_match_torch_func(case, hvp_method):
     assert relative_error(operator.matrix(), truth) < 1e-10
 
 
-def test_ggn_products_match_jacobian_sandwich(case):
+@pytest.mark.parametrize("hvp_method", ["loop", "batched"])
+def test_ggn_products_match_jacobian_sandwich(case, hvp_method):
     operator = CurvatureOperator(
         case.model, case.loss_fn, case.data, batch_size=case.batch_size, curvature="ggn",
-        device="cpu",
+        device="cpu", hvp_method=hvp_method,
     )
     truth = case.ggn()
     block = torch.randn(operator.dimension, 3, generator=torch.Generator().manual_seed(1),
                         dtype=torch.float64)
     assert relative_error(operator.matmat(block), truth @ block) < 1e-10
+    assert relative_error(operator.matrix(), truth) < 1e-10
     assert torch.linalg.eigvalsh(operator.matrix()).min() > -1e-12  # PSD for convex losses
 
 
