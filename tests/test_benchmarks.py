@@ -201,3 +201,17 @@ def test_missing_baselines_are_skipped_with_a_reason(tmp_path):
         assert all("not installed" in reason for reason in result["skipped"].values())
         assert not any(name.startswith(BASELINES) for name in result["tools"])
     assert record["results"]["speed"]["ours_time_over_anchor_time"]["ours.block"] == {}
+
+
+def test_delta_accuracy_quick(tmp_path):
+    record = run_benchmark("delta_accuracy", tmp_path)
+    for result in record["results"]:
+        for curvature in ("hessian", "ggn"):
+            block = result["curvatures"][curvature]
+            assert positive(block["c_star"]) and 0.0 <= block["p_star_exact"] <= 1.0
+            assert block["rows"], curvature
+            for row in block["rows"]:
+                assert math.isfinite(row["delta_error_at_c_star"])
+                assert abs(row["delta_error_at_c_star"]) <= 1.0  # a difference of two fractions
+                assert isinstance(row["interval_contains_exact"], bool)
+    assert (tmp_path / "delta_accuracy-cpu.png").stat().st_size > 0
