@@ -571,7 +571,7 @@ def _execute(run: _Run, config: dict, run_dir: Path, datasets: dict) -> dict:
         "epsilon_source": prediction.epsilon_source,
         "curvature": prediction.curvature,
         "spectrum_method": prediction.spectrum.get("method"),
-        "refit_curvature": (validation.refit or {}).get("curvature"),
+        "refit_curvature": _refit_curvature(validation, prediction),
         "predicted": {
             method: {"p": est.removal_fraction, "interval": list(est.interval)}
             for method, est in prediction.estimates.items()
@@ -590,6 +590,14 @@ def _execute(run: _Run, config: dict, run_dir: Path, datasets: dict) -> dict:
         "seconds": timings,
     }
     return json.loads(json.dumps(row))  # as it reads back from run.json
+
+
+def _refit_curvature(validation: Validation, prediction: Prediction) -> str | None:
+    if validation.refit is None:
+        return None
+    curvature = validation.refit["curvature"]
+    # "given" here is always the prediction's own quadratic model.
+    return f"{prediction.curvature} (the prediction's)" if curvature == "given" else curvature
 
 
 # -- the result --------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def test_tiny_study_runs_end_to_end(tiny_study):
     assert set(row["predicted"]) == {"paper", "orthogonal", "quadratic", "trace_bound"}
     assert set(row["actual"]) == {"one_shot", "refit", "finetune"}
     assert row["curvature"] == "ggn" and row["spectrum_method"] == "exact"
-    assert row["refit_curvature"] == "given"  # the prediction's own quadratic model
+    assert row["refit_curvature"] == "ggn (the prediction's)"
     assert row["intrinsic_dimension"] == 2.0 and row["dimension"] == 288
     for variant in row["actual"].values():
         assert 0.0 <= variant["accuracy"] <= 1.0 and 0.0 <= variant["loss_budget"] <= 1.0
