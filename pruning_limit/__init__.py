@@ -59,7 +59,7 @@ from .quadratic import QuadraticModel, magnitude_pruned_mask, quadratic_limit, q
 from .spectrum import ParameterInfo, Spectrum
 from .study import StudyResult, load_config, run_study
 from .training import TrainResult, evaluate, load_checkpoint, save_checkpoint, train
-from .validate import Comparison, FinetuneBudget, Validation, compare, validate
+from .validation import Comparison, FinetuneBudget, Validation, compare, validate
 
 try:
     __version__ = version("pruning-limit")

@@ -32,7 +32,7 @@ from .plots import plot_validation
 from .spectrum import Spectrum
 from .study import load_config, run_study
 from .training import load_checkpoint, train
-from .validate import compare, validate
+from .validation import compare, validate
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LOSSES: dict[str, Callable[[], nn.Module]] = {

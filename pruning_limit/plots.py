@@ -9,7 +9,7 @@ path. Figures are built on matplotlib's object API with the Agg canvas
 created, so nothing is left open and no display backend is needed.
 
 - :func:`plot_validation`: test accuracy and training loss against p for each
-  variant of a :class:`~pruning_limit.validate.Validation`, the thresholds, the
+  variant of a :class:`~pruning_limit.validation.Validation`, the thresholds, the
   actual limits and, given a Prediction, the predicted limits and their intervals.
 - :func:`plot_statistical_dimension`: delta(R(p))/D and p against p
   (``Prediction.curves``), the crossings marked: the closed-form limits.
@@ -85,7 +85,7 @@ def plot_validation(validation, path, prediction=None) -> Path:
     Parameters
     ----------
     validation
-        A :class:`~pruning_limit.validate.Validation`.
+        A :class:`~pruning_limit.validation.Validation`.
     path
         Where to write the PNG.
     prediction

@@ -14,9 +14,9 @@ plain model) and every training dtype, a run
    spectrum, exact when D <= ``exact_limit`` (else SLQ), to ``spectrum.npz``;
 3. predicts with every method (:func:`~pruning_limit.limit.predict_from_spectrum`,
    the quadratic model built once from the same matrix) to ``prediction.json``;
-4. validates with every variant (:func:`~pruning_limit.validate.validate`, the
+4. validates with every variant (:func:`~pruning_limit.validation.validate`, the
    refit through the same quadratic model) to ``validation.json``;
-5. compares them (:func:`~pruning_limit.validate.compare`), draws ``validation.png``,
+5. compares them (:func:`~pruning_limit.validation.compare`), draws ``validation.png``,
    ``statdim.png`` and ``spectrum.png``, and writes ``run.json`` last.
 
 A run whose ``run.json`` exists is skipped on a re-run, and a run cut short resumes
@@ -62,7 +62,7 @@ Every section and key is optional except ``[[datasets]]``; unknown keys are an e
     points); ``resolution`` (0.005); ``amounts`` (the coarse grid of p, default 0,
     0.05, ..., 0.95, 0.99); ``confidence`` (0.95); ``refit_curvature`` ("auto": the
     exact Hessian, with the prediction's policy, when D <= ``exact_limit``, else the
-    GGN by CG, as :func:`~pruning_limit.validate.validate` does; "hessian"; "ggn";
+    GGN by CG, as :func:`~pruning_limit.validation.validate` does; "hessian"; "ggn";
     or "prediction": the prediction's own quadratic model, which is the point the
     ``quadratic`` predictor speaks of and costs no second matrix).
 ``[validation.finetune]``
@@ -104,7 +104,7 @@ from .models import model_spec
 from .quadratic import QuadraticModel
 from .spectrum import Spectrum
 from .training import DTYPES, load_checkpoint, train
-from .validate import CRITERIA, VARIANTS, Validation, compare, validate
+from .validation import CRITERIA, VARIANTS, Validation, compare, validate
 
 FORMAT_VERSION = 1
 FULL_RANK = "full"
@@ -615,7 +615,7 @@ class StudyResult:
         One dict per run: dataset, intrinsic dimension (knob and estimates), L1,
         dtype, D, dense metrics, eps, ``predicted`` (method -> p, interval),
         ``actual`` (variant -> accuracy and loss-budget limits with intervals),
-        ``comparison`` (the rows of :func:`~pruning_limit.validate.compare`).
+        ``comparison`` (the rows of :func:`~pruning_limit.validation.compare`).
     summary
         One dict per (method, variant, criterion) over the runs: mean signed and
         absolute error in percentage points, the share of runs whose actual lies

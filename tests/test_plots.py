@@ -16,7 +16,7 @@ from pruning_limit.plots import (
     plot_validation,
 )
 from pruning_limit.study import StudyResult
-from pruning_limit.validate import validate
+from pruning_limit.validation import validate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

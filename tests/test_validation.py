@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -18,10 +17,11 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+import pruning_limit.validation
 from pruning_limit.limit import MethodEstimate, Prediction, predict_limit
 from pruning_limit.pruning import SweepPoint
 from pruning_limit.quadratic import QuadraticModel, magnitude_pruned_mask
-from pruning_limit.validate import (
+from pruning_limit.validation import (
     FinetuneBudget,
     Validation,
     VariantSweep,
@@ -29,7 +29,6 @@ from pruning_limit.validate import (
     validate,
 )
 
-validate_module = sys.modules["pruning_limit.validate"]
 COARSE = [0.0, 0.2, 0.4, 0.6, 0.8, 0.95]
 
 
@@ -385,7 +384,7 @@ def no_sweep(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("validate reached the pruning sweep")
 
-    monkeypatch.setattr(validate_module, "sweep", refuse)
+    monkeypatch.setattr(pruning_limit.validation, "sweep", refuse)
 
 
 def call(model, train_pair, test_pair, **options):
