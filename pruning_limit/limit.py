@@ -161,10 +161,10 @@ def loss_budget(
         value = float(np.std(losses, ddof=1))
         record.update(kind="batch_std", ddof=1, batches=int(losses.size))
         if sizes is not None:
-            values, counts = np.unique(sizes, return_counts=True)
+            # The nominal size is the largest: only a last batch may be shorter.
             record.update(
-                batch_size=int(values[np.argmax(counts)]),
-                batch_sizes_vary=bool(values.size > 1),
+                batch_size=int(np.max(sizes)),
+                batch_sizes_vary=bool(np.unique(sizes).size > 1),
                 samples=int(sizes.sum()),
             )
     else:
