@@ -294,12 +294,14 @@ class CurvatureOperator:
 
     def gradient(self) -> torch.Tensor:
         """Gradient of the full-data mean loss with respect to the selected weights."""
-        total = torch.zeros(self.dimension, dtype=self.dtype, device=self.device)
+        totals = [torch.zeros_like(p) for p in self._point]
         for w, (x, y) in zip(self._weights, self.batches):
             point = [p.detach().requires_grad_(True) for p in self._point]
             grads = torch.autograd.grad(self._batch_loss(point, x, y), point, allow_unused=True)
-            total += w * self._flatten_rows([g if g is None else g[None] for g in grads], 1)[0]
-        return total
+            for total, grad in zip(totals, grads):
+                if grad is not None:
+                    total.add_(grad, alpha=w)
+        return self.flatten(totals)
 
     # -- products ------------------------------------------------------------------
 
@@ -322,44 +324,60 @@ class CurvatureOperator:
                 f"expected vectors of shape (K, {self.dimension}), got {tuple(rows.shape)}"
             )
         rows = rows.to(device=self.device, dtype=self.dtype)
+        count = rows.shape[0]
+        directions = self.unflatten(rows)
         product = self._hessian_rows if self.curvature == "hessian" else self._ggn_rows
-        result = torch.zeros_like(rows)
+        # Accumulate per parameter and flatten once: no per-batch concatenation.
+        totals = [torch.zeros_like(d) for d in directions]
         for w, (x, y) in zip(self._weights, self.batches):
-            result += w * product(rows, x, y, method)
+            for k, pieces in product(directions, count, x, y, method):
+                for total, piece in zip(totals, pieces):
+                    if piece is not None:  # None: the loss does not depend on this tensor
+                        (total if k is None else total[k]).add_(piece, alpha=w)
+        result = torch.cat([t.reshape(count, -1) for t in totals], dim=1)
         if not torch.isfinite(result).all():
             raise FloatingPointError(
                 f"the {self.curvature} product is NaN or infinite: check the loss and weights"
             )
         return result
 
-    def _hessian_rows(self, rows, inputs, targets, method: str) -> torch.Tensor:
+    def _hessian_rows(self, directions, count: int, inputs, targets, method: str):
+        """Yield ``(k, per-parameter products)`` for one batch; k None: all K at once."""
         point = [p.detach().requires_grad_(True) for p in self._point]
         loss = self._batch_loss(point, inputs, targets)
         grads = torch.autograd.grad(loss, point, create_graph=True, allow_unused=True)
         # A gradient that does not depend on the weights has no second derivative.
         curved = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
         if not curved:
-            return torch.zeros_like(rows)
+            return
         grads = [grads[i] for i in curved]
-        directions = [self.unflatten(rows)[i] for i in curved]
-        if method == "batched" and rows.shape[0] > 1:
-            products = torch.autograd.grad(
-                grads, point, grad_outputs=directions, is_grads_batched=True, allow_unused=True
+        curved_directions = [directions[i] for i in curved]
+        if method == "batched" and count > 1:
+            yield (
+                None,
+                torch.autograd.grad(
+                    grads,
+                    point,
+                    grad_outputs=curved_directions,
+                    is_grads_batched=True,
+                    allow_unused=True,
+                ),
             )
-            return self._flatten_rows(products, rows.shape[0])
-        out = []
-        for k in range(rows.shape[0]):
-            products = torch.autograd.grad(
-                grads,
-                point,
-                grad_outputs=[d[k] for d in directions],
-                retain_graph=k < rows.shape[0] - 1,
-                allow_unused=True,
+            return
+        for k in range(count):
+            yield (
+                k,
+                torch.autograd.grad(
+                    grads,
+                    point,
+                    grad_outputs=[d[k] for d in curved_directions],
+                    retain_graph=k < count - 1,
+                    allow_unused=True,
+                ),
             )
-            out.append(self._flatten_rows([p if p is None else p[None] for p in products], 1))
-        return torch.cat(out)
 
-    def _ggn_rows(self, rows, inputs, targets, method: str) -> torch.Tensor:
+    def _ggn_rows(self, directions, count: int, inputs, targets, method: str):
+        """Yield ``(k, per-parameter products)`` for one batch; k None: all K at once."""
         point = tuple(p.detach() for p in self._point)
 
         def network(*weights):
@@ -371,33 +389,19 @@ class CurvatureOperator:
         (output_gradient,) = torch.autograd.grad(
             self.loss_fn(at_outputs, targets), at_outputs, create_graph=True
         )
-        directions = self.unflatten(rows)
         if method == "batched":  # J V in one vmapped forward-mode pass, J^T by a vmapped pullback
             tangents = torch.func.vmap(lambda *d: torch.func.jvp(network, point, d)[1])(*directions)
             (curved,) = torch.autograd.grad(
                 output_gradient, at_outputs, grad_outputs=tangents, is_grads_batched=True
             )
-            return self._flatten_rows(torch.func.vmap(pullback)(curved), rows.shape[0])
-        out = []
-        for k in range(rows.shape[0]):
+            yield None, torch.func.vmap(pullback)(curved)
+            return
+        for k in range(count):
             _, tangent = torch.func.jvp(network, point, tuple(d[k] for d in directions))
             (curved,) = torch.autograd.grad(
                 output_gradient, at_outputs, grad_outputs=tangent, retain_graph=True
             )
-            out.append(self.flatten(pullback(curved)))
-        return torch.stack(out)
-
-    def _flatten_rows(self, products, count: int) -> torch.Tensor:
-        # A parameter the loss does not depend on has a zero block.
-        return torch.cat(
-            [
-                torch.zeros(count, size, dtype=self.dtype, device=self.device)
-                if p is None
-                else p.reshape(count, -1)
-                for p, size in zip(products, self._sizes)
-            ],
-            dim=1,
-        )
+            yield k, pullback(curved)
 
     # -- derived quantities ----------------------------------------------------------
 
