@@ -68,8 +68,29 @@ def products(workload: common.Workload, skipped: dict) -> tuple[dict, dict]:
             hvp_method=hvp_method,
         )
 
-    hessian_loop, hessian_batched, ggn = ours("hessian"), ours("hessian", "batched"), ours("ggn")
+    hessian_loop, hessian_batched = ours("hessian"), ours("hessian", "batched")
+    ggn, ggn_batched = ours("ggn"), ours("ggn", "batched")
     anchor = common.full_data_gradient(workload)
+
+    def forward_over_reverse() -> torch.Tensor:
+        """The alternative to double backward: torch.func.jvp of torch.func.grad, per batch."""
+        names = [n for n, p in workload.model.named_parameters() if p.requires_grad]
+        fixed = {n: p.detach() for n, p in workload.model.named_parameters() if n not in names}
+        fixed.update(dict(workload.model.named_buffers()))
+        point = {n: p.detach() for n, p in workload.model.named_parameters() if n in names}
+        tangent = dict(zip(names, split_like(vector, weights)))
+        total = None
+        for inputs, targets in batches:
+
+            def loss(params, inputs=inputs, targets=targets):
+                outputs = torch.func.functional_call(workload.model, {**fixed, **params}, (inputs,))
+                return workload.loss_fn(outputs, targets)
+
+            _, product = torch.func.jvp(torch.func.grad(loss), (point,), (tangent,))
+            piece = flat([product[n] for n in names]) * (inputs.shape[0] / workload.inputs.shape[0])
+            total = piece if total is None else total + piece
+        return total[None]
+
     tasks = {
         "gradient": (1, lambda: flat(anchor())[None]),
         "ours.gradient": (1, lambda: hessian_loop.gradient()[None]),
@@ -77,7 +98,9 @@ def products(workload: common.Workload, skipped: dict) -> tuple[dict, dict]:
         "ours.hvp.block8.loop": (BLOCK, lambda: hessian_loop.apply(block)),
         "ours.hvp.block8.batched": (BLOCK, lambda: hessian_batched.apply(block)),
         "ours.ggn": (1, lambda: ggn.apply(vector[None])),
-        "ours.ggn.block8": (BLOCK, lambda: ggn.apply(block)),
+        "ours.ggn.block8.loop": (BLOCK, lambda: ggn.apply(block)),
+        "ours.ggn.block8.batched": (BLOCK, lambda: ggn_batched.apply(block)),
+        "torch.func.forward_over_reverse": (1, forward_over_reverse),
     }
 
     reason = common.baseline_status("pyhessian")
