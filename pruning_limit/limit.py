@@ -65,6 +65,7 @@ from .geometry import (
     statdim_exact,
 )
 from .quadratic import DEFAULT_DENSE_LIMIT, QuadraticModel, _as_vector
+from .serialization import plain, read_json, write_json
 from .spectrum import Spectrum
 
 METHODS = ("paper", "orthogonal", "trace_bound", "quadratic", "statdim_exact")
@@ -478,7 +479,7 @@ class Prediction:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["format_version"] = FORMAT_VERSION
-        return _plain(data)
+        return plain(data)
 
     def to_json(self, indent: int | None = 2) -> str:
         """JSON text (non-finite numbers are written as NaN / Infinity, which json reads)."""
@@ -486,13 +487,7 @@ class Prediction:
 
     def save(self, path: str | Path) -> Path:
         """Write :meth:`to_json` to ``path`` (``.json`` added if missing), atomically."""
-        path = Path(path)
-        if path.suffix != ".json":
-            path = path.with_suffix(".json")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
-        return path
+        return write_json(path, self.to_json())
 
     @classmethod
     def from_dict(cls, data: dict) -> Prediction:
@@ -510,14 +505,7 @@ class Prediction:
     @classmethod
     def load(cls, path: str | Path) -> Prediction:
         """Read a Prediction written by :meth:`save`."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no prediction file at {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not a prediction file: {error}") from error
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "prediction"))
 
     # -- reading -----------------------------------------------------------------------
 
@@ -569,19 +557,6 @@ class Prediction:
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
-
-
-def _plain(value):
-    """Tuples -> lists and numpy scalars/arrays -> Python, recursively (for JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 # -- the predictors --------------------------------------------------------------------------
@@ -800,7 +775,7 @@ def predict_from_spectrum(
             "method": spectrum.method,
             "probes": probes,
             "steps": spectrum.steps,
-            "provenance": _plain(spectrum.provenance),
+            "provenance": plain(spectrum.provenance),
         },
         parameters=[
             [str(p[0]), [int(s) for s in p[1]]]
@@ -811,7 +786,7 @@ def predict_from_spectrum(
             )
         ],
         convergence=convergence,
-        curves=_plain(curves),
+        curves=plain(curves),
         confidence=confidence,
         notes=notes,
         version=__version__,

@@ -87,6 +87,7 @@ from .pruning import (
     sweep,
 )
 from .quadratic import DEFAULT_DENSE_LIMIT, QuadraticModel
+from .serialization import plain, read_json, write_json
 
 VARIANTS = ("one_shot", "refit", "finetune")
 CRITERIA = ("accuracy", "loss_budget")
@@ -190,7 +191,7 @@ class VariantSweep:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["points"] = [_point_dict(point) for point in self.points]
-        return _plain(data)
+        return plain(data)
 
     @classmethod
     def from_dict(cls, data: dict) -> VariantSweep:
@@ -296,20 +297,14 @@ class Validation:
         data = asdict(self)
         data["variants"] = {name: sweep.to_dict() for name, sweep in self.variants.items()}
         data["format_version"] = FORMAT_VERSION
-        return _plain(data)
+        return plain(data)
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
     def save(self, path: str | Path) -> Path:
         """Write :meth:`to_json` to ``path`` (``.json`` added if missing), atomically."""
-        path = Path(path)
-        if path.suffix != ".json":
-            path = path.with_suffix(".json")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
-        return path
+        return write_json(path, self.to_json())
 
     @classmethod
     def from_dict(cls, data: dict) -> Validation:
@@ -325,14 +320,7 @@ class Validation:
     @classmethod
     def load(cls, path: str | Path) -> Validation:
         """Read a Validation written by :meth:`save`."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no validation file at {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not a validation file: {error}") from error
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "validation"))
 
     # -- reading -----------------------------------------------------------------------
 
@@ -391,19 +379,6 @@ def _point_dict(point: SweepPoint) -> dict:
         "dimension": point.dimension,
         "metrics": dict(point.metrics),
     }
-
-
-def _plain(value):
-    """Tuples -> lists and numpy scalars -> Python, recursively (for JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _check_criterion(criterion: str) -> None:
@@ -1002,7 +977,7 @@ class Comparison:
         raise KeyError(f"no row for {(method, variant, criterion)}")
 
     def to_dict(self) -> dict:
-        return _plain(asdict(self))
+        return plain(asdict(self))
 
     def to_markdown(self) -> str:
         """A markdown table: p is the fraction REMOVED; error in percentage points."""
