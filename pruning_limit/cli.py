@@ -502,15 +502,19 @@ def command_validate(args, out: Output) -> int:
     return 0
 
 
-def command_study(args, out: Output) -> int:
-    config = load_config(args.config)
-    result = run_study(config, out=args.out, log=None if args.quiet else out.log)
+def report_study(result, out: Output) -> int:
+    """Print a study's tables (study.md) or, with --json, the whole result."""
     markdown = Path(result.out) / "study.md"
     out.result(
         json.loads(result.to_json()),
         (markdown.read_text() if markdown.exists() else "") + f"\nresults in {result.out}",
     )
     return 0
+
+
+def command_study(args, out: Output) -> int:
+    config = load_config(args.config)
+    return report_study(run_study(config, out=args.out, log=None if args.quiet else out.log), out)
 
 
 def command_demo(args, out: Output) -> int:
@@ -529,13 +533,7 @@ def command_demo(args, out: Output) -> int:
         "demo: small MLPs on hidden-manifold data of intrinsic dimension 2, 8 and 32; "
         "exact GGN spectra, every predictor, one-shot / refit / fine-tune pruning sweeps"
     )
-    result = run_study(config, out=args.out, log=None if args.quiet else out.log)
-    markdown = Path(result.out) / "study.md"
-    out.result(
-        json.loads(result.to_json()),
-        (markdown.read_text() if markdown.exists() else "") + f"\nresults in {result.out}",
-    )
-    return 0
+    return report_study(run_study(config, out=args.out, log=None if args.quiet else out.log), out)
 
 
 # -- the parser ------------------------------------------------------------------------
