@@ -12,6 +12,7 @@ import importlib
 import json
 import pickle
 import sys
+import warnings
 import zipfile
 from collections.abc import Callable
 from importlib import resources
@@ -192,10 +193,7 @@ def load_model(path_text: str, *, model_factory: str | None, trust_pickle: bool)
     if path.is_dir() or path.name == "card.json":
         return load_checkpoint(path)
     if zipfile.is_zipfile(path) and _is_torchscript(path):
-        raise UserError(
-            f"{path} is a TorchScript file: its curvature cannot be taken (torch.func does not "
-            "run scripted modules); save its state_dict and pass --model module:factory"
-        )
+        return _load_torchscript(path), {"format": "torchscript"}
     try:
         content = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
@@ -241,6 +239,17 @@ def load_model(path_text: str, *, model_factory: str | None, trust_pickle: bool)
 def _is_torchscript(path: Path) -> bool:
     with zipfile.ZipFile(path) as archive:
         return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    """A TorchScript module; its code is TorchScript, not pickled Python, so no trust is needed."""
+    try:
+        with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot read TorchScript checkpoint {path}: {first}") from error
 
 
 def _model_from_factory(text: str) -> nn.Module:

@@ -15,7 +15,11 @@ semi-definite whenever ``l`` is convex in the outputs (cross-entropy, squared
 error) and equals the Hessian where the residuals vanish.
 
 The model runs in eval mode (BatchNorm on running statistics, dropout off) through
-``torch.func.functional_call``, so the user's module is never modified.
+``torch.func.functional_call``, so the user's module is never modified. A
+TorchScript module (``torch.jit.script`` or ``torch.jit.trace``, loaded by
+``torch.jit.load``) cannot be re-parametrised that way; for it the weights are
+placed in its slots for the duration of one call and put back (see
+:func:`call_with`).
 
 Example
 -------
@@ -45,6 +49,11 @@ from .spectrum import ParameterInfo
 CURVATURES = ("hessian", "ggn")
 DEFAULT_EXACT_LIMIT = 5000
 PRUNABLE_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
+# The same layers as they are named inside a TorchScript module (its ``original_name``).
+PRUNABLE_SCRIPT_NAMES = frozenset(
+    ["Linear", "Conv1d", "Conv2d", "Conv3d"]
+    + ["ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
+)
 
 
 class NoPrunableParameterError(ValueError):
@@ -56,13 +65,19 @@ def prunable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
     These are the tensors that users of ``torch.nn.utils.prune.global_unstructured``
     prune; biases and normalisation parameters are left out. A weight shared by
-    several modules appears once.
+    several modules appears once. Inside a TorchScript module the layers are
+    recognised by the class name they were scripted from.
     """
     seen: set[int] = set()
     found = []
     for module_name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if isinstance(module, PRUNABLE_MODULES) and isinstance(weight, nn.Parameter):
+        # A loaded TorchScript module hands its parameters out as plain tensors.
+        weight = dict(module.named_parameters(recurse=False)).get("weight")
+        prunable = isinstance(module, PRUNABLE_MODULES) or (
+            isinstance(module, torch.jit.ScriptModule)
+            and getattr(module, "original_name", None) in PRUNABLE_SCRIPT_NAMES
+        )
+        if prunable and weight is not None:
             if id(weight) not in seen:
                 seen.add(id(weight))
                 found.append((f"{module_name}.weight" if module_name else "weight", weight))
@@ -144,6 +159,39 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     ):
         raise ValueError("device 'mps' was asked for but torch sees no MPS device")
     return device
+
+
+def call_with(model: nn.Module, state: dict[str, torch.Tensor], inputs: torch.Tensor):
+    """``model(inputs)`` with its parameters and buffers replaced by ``state`` (by name).
+
+    For an eager module this is ``torch.func.functional_call``. A TorchScript module
+    keeps its tensors in C++ slots that ``functional_call`` cannot re-parametrise:
+    the given tensors are written into the slots for this one call and the original
+    tensors written back afterwards, even on an error, so the module is left as it
+    was. Autograd and the ``torch.func`` transforms see the substituted tensors, as
+    for an eager module. Optimised execution is off during the call: its fused
+    differentiable subgraphs do not support the double backward that Hessian
+    products take.
+    """
+    if not isinstance(model, torch.jit.ScriptModule):
+        return functional_call(model, state, (inputs,))
+    originals = dict(model.named_parameters())
+    originals.update(model.named_buffers())
+    _set_script_slots(model, state)
+    try:
+        with torch.jit.optimized_execution(False):
+            return model(inputs)
+    finally:
+        _set_script_slots(model, {name: originals[name] for name in state})
+
+
+def _set_script_slots(model: torch.jit.ScriptModule, state: dict[str, torch.Tensor]) -> None:
+    for name, tensor in state.items():
+        *path, leaf = name.split(".")
+        owner = model
+        for part in path:
+            owner = getattr(owner, part)
+        owner._c.setattr(leaf, tensor)
 
 
 @contextlib.contextmanager
@@ -255,7 +303,7 @@ class CurvatureOperator:
         state = dict(self._fixed)
         state.update(zip(self.names, point))
         with eval_mode(self.model):
-            return functional_call(self.model, state, (inputs,))
+            return call_with(self.model, state, inputs)
 
     def _batch_loss(self, point, inputs, targets) -> torch.Tensor:
         return self.loss_fn(self._outputs(point, inputs), targets)

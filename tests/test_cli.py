@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 import pruning_limit as pl
+import pruning_limit.cli  # noqa: F401  (pl.cli.load_data reads --data as the CLI does)
 
 TINY_DATA = "manifold:d=3,n=8,n_train=200,n_test=100"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -204,6 +206,56 @@ def test_pickled_model_refused_without_trust_pickle(tmp_path):
     assert not (tmp_path / "s.npz").exists()
     run(*base, "--trust-pickle")
     assert (tmp_path / "s.npz").exists()
+
+
+def test_torchscript_checkpoint_gives_the_eager_models_spectrum_and_prediction(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    model = model.double().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(model).save(str(tmp_path / "scripted.pt"))
+    run(
+        "spectrum",
+        tmp_path / "scripted.pt",
+        "--data",
+        TINY_DATA,
+        "--exact",
+        "--curvature",
+        "ggn",
+        "--dtype",
+        "float64",
+        "--out",
+        tmp_path / "s.npz",
+        "--quiet",
+    )
+    dataset = pl.cli.load_data(TINY_DATA)
+    eager = pl.exact_spectrum(
+        model,
+        torch.nn.CrossEntropyLoss(),
+        (dataset.X_train.double(), dataset.y_train),
+        curvature="ggn",
+    )
+    scripted = pl.Spectrum.load(tmp_path / "s.npz")
+    assert scripted.dimension == 8 * 4 + 4 * 2
+    assert np.allclose(np.sort(scripted.nodes[0]), np.sort(eager.nodes[0]), atol=1e-12)
+
+    result = run(
+        "predict",
+        tmp_path / "scripted.pt",
+        "--data",
+        TINY_DATA,
+        "--batch-size",
+        "50",
+        "--json",
+        "--quiet",
+    )
+    assert set(json.loads(result.stdout)["estimates"]) >= {"paper", "quadratic"}
+    (tmp_path / "broken.pt").write_bytes((tmp_path / "scripted.pt").read_bytes()[:400])
+    assert_user_error(
+        run("predict", tmp_path / "broken.pt", "--data", TINY_DATA, "--quiet", check=False),
+        "cannot read",
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,11 @@
-"""CurvatureOperator against torch.func ground truth (float64, short last batch)."""
+"""CurvatureOperator against torch.func ground truth (float64, short last batch).
+
+Also for TorchScript modules (scripted and traced), whose products must equal the
+eager module's exact Hessian and GGN.
+"""
+
+import io
+import warnings
 
 import pytest
 import torch
@@ -39,6 +46,64 @@ def test_ggn_products_match_jacobian_sandwich(case, hvp_method):
     assert relative_error(operator.matmat(block), truth @ block) < 1e-10
     assert relative_error(operator.matrix(), truth) < 1e-10
     assert torch.linalg.eigvalsh(operator.matrix()).min() > -1e-12  # PSD for convex losses
+
+
+def torchscript_round_trip(model: nn.Module, trace_inputs=None) -> torch.jit.ScriptModule:
+    """``torch.jit.script`` (or ``trace``) the model, saved and loaded as a user's file is."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        compiled = (
+            torch.jit.script(model)
+            if trace_inputs is None
+            else torch.jit.trace(model, trace_inputs)
+        )
+        buffer = io.BytesIO()
+        torch.jit.save(compiled, buffer)
+        buffer.seek(0)
+        return torch.jit.load(buffer)
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+@pytest.mark.parametrize("hvp_method", ["loop", "batched"])
+def test_torchscript_model_has_the_eager_models_curvature(case, curvature, hvp_method):
+    scripted = torchscript_round_trip(case.model)
+    mode = case.model.training
+    scripted.train(mode)
+    before = {k: v.clone() for k, v in scripted.state_dict().items()}
+    operator = CurvatureOperator(
+        scripted, case.loss_fn, case.data, batch_size=case.batch_size, curvature=curvature,
+        device="cpu", hvp_method=hvp_method,
+    )
+    assert operator.names == [name for name, _ in case.prunable()]
+    truth = case.hessian() if curvature == "hessian" else case.ggn()
+    block = torch.randn(operator.dimension, 3, generator=torch.Generator().manual_seed(2),
+                        dtype=torch.float64)
+    assert relative_error(operator.matmat(block), truth @ block) < 1e-10
+    assert relative_error(operator.matrix(), truth) < 1e-10
+    # Weights put back in their slots, and the mode restored.
+    for key, value in scripted.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert scripted.training == mode and all(m.training == mode for m in scripted.modules())
+
+
+def test_traced_model_has_the_eager_models_hessian():
+    case = __import__("cases").mlp_tanh()
+    traced = torchscript_round_trip(case.model.eval(), trace_inputs=case.inputs[:4])
+    operator = CurvatureOperator(traced, case.loss_fn, case.data, batch_size=case.batch_size,
+                                 device="cpu")
+    assert relative_error(operator.matrix(), case.hessian()) < 1e-10
+
+
+def test_torchscript_slots_restored_when_the_call_fails():
+    case = __import__("cases").mlp_tanh()
+    scripted = torchscript_round_trip(case.model)
+    state = dict(scripted.named_parameters())
+    originals = {name: tensor.clone() for name, tensor in state.items()}
+    wrong = {name: torch.zeros(1, dtype=torch.float64) for name in state}
+    with pytest.raises(RuntimeError):
+        pl.hessian.call_with(scripted, wrong, case.inputs)
+    for name, tensor in scripted.named_parameters():
+        assert torch.equal(tensor, originals[name]), name
 
 
 def test_model_mode_and_weights_untouched():

@@ -8,8 +8,10 @@ error, L(w) = mean (Xw - y)^2, whose loss is exactly quadratic with Hessian
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -120,6 +122,37 @@ def test_state_dict_bit_identical_after_every_variant():
     assert all(p.grad is None for p in model.parameters())
     assert list(validation.variants) == ["one_shot", "refit", "finetune"]
     assert validation.refit["curvature"] == "hessian" and validation.refit["solver"] == "dense"
+
+
+def test_torchscript_model_validates_as_the_eager_model_and_is_restored():
+    """A scripted copy of the model gives the same sweeps, point for point, in every
+    variant (pruning, re-fit and fine-tune write into its slots in place), and ends
+    bit-identical to before."""
+    model, train_pair, test_pair = classification_problem(seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(copy.deepcopy(model))
+    before = snapshot(scripted)
+    options = dict(
+        train_data=train_pair,
+        test_data=test_pair,
+        loss_fn=nn.CrossEntropyLoss(),
+        variants=("one_shot", "refit", "finetune"),
+        amounts=COARSE,
+        resolution=0.05,
+        finetune={"epochs": 2, "lr": 1e-2, "batch_size": 32},
+        batch_size=40,
+        progress=False,
+    )
+    eager = validate(model, **options)
+    compiled = validate(scripted, **options)
+    assert_bit_identical(before, scripted)
+    for variant, sweep in eager.variants.items():
+        other = compiled.variants[variant].points
+        assert [p.removed for p in sweep.points] == [p.removed for p in other]
+        for point, twin in zip(sweep.points, other):
+            for key, value in point.metrics.items():
+                assert twin.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (variant, key)
 
 
 def test_finetune_never_ends_above_one_shot_and_restores_frozen_weights():
