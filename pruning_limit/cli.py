@@ -244,8 +244,9 @@ def _is_torchscript(path: Path) -> bool:
 def _load_torchscript(path: Path) -> nn.Module:
     """A TorchScript module; its code is TorchScript, not pickled Python, so no trust is needed."""
     try:
-        with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's
+        with warnings.catch_warnings():  # torch.jit's deprecation notices are not the user's
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
             return torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, OSError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

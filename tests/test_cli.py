@@ -213,7 +213,7 @@ def test_torchscript_checkpoint_gives_the_eager_models_spectrum_and_prediction(t
     model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
     model = model.double().eval()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore")  # torch.jit is deprecated upstream
         torch.jit.script(model).save(str(tmp_path / "scripted.pt"))
     run(
         "spectrum",

@@ -130,7 +130,7 @@ def test_torchscript_model_validates_as_the_eager_model_and_is_restored():
     bit-identical to before."""
     model, train_pair, test_pair = classification_problem(seed=2)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore")  # torch.jit is deprecated upstream
         scripted = torch.jit.script(copy.deepcopy(model))
     before = snapshot(scripted)
     options = dict(
