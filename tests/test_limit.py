@@ -14,6 +14,7 @@ import torch
 from cases import reference_slq
 from scipy.stats import ortho_group
 
+import pruning_limit as pl
 from pruning_limit.limit import (
     CONVENTION,
     METHODS,
@@ -410,6 +411,15 @@ def test_predict_limit_from_a_model():
     assert prediction.dimension == 25
     given = predict_limit(model, spectrum, epsilon=0.01, methods=("paper", "trace_bound"))
     assert given.epsilon_source["kind"] == "given" and given.curvature == "hessian"
+    # Without a spectrum the default curvature is the GGN, taken exactly at this D.
+    own = predict_limit(model, epsilon=0.01, data=data, loss_fn=loss_fn, methods=("paper",))
+    ggn = pl.exact_spectrum(model, loss_fn, data, curvature="ggn", dtype=torch.float64)
+    assert own.curvature == "ggn"
+    assert own.removal_fraction("paper") == pytest.approx(
+        predict_from_spectrum(ggn, weights.numpy(), 0.01, methods=("paper",)).removal_fraction(
+            "paper"
+        )
+    )
 
 
 def test_predict_limit_refuses_mismatches_and_missing_data():
