@@ -161,6 +161,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def has_convolution(model: nn.Module) -> bool:
+    """Whether any submodule is a convolution (eager, or by name inside TorchScript)."""
+    return any(
+        isinstance(module, nn.modules.conv._ConvNd)
+        or (
+            isinstance(module, torch.jit.ScriptModule)
+            and getattr(module, "original_name", "").startswith(("Conv", "LazyConv"))
+        )
+        for module in model.modules()
+    )
+
+
 def call_with(model: nn.Module, state: dict[str, torch.Tensor], inputs: torch.Tensor):
     """``model(inputs)`` with its parameters and buffers replaced by ``state`` (by name).
 
@@ -233,9 +245,14 @@ class CurvatureOperator:
         create-graph backward pass, ``"loop"`` makes K backward passes through the
         gradient's graph, ``"batched"`` one vmapped pass (``is_grads_batched``).
         GGN: after one linearisation, ``"loop"`` makes K forward-mode passes,
-        ``"batched"`` one vmapped pass. ``benchmarks/hvp_cost.py`` measured
-        ``"loop"`` faster per vector in blocks of 8 (MLP 1.44 vs 1.58 gradients,
-        CNN 1.54 vs 2.63), hence the default; ``matrix()`` uses ``"batched"``.
+        ``"batched"`` one vmapped pass. ``"auto"`` (default) takes ``"loop"`` when
+        the model has a convolution and ``"batched"`` otherwise, as measured per
+        vector in blocks of 8 (CPU, float32; batched time / loop time): MLPs of
+        2k-270k weights, Hessian 0.53-0.96, GGN 0.25-0.52; CNNs, Hessian 1.00-1.58,
+        GGN 0.32-0.76 below 2k weights but 1.14 (17k) and 1.83 (106k), where vmapping
+        through convolutions costs most (``benchmarks/hvp_cost.py``). The rule,
+        not a timing, decides, so that a run gives the same bits on every machine
+        and on resume. ``matrix()`` always uses ``"batched"``.
 
     Attributes
     ----------
@@ -256,12 +273,14 @@ class CurvatureOperator:
         dtype: torch.dtype | None = None,
         device: str | torch.device = "auto",
         batch_size: int = DEFAULT_BATCH_SIZE,
-        hvp_method: str = "loop",
+        hvp_method: str = "auto",
     ) -> None:
         if curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
-        if hvp_method not in ("loop", "batched"):
-            raise ValueError(f"hvp_method must be 'loop' or 'batched', got {hvp_method!r}")
+        if hvp_method not in ("auto", "loop", "batched"):
+            raise ValueError(
+                f"hvp_method must be 'auto', 'loop' or 'batched', got {hvp_method!r}"
+            )
         reduction = getattr(loss_fn, "reduction", "mean")
         if reduction != "mean":
             raise ValueError(
@@ -279,7 +298,11 @@ class CurvatureOperator:
         self.model = model
         self.loss_fn = loss_fn
         self.curvature = curvature
-        self.hvp_method = hvp_method
+        self.hvp_method = (
+            ("loop" if has_convolution(model) else "batched")
+            if hvp_method == "auto"
+            else hvp_method
+        )
         self.names = [name for name, _ in selected]
         self.parameters = tuple(ParameterInfo(n, tuple(p.shape)) for n, p in selected)
         self._sizes = [p.numel() for _, p in selected]

@@ -217,3 +217,28 @@ def test_delta_accuracy_quick(tmp_path):
                 assert abs(row["delta_error_at_c_star"]) <= 1.0  # a difference of two fractions
                 assert isinstance(row["interval_contains_exact"], bool)
     assert (tmp_path / "delta_accuracy-cpu.png").stat().st_size > 0
+
+
+def test_prediction_vs_actual_quick(tmp_path):
+    record = run_benchmark("prediction_vs_actual", tmp_path)
+    assert record["fraction"] == "removed"
+    studies = record["studies"]
+    assert set(studies) == {"float32", "float64"}
+    for dtype, study in studies.items():
+        assert len(study["runs"]) == 3, dtype  # manifold d = 2, 8 and digits at rank 8
+        for run in study["runs"]:
+            assert run["dtype"] == dtype and run["curvature"] == "ggn"
+            for method in ("paper", "orthogonal", "quadratic", "trace_bound"):
+                low, high = run["predicted"][method]["interval"]
+                assert 0.0 <= low <= run["predicted"][method]["p"] <= high <= 1.0, method
+            for variant in ("one_shot", "refit", "finetune"):
+                for criterion in ("accuracy", "loss_budget"):
+                    limit = run["actual"][variant][criterion]
+                    assert limit is None or 0.0 <= limit <= 1.0, (variant, criterion)
+        for line in study["summary"]:
+            assert math.isfinite(line["mean_error_pp"]) and abs(line["mean_error_pp"]) <= 100.0
+            assert 0.0 <= line["inside_fraction"] <= 1.0
+    markdown = (tmp_path / "prediction_vs_actual-cpu.md").read_text()
+    assert "| paper | one_shot | accuracy |" in markdown
+    for dtype in ("float32", "float64"):
+        assert (tmp_path / f"prediction_vs_actual-cpu-{dtype}.png").stat().st_size > 0

@@ -48,6 +48,23 @@ def test_ggn_products_match_jacobian_sandwich(case, hvp_method):
     assert torch.linalg.eigvalsh(operator.matrix()).min() > -1e-12  # PSD for convex losses
 
 
+def test_auto_hvp_method_loops_for_convolutions_and_batches_otherwise():
+    cases = __import__("cases")
+    for build, expected in [(cases.mlp_tanh, "batched"), (cases.cnn, "loop")]:
+        case = build()
+        eager = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+        scripted = CurvatureOperator(
+            torchscript_round_trip(case.model), case.loss_fn, case.data, device="cpu"
+        )
+        assert eager.hvp_method == scripted.hvp_method == expected, case.name
+        chosen = CurvatureOperator(
+            case.model, case.loss_fn, case.data, device="cpu", hvp_method="loop"
+        )
+        assert chosen.hvp_method == "loop"
+    with pytest.raises(ValueError, match="hvp_method"):
+        CurvatureOperator(case.model, case.loss_fn, case.data, hvp_method="vmap")
+
+
 def torchscript_round_trip(model: nn.Module, trace_inputs=None) -> torch.jit.ScriptModule:
     """``torch.jit.script`` (or ``trace``) the model, saved and loaded as a user's file is."""
     with warnings.catch_warnings():
