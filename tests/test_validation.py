@@ -99,23 +99,24 @@ def linear_problem(dimension: int, samples: int, scales=None, seed: int = 0):
 # -- restoration --------------------------------------------------------------------------------
 
 
+# validate() options that run every variant on a coarse grid, quickly.
+EVERY_VARIANT = dict(
+    loss_fn=nn.CrossEntropyLoss(),
+    variants=("one_shot", "refit", "finetune"),
+    amounts=COARSE,
+    resolution=0.05,
+    finetune={"epochs": 2, "lr": 1e-2, "batch_size": 32},
+    batch_size=40,
+    progress=False,
+)
+
+
 def test_state_dict_bit_identical_after_every_variant():
     model, train_pair, test_pair = classification_problem()
     model.train()  # the caller's mode must come back too
     before = snapshot(model)
     flags = [p.requires_grad for p in model.parameters()]
-    validation = validate(
-        model,
-        train_data=train_pair,
-        test_data=test_pair,
-        loss_fn=nn.CrossEntropyLoss(),
-        variants=("one_shot", "refit", "finetune"),
-        amounts=COARSE,
-        resolution=0.05,
-        finetune={"epochs": 2, "lr": 1e-2, "batch_size": 32},
-        batch_size=40,
-        progress=False,
-    )
+    validation = validate(model, train_data=train_pair, test_data=test_pair, **EVERY_VARIANT)
     assert_bit_identical(before, model)
     assert model.training
     assert [p.requires_grad for p in model.parameters()] == flags
@@ -133,17 +134,7 @@ def test_torchscript_model_validates_as_the_eager_model_and_is_restored():
         warnings.simplefilter("ignore")  # torch.jit is deprecated upstream
         scripted = torch.jit.script(copy.deepcopy(model))
     before = snapshot(scripted)
-    options = dict(
-        train_data=train_pair,
-        test_data=test_pair,
-        loss_fn=nn.CrossEntropyLoss(),
-        variants=("one_shot", "refit", "finetune"),
-        amounts=COARSE,
-        resolution=0.05,
-        finetune={"epochs": 2, "lr": 1e-2, "batch_size": 32},
-        batch_size=40,
-        progress=False,
-    )
+    options = dict(train_data=train_pair, test_data=test_pair, **EVERY_VARIANT)
     eager = validate(model, **options)
     compiled = validate(scripted, **options)
     assert_bit_identical(before, scripted)
