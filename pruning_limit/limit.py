@@ -47,9 +47,11 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,7 @@ from .spectrum import Spectrum
 
 METHODS = ("paper", "orthogonal", "trace_bound", "quadratic", "statdim_exact")
 DEFAULT_METHODS = ("paper", "orthogonal", "quadratic", "trace_bound")
+MEASURED_ERRORS_FILE = "measured_errors.json"  # written by benchmarks/prediction_vs_actual.py
 CLOSED_FORMS = ("paper", "orthogonal", "trace_bound")
 CONVENTION = (
     "p is the fraction of prunable weights REMOVED (amount in torch.nn.utils.prune); "
@@ -540,6 +543,7 @@ class Prediction:
         if message:
             lines += ["", message]
         lines += [f"note: {n}" for n in self.notes]
+        lines += _measured_error_lines(list(self.estimates))
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -557,6 +561,44 @@ class Prediction:
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def measured_errors() -> dict:
+    """How far each predictor landed from actual pruning where it was measured.
+
+    The mean of (predicted - actual) p, in percentage points, over the runs of
+    ``benchmarks/prediction_vs_actual.py`` (which writes this file, shipped with the
+    package), against one-shot pruning's accuracy limit and the re-fitted and
+    fine-tuned networks' loss-budget limits. An interval on p* covers the error of
+    the spectrum only; this is the error of the model behind the prediction.
+    """
+    text = resources.files("pruning_limit").joinpath(MEASURED_ERRORS_FILE).read_text()
+    return json.loads(text)
+
+
+def _measured_error_lines(methods: list[str]) -> list[str]:
+    measured = measured_errors()
+    known = [m for m in methods if m in measured["methods"]]
+    if not known:
+        return []
+    against = list(measured["methods"][known[0]])
+    heading = (
+        f"Measured error against real pruning, mean (mean |.|) of {measured['error']}, "
+        f"over {measured['runs']} runs of {measured['setting']} ({measured['source']}). "
+        "Your network may differ: `pruning-limit validate` measures it."
+    )
+    lines = ["", *textwrap.wrap(heading, width=92)]
+    lines.append(f"{'method':<14}" + "".join(f"{a:>26}" for a in against))
+    for method in known:
+        cells = measured["methods"][method]
+        lines.append(
+            f"{method:<14}"
+            + "".join(
+                f"{cells[a]['mean_error_pp']:>+17.1f} ({cells[a]['mean_abs_error_pp']:.1f})"
+                for a in against
+            )
+        )
+    return lines
 
 
 # -- the predictors --------------------------------------------------------------------------

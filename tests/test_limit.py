@@ -17,9 +17,11 @@ from scipy.stats import ortho_group
 import pruning_limit as pl
 from pruning_limit.limit import (
     CONVENTION,
+    DEFAULT_METHODS,
     METHODS,
     Prediction,
     loss_budget,
+    measured_errors,
     predict_from_spectrum,
     predict_limit,
     pruned_norm,
@@ -348,6 +350,32 @@ def test_prediction_round_trips_through_json(tmp_path):
         prediction.removal_fraction("orthogonal")
     with pytest.raises(FileNotFoundError):
         Prediction.load(tmp_path / "missing.json")
+
+
+def test_summary_quotes_the_measured_error_of_each_predictor_it_shows():
+    measured = measured_errors()
+    against = ("one_shot/accuracy", "refit/loss_budget", "finetune/loss_budget")
+    assert measured["runs"] > 0 and "prediction_vs_actual" in measured["source"]
+    for method in DEFAULT_METHODS:
+        assert tuple(measured["methods"][method]) == against, method
+        for cell in measured["methods"][method].values():
+            assert 0 < cell["runs"] <= measured["runs"]
+            assert abs(cell["mean_error_pp"]) <= cell["mean_abs_error_pp"] <= 100
+    rng = np.random.default_rng(5)
+    eigenvalues = rng.uniform(0.0, 1.0, 40)
+    prediction = predict_from_spectrum(
+        exact_spectrum(eigenvalues, "ggn"), rng.standard_normal(40), 0.05,
+        methods=("paper", "statdim_exact"), statdim_samples=50, curvature=np.diag(eigenvalues),
+    )
+    # The table of p* and the table of measured errors each have a "paper" row;
+    # statdim_exact was not measured against pruning, so it has only the first.
+    paper = measured["methods"]["paper"]
+    expected = [f"{paper[a]['mean_error_pp']:+.1f}" for a in against]
+    lines = prediction.summary().splitlines()
+    assert any(line.startswith("Measured error against real pruning") for line in lines)
+    paper_rows = [line.split() for line in lines if line.startswith("paper")]
+    assert len(paper_rows) == 2 and paper_rows[1][1::2] == expected
+    assert len([line for line in lines if line.startswith("statdim_exact")]) == 1
 
 
 # -- from a model ------------------------------------------------------------------------------
