@@ -245,14 +245,15 @@ class CurvatureOperator:
         create-graph backward pass, ``"loop"`` makes K backward passes through the
         gradient's graph, ``"batched"`` one vmapped pass (``is_grads_batched``).
         GGN: after one linearisation, ``"loop"`` makes K forward-mode passes,
-        ``"batched"`` one vmapped pass. ``"auto"`` (default) takes ``"loop"`` when
-        the model has a convolution and ``"batched"`` otherwise, as measured per
-        vector in blocks of 8 (CPU, float32; batched time / loop time): MLPs of
-        2k-270k weights, Hessian 0.53-0.96, GGN 0.25-0.52; CNNs, Hessian 1.00-1.58,
-        GGN 0.32-0.76 below 2k weights but 1.14 (17k) and 1.83 (106k), where vmapping
-        through convolutions costs most (``benchmarks/hvp_cost.py``). The rule,
-        not a timing, decides, so that a run gives the same bits on every machine
-        and on resume. ``matrix()`` always uses ``"batched"``.
+        ``"batched"`` one vmapped pass. ``"auto"`` (default) takes ``"batched"`` for
+        the GGN of a model without convolutions and ``"loop"`` otherwise, as measured
+        per vector (CPU, float32; batched time / loop time, blocks of 2 to 8): GGN of
+        MLPs with 1k-1M weights 0.25-0.85, of CNNs 0.32-0.76 below 2k weights but
+        1.14 (17k) and 1.83 (106k); Hessian of MLPs 1.03-1.46 from 100k weights
+        (0.53 at 2.4k), of CNNs 1.00-1.58 (``benchmarks/hvp_cost.py``). A rule, not a
+        timing, decides, so that a run gives the same bits on every machine and on
+        resume. A single vector always takes the plain path; ``matrix()`` always
+        uses ``"batched"``.
 
     Attributes
     ----------
@@ -299,7 +300,7 @@ class CurvatureOperator:
         self.loss_fn = loss_fn
         self.curvature = curvature
         self.hvp_method = (
-            ("loop" if has_convolution(model) else "batched")
+            ("batched" if curvature == "ggn" and not has_convolution(model) else "loop")
             if hvp_method == "auto"
             else hvp_method
         )
@@ -460,7 +461,7 @@ class CurvatureOperator:
         (output_gradient,) = torch.autograd.grad(
             self.loss_fn(at_outputs, targets), at_outputs, create_graph=True
         )
-        if method == "batched":  # J V in one vmapped forward-mode pass, J^T by a vmapped pullback
+        if method == "batched" and count > 1:  # J V in one vmapped jvp, J^T by a vmapped pullback
             tangents = torch.func.vmap(lambda *d: torch.func.jvp(network, point, d)[1])(*directions)
             (curved,) = torch.autograd.grad(
                 output_gradient, at_outputs, grad_outputs=tangents, is_grads_batched=True

@@ -48,15 +48,24 @@ def test_ggn_products_match_jacobian_sandwich(case, hvp_method):
     assert torch.linalg.eigvalsh(operator.matrix()).min() > -1e-12  # PSD for convex losses
 
 
-def test_auto_hvp_method_loops_for_convolutions_and_batches_otherwise():
+def test_auto_hvp_method_batches_only_the_ggn_of_models_without_convolutions():
     cases = __import__("cases")
-    for build, expected in [(cases.mlp_tanh, "batched"), (cases.cnn, "loop")]:
+    expectations = [
+        (cases.mlp_tanh, "ggn", "batched"),
+        (cases.mlp_tanh, "hessian", "loop"),
+        (cases.cnn, "ggn", "loop"),
+        (cases.cnn, "hessian", "loop"),
+    ]
+    for build, curvature, expected in expectations:
         case = build()
-        eager = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
-        scripted = CurvatureOperator(
-            torchscript_round_trip(case.model), case.loss_fn, case.data, device="cpu"
+        eager = CurvatureOperator(
+            case.model, case.loss_fn, case.data, device="cpu", curvature=curvature
         )
-        assert eager.hvp_method == scripted.hvp_method == expected, case.name
+        scripted = CurvatureOperator(
+            torchscript_round_trip(case.model), case.loss_fn, case.data, device="cpu",
+            curvature=curvature,
+        )
+        assert eager.hvp_method == scripted.hvp_method == expected, (case.name, curvature)
         chosen = CurvatureOperator(
             case.model, case.loss_fn, case.data, device="cpu", hvp_method="loop"
         )
