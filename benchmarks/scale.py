@@ -16,7 +16,8 @@ probes: wall time, seconds per block product, and peak GPU memory.
 
 How it was run (results in ``benchmarks/results/scale-cpu.json``)::
 
-    python benchmarks/scale.py --quick --device cpu   # D up to 1e5, m = 10, 2 probes
+    python benchmarks/scale.py --device cpu           # D up to 1e6, m = 30, 2 probes (~6 min)
+    python benchmarks/scale.py --quick --device cpu   # the test: D up to 1e5, m = 10
     python benchmarks/scale.py --device cuda --only-resnet    # ResNet-18 on the GPU (not run yet)
 """
 
