@@ -294,7 +294,8 @@ def check_spectrum_fits(spectrum: Spectrum, model: nn.Module) -> None:
 
 
 class Output:
-    """Where results and logs go: logs to stderr (unless --quiet), JSON to stdout."""
+    """Where results and logs go: the result to stdout (as JSON with --json), logs to
+    stdout (stderr with --json) unless --quiet."""
 
     def __init__(self, args) -> None:
         self.quiet = args.quiet
@@ -307,7 +308,7 @@ class Output:
     def result(self, payload: dict, human: str) -> None:
         if self.json:
             print(json.dumps(payload, indent=2, default=_json_default))
-        elif not self.quiet:
+        else:
             print(human)
 
 
