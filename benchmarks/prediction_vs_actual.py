@@ -39,6 +39,7 @@ from pathlib import Path
 import common
 
 from pruning_limit import plots
+from pruning_limit.limit import DEFAULT_METHODS
 from pruning_limit.study import load_config, run_study
 
 NAME = "prediction_vs_actual"
@@ -140,18 +141,18 @@ def write_measured_errors(record: dict) -> Path:
     limits.
     """
     runs = [row for study in record["studies"].values() for row in study["runs"]]
-    methods = [m for m in ("paper", "orthogonal", "quadratic", "trace_bound")
-               if all(m in row["predicted"] for row in runs)]  # fmt: skip
+    methods = [m for m in DEFAULT_METHODS if all(m in row["predicted"] for row in runs)]
     errors = {}
     for method in methods:
         errors[method] = {}
         for variant, criterion in MEASURED_AGAINST:
-            pairs = [
-                (row["predicted"][method]["p"], row["actual"][variant][criterion])
+            differences = [
+                100.0 * (row["predicted"][method]["p"] - row["actual"][variant][criterion])
                 for row in runs
                 if row["actual"].get(variant, {}).get(criterion) is not None
             ]
-            differences = [100.0 * (predicted - actual) for predicted, actual in pairs]
+            if not differences:
+                raise ValueError(f"no run has a {variant} {criterion} limit to measure against")
             errors[method][f"{variant}/{criterion}"] = {
                 "runs": len(differences),
                 "mean_error_pp": sum(differences) / len(differences),
@@ -171,9 +172,8 @@ def write_measured_errors(record: dict) -> Path:
         "error": "predicted - actual, percentage points of the fraction removed",
         "methods": errors,
     }
-    path = PACKAGE_ERRORS
-    path.write_text(json.dumps(content, indent=2) + "\n")
-    return path
+    PACKAGE_ERRORS.write_text(json.dumps(content, indent=2) + "\n")
+    return PACKAGE_ERRORS
 
 
 def _log(line: str) -> None:

@@ -48,12 +48,10 @@ from .spectrum import ParameterInfo
 
 CURVATURES = ("hessian", "ggn")
 DEFAULT_EXACT_LIMIT = 5000
-PRUNABLE_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
-# The same layers as they are named inside a TorchScript module (its ``original_name``).
-PRUNABLE_SCRIPT_NAMES = frozenset(
-    ["Linear", "Conv1d", "Conv2d", "Conv3d"]
-    + ["ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
+CONVOLUTIONS = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d
 )
+PRUNABLE_MODULES = (nn.Linear, *CONVOLUTIONS)
 
 
 class NoPrunableParameterError(ValueError):
@@ -73,11 +71,7 @@ def prunable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     for module_name, module in model.named_modules():
         # A loaded TorchScript module hands its parameters out as plain tensors.
         weight = dict(module.named_parameters(recurse=False)).get("weight")
-        prunable = isinstance(module, PRUNABLE_MODULES) or (
-            isinstance(module, torch.jit.ScriptModule)
-            and getattr(module, "original_name", None) in PRUNABLE_SCRIPT_NAMES
-        )
-        if prunable and weight is not None:
+        if is_layer(module, PRUNABLE_MODULES) and weight is not None:
             if id(weight) not in seen:
                 seen.add(id(weight))
                 found.append((f"{module_name}.weight" if module_name else "weight", weight))
@@ -161,16 +155,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def is_layer(module: nn.Module, kinds: tuple[type, ...]) -> bool:
+    """Whether ``module`` is one of ``kinds``; inside a TorchScript module, whether it
+    was scripted (or traced) from one, by its ``original_name``."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return getattr(module, "original_name", None) in {kind.__name__ for kind in kinds}
+    return isinstance(module, kinds)
+
+
 def has_convolution(model: nn.Module) -> bool:
-    """Whether any submodule is a convolution (eager, or by name inside TorchScript)."""
-    return any(
-        isinstance(module, nn.modules.conv._ConvNd)
-        or (
-            isinstance(module, torch.jit.ScriptModule)
-            and getattr(module, "original_name", "").startswith(("Conv", "LazyConv"))
-        )
-        for module in model.modules()
-    )
+    """Whether any submodule is a convolution."""
+    return any(is_layer(module, CONVOLUTIONS) for module in model.modules())
 
 
 def call_with(model: nn.Module, state: dict[str, torch.Tensor], inputs: torch.Tensor):
