@@ -35,7 +35,8 @@ import torch
 from matplotlib.figure import Figure
 
 import pruning_limit as pl
-from pruning_limit.limit import loss_budget, predict_from_spectrum
+from pruning_limit.budget import loss_budget
+from pruning_limit.limit import predict_from_spectrum
 from pruning_limit.spectrum import Spectrum
 
 FIXED_C = (1.0, 1e2, 1e3, 1e4, 1e5)
@@ -109,7 +110,7 @@ def measure(name, model, train_pair, args, device) -> dict:
             model, loss_fn, train_pair, curvature=curvature, dtype=torch.float64, device=device
         )
         started = time.perf_counter()
-        exact = pl.exact_spectrum_of(operator)
+        exact = pl.lanczos.exact_spectrum_of(operator)
         exact_seconds = time.perf_counter() - started
         weights = operator.weights().cpu().numpy()
         epsilon, _ = loss_budget(operator, "batch_std")

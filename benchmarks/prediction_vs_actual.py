@@ -13,8 +13,11 @@ and actual limits and the per-predictor summary, with machine and versions),
 ``prediction_vs_actual-DEVICE.md`` (the tables) and
 ``prediction_vs_actual-DEVICE-DTYPE.png`` (predicted vs actual vs intrinsic
 dimension). A full run with the default configuration also writes
-``pruning_limit/measured_errors.json``: each predictor's mean error against actual
-pruning, which every printed Prediction quotes as its error figure. The run
+``measured_errors.json`` there: each predictor's mean error against actual pruning.
+The package ships these figures in ``pruning_limit/data/measured_errors.json`` (every
+printed Prediction quotes them); this script never touches the package unless asked
+to, separately, with ``--update-package-data``, which copies the figures of the last
+full run from the results folder into the package without running anything. The run
 folders (checkpoints, spectra, predictions, validations, plots) go to ``--out``
 (default ``runs/prediction_vs_actual``; a temporary folder with ``--quick``); an
 interrupted run resumes there.
@@ -23,6 +26,7 @@ How it was run (results in ``benchmarks/results/``)::
 
     python benchmarks/prediction_vs_actual.py            # 2-core shared CPU, 1 thread
     python benchmarks/prediction_vs_actual.py --quick    # the test: a few tiny runs
+    python benchmarks/prediction_vs_actual.py --update-package-data   # ship the figures
 
 The default configuration is ``benchmarks/configs/prediction_vs_actual.toml``
 (``--quick``: ``prediction_vs_actual-quick.toml``); ``--config`` takes any study
@@ -39,15 +43,18 @@ from pathlib import Path
 import common
 
 from pruning_limit import plots
-from pruning_limit.limit import DEFAULT_METHODS
-from pruning_limit.study import load_config, run_study
+from pruning_limit.prediction import DEFAULT_METHODS
+from pruning_limit.serialization import write_json
+from pruning_limit.study import run_study
+from pruning_limit.study_config import load_config
 
 NAME = "prediction_vs_actual"
 # The actual limits the package's error figures are measured against.
 MEASURED_AGAINST = (("one_shot", "accuracy"), ("refit", "loss_budget"), ("finetune", "loss_budget"))
 CONFIGS = Path(__file__).resolve().parent / "configs"
 REPOSITORY = Path(__file__).resolve().parent.parent
-PACKAGE_ERRORS = REPOSITORY / "pruning_limit" / "measured_errors.json"
+PACKAGE_ERRORS = REPOSITORY / "pruning_limit" / "data" / "measured_errors.json"
+ERRORS_FILE = "measured_errors.json"
 DTYPES = ("float32", "float64")
 ROW_KEYS = (
     "run", "dataset", "knob", "intrinsic_dimension", "intrinsic_dimension_estimates",
@@ -65,7 +72,16 @@ def main() -> None:
         default=None,
         help=f"run folders (default: {REPOSITORY / 'runs' / NAME}; --quick: a temporary one)",
     )
+    parser.add_argument(
+        "--update-package-data",
+        action="store_true",
+        help=f"copy RESULTS_DIR/{ERRORS_FILE} (from the last full run) to {PACKAGE_ERRORS} "
+        "and exit",
+    )
     args = parser.parse_args()
+    if args.update_package_data:
+        update_package_data(Path(args.results_dir))
+        return
     device = common.configure(args)
     path = args.config or CONFIGS / (f"{NAME}-quick.toml" if args.quick else f"{NAME}.toml")
     config = load_config(path)
@@ -128,11 +144,21 @@ def main() -> None:
         ]
     print(f"\nwrote {result_path}, {markdown}, " + ", ".join(str(f) for f in figures))
     if not args.quick and args.config is None:
-        errors = write_measured_errors(json.loads(result_path.read_text()))
-        print(f"wrote {errors}: the error figures Prediction.summary() prints")
+        errors = write_measured_errors(json.loads(result_path.read_text()), directory)
+        print(f"wrote {errors}; ship it with --update-package-data")
 
 
-def write_measured_errors(record: dict) -> Path:
+def update_package_data(directory: Path) -> None:
+    """Copy the measured errors of the last full run into the package (nothing is run)."""
+    source = directory / ERRORS_FILE
+    if not source.is_file():
+        raise SystemExit(f"no {source}: run `python benchmarks/{NAME}.py` (full) first")
+    content = json.loads(source.read_text())
+    write_json(PACKAGE_ERRORS, json.dumps(content, indent=2) + "\n")
+    print(f"wrote {PACKAGE_ERRORS} from {source}")
+
+
+def write_measured_errors(record: dict, directory: Path) -> Path:
     """The package's measured errors: mean (predicted - actual) per predictor, over every run.
 
     From a result record of this script, pooled over both training dtypes, against
@@ -172,8 +198,7 @@ def write_measured_errors(record: dict) -> Path:
         "error": "predicted - actual, percentage points of the fraction removed",
         "methods": errors,
     }
-    PACKAGE_ERRORS.write_text(json.dumps(content, indent=2) + "\n")
-    return PACKAGE_ERRORS
+    return write_json(directory / ERRORS_FILE, json.dumps(content, indent=2) + "\n")
 
 
 def _log(line: str) -> None:

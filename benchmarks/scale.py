@@ -38,6 +38,7 @@ def measure(workload: common.Workload, steps: int, probes: int, repeats: int) ->
         workload.model,
         workload.loss_fn,
         workload.batches,
+        curvature="hessian",
         device=workload.device,
         batch_size=workload.batch_size,
     )

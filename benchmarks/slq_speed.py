@@ -43,7 +43,8 @@ import common
 import numpy as np
 import torch
 
-from pruning_limit import CurvatureOperator, exact_spectrum_of, slq
+from pruning_limit import CurvatureOperator, slq
+from pruning_limit.lanczos import exact_spectrum_of
 
 SCALES = (1.0, 100.0, 1e4)
 
@@ -101,6 +102,7 @@ def tools_for(workload: common.Workload, steps: int, probes: int, skipped: dict)
                 workload.model,
                 workload.loss_fn,
                 batches,
+                curvature="hessian",
                 device=device,
                 batch_size=workload.batch_size,
                 hvp_method=hvp_method,
@@ -239,6 +241,7 @@ def accuracy(workload: common.Workload, steps: int, probes: int) -> dict:
         workload.model,
         workload.loss_fn,
         workload.batches,
+        curvature="hessian",
         dtype=torch.float64,
         device=workload.device,
         batch_size=workload.batch_size,

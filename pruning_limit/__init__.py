@@ -1,139 +1,75 @@
 """pruning-limit: predict how large a fraction of a network's weights global one-shot
 magnitude pruning can remove, from the curvature of the loss, and check it by pruning.
 
-Data flow: model + data -> CurvatureOperator -> Spectrum -> Prediction -> Validation.
-Fractions are always the fraction *removed* (``amount`` in torch.nn.utils.prune);
-the fraction kept is 1 - p.
+Data flow (ARCHITECTURE.md): model + data -> CurvatureOperator -> Spectrum ->
+Prediction -> Validation -> Comparison / StudyResult. Fractions are always the fraction
+*removed* (``amount`` in torch.nn.utils.prune); the fraction kept is 1 - p.
+
+The names below are the everyday ones; everything else stays reachable through its
+module (``pruning_limit.statdim.statistical_dimension``, ``pruning_limit.pruning.sweep``...).
+
+>>> import pruning_limit as pl
+>>> sorted(pl.__all__)[:3]
+['Comparison', 'CurvatureOperator', 'Dataset']
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-from .batches import Batches, EmptyDataError, as_batches
-from .datasets import Dataset, digits, intrinsic_dimension, load_dataset, manifold, mnist1d
-from .geometry import (
-    orthogonal_statistical_dimension,
-    quadrature_bounds,
-    statdim_exact,
-    statistical_dimension,
-    trace_bound,
-)
-from .hessian import (
-    CurvatureOperator,
-    NoPrunableParameterError,
-    prunable_parameters,
-    resolve_parameters,
-)
-from .lanczos import (
-    estimate_spectrum,
-    exact_spectrum,
-    exact_spectrum_of,
-    hutchinson_trace,
-    slq,
-    top_eigenvalues,
-)
-from .limit import (
-    MethodEstimate,
-    Prediction,
-    loss_budget,
-    predict_from_spectrum,
-    predict_limit,
-    pruned_norm,
-    statistical_dimension_curve,
-)
-from .models import build_model, count_parameters, model_spec
-from .pruning import (
-    AccuracyDrop,
-    AccuracyDropBound,
-    LossBudget,
-    SweepPoint,
-    accuracy_interval,
-    classification_metrics,
-    limit_from_sweep,
-    limit_interval,
-    magnitude_mask,
-    number_to_prune,
-    pruned,
-    sweep,
-)
-from .quadratic import QuadraticModel, magnitude_pruned_mask, quadratic_limit, quadratic_refit
-from .spectrum import ParameterInfo, Spectrum
-from .study import StudyResult, load_config, run_study
-from .training import TrainResult, evaluate, load_checkpoint, save_checkpoint, train
-from .validation import Comparison, FinetuneBudget, Validation, compare, validate
-
-try:
-    __version__ = version("pruning-limit")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
+from ._version import __version__
+from .batches import EmptyDataError
+from .budget import loss_budget
+from .comparison import Comparison, compare
+from .curvature import CurvatureOperator
+from .datasets import Dataset, load_dataset
+from .lanczos import slq
+from .limit import predict_from_spectrum, pruned_norm
+from .models import build_model, model_spec
+from .parameters import NoPrunableParameterError
+from .pipeline import Pipeline, estimate_spectrum, exact_spectrum, predict_limit
+from .prediction import MethodEstimate, Prediction
+from .pruning import kept_mask, sweep
+from .spectrum import Spectrum
+from .study import StudyResult, run_study
+from .study_config import load_config
+from .training import TrainResult, load_checkpoint, train
+from .validation import Validation, validate
+from .variants import FinetuneBudget
 
 __all__ = [
-    "Batches",
+    "__version__",
+    # data and models
+    "Dataset",
+    "load_dataset",
+    "model_spec",
+    "build_model",
+    "train",
+    "TrainResult",
+    "load_checkpoint",
+    # curvature and spectrum
     "CurvatureOperator",
-    "EmptyDataError",
-    "NoPrunableParameterError",
-    "ParameterInfo",
     "Spectrum",
-    "as_batches",
     "estimate_spectrum",
     "exact_spectrum",
-    "exact_spectrum_of",
-    "hutchinson_trace",
-    "prunable_parameters",
-    "resolve_parameters",
     "slq",
-    "top_eigenvalues",
-    # pruning.py
-    "AccuracyDrop",
-    "AccuracyDropBound",
-    "LossBudget",
-    "SweepPoint",
-    "accuracy_interval",
-    "classification_metrics",
-    "limit_from_sweep",
-    "limit_interval",
-    "magnitude_mask",
-    "number_to_prune",
-    "pruned",
-    "sweep",
-    # datasets.py, models.py, training.py
-    "Dataset",
-    "TrainResult",
-    "build_model",
-    "count_parameters",
-    "digits",
-    "evaluate",
-    "intrinsic_dimension",
-    "load_checkpoint",
-    "load_dataset",
-    "manifold",
-    "mnist1d",
-    "model_spec",
-    "save_checkpoint",
-    "train",
-    # geometry.py, limit.py, quadratic.py
-    "MethodEstimate",
-    "Prediction",
-    "QuadraticModel",
-    "loss_budget",
-    "magnitude_pruned_mask",
-    "orthogonal_statistical_dimension",
-    "predict_from_spectrum",
+    # prediction
+    "Pipeline",
     "predict_limit",
+    "predict_from_spectrum",
+    "loss_budget",
     "pruned_norm",
-    "quadratic_limit",
-    "quadratic_refit",
-    "quadrature_bounds",
-    "statdim_exact",
-    "statistical_dimension",
-    "statistical_dimension_curve",
-    "trace_bound",
-    # validate.py, study.py (plots.py: pruning_limit.plots)
-    "Comparison",
+    "Prediction",
+    "MethodEstimate",
+    # validation
+    "kept_mask",
+    "sweep",
+    "validate",
     "FinetuneBudget",
-    "StudyResult",
     "Validation",
     "compare",
+    "Comparison",
+    # study
     "load_config",
     "run_study",
-    "validate",
+    "StudyResult",
+    # errors
+    "EmptyDataError",
+    "NoPrunableParameterError",
 ]

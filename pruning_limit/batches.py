@@ -121,3 +121,34 @@ def _is_tensor_pair(data) -> bool:
         and data[0].dim() >= 1
         and data[1].dim() >= 1
     )
+
+
+def tensor_pair(data, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``data`` as a pair of tensors ``(X, y)`` with the same number of samples, at least one.
+
+    ``name`` names the argument in the errors.
+
+    >>> X, y = tensor_pair((torch.zeros(3, 2), torch.zeros(3)), "train_data")
+    >>> tensor_pair((torch.zeros(3, 2), torch.zeros(4)), "train_data")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: train_data: inputs of shape (3, 2) and targets of shape (4,) disagree ...
+    """
+    if not (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(t, torch.Tensor) for t in data)
+    ):
+        raise TypeError(
+            f"{name} must be a pair of tensors (X, y), got {type(data).__name__}"
+            + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+        )
+    inputs, targets = data
+    if inputs.dim() < 1 or targets.dim() < 1 or inputs.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"{name}: inputs of shape {tuple(inputs.shape)} and targets of shape "
+            f"{tuple(targets.shape)} disagree on the number of samples"
+        )
+    if inputs.shape[0] == 0:
+        raise ValueError(f"{name} holds no sample")
+    return inputs, targets

@@ -22,20 +22,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .batches import EmptyDataError
+from ._version import __version__
+from .batches import DEFAULT_BATCH_SIZE, EmptyDataError
+from .budget import check_epsilon
+from .comparison import compare
+from .curvature import CURVATURES, DEFAULT_CURVATURE, EXACT_LIMIT
 from .datasets import Dataset, load_dataset
-from .hessian import NoPrunableParameterError, resolve_parameters
-from .lanczos import estimate_spectrum, exact_spectrum
-from .limit import DEFAULT_METHODS, Prediction, predict_limit
 from .models import model_spec
+from .parameters import NoPrunableParameterError
+from .pipeline import estimate_spectrum, exact_spectrum, predict_limit
 from .plots import plot_validation
+from .prediction import DEFAULT_METHODS, METHODS, Prediction
 from .spectrum import Spectrum
-from .study import load_config, run_study
-from .training import load_checkpoint, train
-from .validation import compare, validate
+from .statdim import POLICIES
+from .study import run_study
+from .study_config import load_config
+from .training import DTYPES, OPTIMIZERS, load_checkpoint, train
+from .validation import DEFAULT_VARIANTS, VALIDATION_CURVATURES, VARIANTS, validate
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LOSSES: dict[str, Callable[[], nn.Module]] = {
     "cross_entropy": nn.CrossEntropyLoss,
     "mse": nn.MSELoss,
@@ -278,18 +282,6 @@ def load_model_and_data(args) -> tuple[nn.Module, dict, Dataset | dict]:
     return model, card, load_data(args.data, seed=seed)
 
 
-def check_spectrum_fits(spectrum: Spectrum, model: nn.Module) -> None:
-    selected = resolve_parameters(model)
-    expected = [(name, tuple(p.shape)) for name, p in selected]
-    found = [(p.name, tuple(p.shape)) for p in spectrum.parameters]
-    if expected != found:
-        raise UserError(
-            f"the spectrum was computed for another model (D = {spectrum.dimension}, "
-            f"{len(found)} tensors; this model: D = {sum(p.numel() for _, p in selected)}, "
-            f"{len(expected)} tensors)"
-        )
-
-
 # -- output ----------------------------------------------------------------------------
 
 
@@ -434,21 +426,14 @@ def parse_epsilon(text: str) -> str | float:
         value = float(text)
     except ValueError as error:
         raise UserError(f"--epsilon must be batch_std or a number, got {text!r}") from error
-    if not value > 0:  # also catches NaN
-        raise UserError(f"--epsilon must be > 0, got {text}")
-    return value
+    return check_epsilon(value)  # the library's check: > 0
 
 
 def command_predict(args, out: Output) -> int:
     target = writable_file(args.out) if args.out else None
     model, _, data = load_model_and_data(args)
     train_pair, _ = split(data)
-    spectrum = None
-    curvature = args.curvature
-    if args.spectrum:
-        spectrum = Spectrum.load(args.spectrum)
-        check_spectrum_fits(spectrum, model)
-        curvature = spectrum.curvature
+    spectrum = Spectrum.load(args.spectrum) if args.spectrum else None
     prediction = predict_limit(
         model,
         spectrum,
@@ -457,7 +442,7 @@ def command_predict(args, out: Output) -> int:
         policy=args.policy,
         data=train_pair,
         loss_fn=LOSSES[args.loss](),
-        curvature=curvature,
+        curvature=args.curvature,
         dtype=DTYPES[args.dtype] if args.dtype else None,
         device=args.device,
         batch_size=args.batch_size,
@@ -491,7 +476,7 @@ def command_validate(args, out: Output) -> int:
         test_data=test_pair,
         loss_fn=LOSSES[args.loss](),
         epsilon=epsilon,
-        variants=tuple(args.variant) if args.variant else ("one_shot", "refit"),
+        variants=tuple(args.variant) if args.variant else DEFAULT_VARIANTS,
         tolerance=args.tolerance,
         resolution=args.resolution,
         curvature=args.curvature,
@@ -530,7 +515,7 @@ def command_study(args, out: Output) -> int:
 
 def command_demo(args, out: Output) -> int:
     writable_folder(args.out)
-    config = load_config(str(resources.files("pruning_limit") / "demo.toml"))
+    config = load_config(str(resources.files("pruning_limit") / "data" / "demo.toml"))
     config["study"]["seed"] = args.seed
     if args.quick:  # a first look in seconds: two small datasets, a smaller model
         config["model"]["hidden"] = [16]
@@ -580,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow unpickling a fully pickled model (can run code)",
     )
     checkpoint.add_argument("--loss", choices=sorted(LOSSES), default="cross_entropy")
-    checkpoint.add_argument("--batch-size", type=int, default=256)
+    checkpoint.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
 
     parser = argparse.ArgumentParser(
         prog="pruning-limit",
@@ -598,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     p.add_argument("--l1", type=float, default=0.0, help="L1 penalty on the prunable weights")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -613,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=100, help="Lanczos steps per probe")
     p.add_argument("--probes", type=int, default=10)
     p.add_argument("--block-size", type=int, default=None, help="probes run together")
-    p.add_argument("--curvature", choices=["hessian", "ggn"], default="ggn")
+    p.add_argument("--curvature", choices=CURVATURES, default=DEFAULT_CURVATURE)
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None)
     p.add_argument("--exact", action="store_true", help="full matrix + eigvalsh (small D)")
     p.add_argument(
@@ -638,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--spectrum",
         default=None,
         help="a spectrum.npz from `pruning-limit spectrum` (default: exact for "
-        "D <= 5000, else SLQ)",
+        f"D <= {EXACT_LIMIT}, else SLQ)",
     )
     p.add_argument(
         "--epsilon",
@@ -648,16 +633,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         action="append",
-        choices=["paper", "orthogonal", "quadratic", "trace_bound", "statdim_exact"],
+        choices=METHODS,
         help="repeat for several (default: " + ", ".join(DEFAULT_METHODS) + ")",
     )
     p.add_argument(
         "--policy",
-        choices=["abs", "flat"],
+        choices=POLICIES,
         default="abs",
         help="eigenvalues <= 0: |lambda| (paper) or flat (each adds 1)",
     )
-    p.add_argument("--curvature", choices=["hessian", "ggn"], default="ggn")
+    p.add_argument(
+        "--curvature",
+        choices=CURVATURES,
+        default=None,
+        help=f"default: the spectrum's, else {DEFAULT_CURVATURE}",
+    )
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None)
     p.add_argument("--out", default=None, help="write the Prediction as JSON here")
     p.set_defaults(handler=command_predict)
@@ -671,8 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--variant",
         action="append",
-        choices=["one_shot", "refit", "finetune"],
-        help="repeat for several (default: one_shot and refit)",
+        choices=VARIANTS,
+        help="repeat for several (default: " + ", ".join(DEFAULT_VARIANTS) + ")",
     )
     p.add_argument(
         "--tolerance",
@@ -686,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--curvature",
-        choices=["auto", "hessian", "ggn"],
+        choices=VALIDATION_CURVATURES,
         default="auto",
         help="curvature of the refit's quadratic model",
     )

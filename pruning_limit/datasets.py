@@ -1,4 +1,4 @@
-"""Classification data of controlled intrinsic dimension (DESIGN.md section 5).
+"""Classification data of controlled intrinsic dimension (ARCHITECTURE.md, "Data").
 
 Prunability is expected to depend on the intrinsic dimension of the inputs
 (Ankner et al., arXiv 2212.00291). Every set here is built offline and is a pure
@@ -334,6 +334,12 @@ def load_dataset(name: str, **kwargs) -> Dataset:
     """Build the dataset called ``name`` ("manifold", "digits" or "mnist1d") from ``kwargs``.
 
     ``load_dataset(**dataset.spec)`` rebuilds ``dataset`` exactly.
+
+    Example
+    -------
+    >>> data = load_dataset("manifold", d=2, n=6, n_train=40, n_test=20, seed=0)
+    >>> tuple(data.X_train.shape), tuple(data.X_test.shape), data.ambient_dimension
+    ((40, 6), (20, 6), 6)
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")

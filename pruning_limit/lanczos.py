@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +36,12 @@ import scipy.sparse.linalg
 import torch
 from tqdm.auto import tqdm
 
-from .batches import DEFAULT_BATCH_SIZE
-from .hessian import DEFAULT_EXACT_LIMIT, CurvatureOperator
-from .spectrum import Spectrum, gauss_rule
+from ._version import __version__
+from .curvature import EXACT_LIMIT, CurvatureOperator
+from .quadrature import gauss_rule
+from .spectrum import Spectrum
 
 STATE_VERSION = 1
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def _generator(seed: int, *stream: int) -> torch.Generator:
@@ -183,6 +177,14 @@ def slq(
     -------
     Spectrum
         With per-probe tridiagonals, rules, zero-row count and provenance.
+
+    Example
+    -------
+    >>> from pruning_limit.curvature import MatrixOperator
+    >>> operator = MatrixOperator(torch.diag(torch.arange(1.0, 7.0, dtype=torch.float64)))
+    >>> spectrum = slq(operator, steps=6, probes=2, progress=False)
+    >>> round(spectrum.trace_function(lambda x: x)[0], 6)   # tr(C)/D = 3.5, exact at m = D
+    3.5
     """
     if steps < 1 or probes < 1:
         raise ValueError(f"steps and probes must be >= 1, got steps={steps}, probes={probes}")
@@ -203,7 +205,7 @@ def slq(
         "block_size": block_size,
         "deflate_zero_rows": deflate_zero_rows,
         "zero_row_probes": zero_row_probes,
-        "num_samples": operator.batches.num_samples,
+        "num_samples": operator.provenance().get("num_samples"),
     }
     state = _load_state(state_path, config) if (resume and state_path) else None
 
@@ -332,88 +334,19 @@ def slq(
     )
 
 
-def estimate_spectrum(
-    model: torch.nn.Module,
-    loss_fn,
-    data,
-    *,
-    steps: int = 100,
-    probes: int = 10,
-    curvature: str = "hessian",
-    params: Iterable | None = None,
-    dtype: torch.dtype | None = None,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    **slq_options,
-) -> Spectrum:
-    """SLQ spectrum of the Hessian (or GGN) of ``loss_fn`` over ``data`` at the model's weights.
-
-    Builds a :class:`CurvatureOperator` and calls :func:`slq`; see both for the
-    parameters. ``slq_options`` go to :func:`slq` (``block_size``, ``state_path``,
-    ``resume``, ``checkpoint_every``, ``progress``, ...).
-
-    Example
-    -------
-    >>> import torch, pruning_limit as pl
-    >>> torch.manual_seed(0)
-    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
-    >>> X, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
-    >>> s = pl.estimate_spectrum(model, torch.nn.CrossEntropyLoss(), (X, y), steps=20, probes=2,
-    ...                          dtype=torch.float64, device="cpu", progress=False)
-    >>> s.dimension, s.num_probes, s.steps
-    (56, 2, 20)
-    """
-    operator = CurvatureOperator(
-        model,
-        loss_fn,
-        data,
-        curvature=curvature,
-        params=params,
-        dtype=dtype,
-        device=device,
-        batch_size=batch_size,
-    )
-    return slq(operator, steps=steps, probes=probes, seed=seed, **slq_options)
-
-
-def exact_spectrum(
-    model: torch.nn.Module,
-    loss_fn,
-    data,
-    *,
-    curvature: str = "hessian",
-    params: Iterable | None = None,
-    dtype: torch.dtype | None = None,
-    device: str | torch.device = "auto",
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    max_dimension: int = DEFAULT_EXACT_LIMIT,
-) -> Spectrum:
-    """All eigenvalues of the curvature matrix, as a one-probe :class:`Spectrum`.
-
-    C is built column by column from products with unit vectors, symmetrised,
-    its identically-zero rows counted and removed, and the rest diagonalised in
-    float64 (``eigvalsh``). Each eigenvalue gets weight 1/(D - z), so every
-    ``trace_function`` is exact. Raises ``ValueError`` when D > ``max_dimension``.
-    """
-    started = time.perf_counter()
-    operator = CurvatureOperator(
-        model,
-        loss_fn,
-        data,
-        curvature=curvature,
-        params=params,
-        dtype=dtype,
-        device=device,
-        batch_size=batch_size,
-    )
-    return exact_spectrum_of(operator, max_dimension=max_dimension, started=started)
-
-
 def exact_spectrum_of(
-    operator: CurvatureOperator, *, max_dimension: int = DEFAULT_EXACT_LIMIT, started=None
+    operator: CurvatureOperator, *, max_dimension: int = EXACT_LIMIT, started=None
 ) -> Spectrum:
-    """:func:`exact_spectrum` for an existing operator."""
+    """All eigenvalues of an operator's matrix, as a one-probe :class:`Spectrum`.
+
+    What :func:`~pruning_limit.pipeline.exact_spectrum` computes for a model.
+
+    >>> import torch
+    >>> from pruning_limit.curvature import MatrixOperator
+    >>> s = exact_spectrum_of(MatrixOperator(torch.diag(torch.tensor([3.0, 1.0, 0.0]))))
+    >>> s.nodes.tolist(), s.zero_rows
+    ([[1.0, 3.0]], 1)
+    """
     started = time.perf_counter() if started is None else started
     matrix = operator.matrix(max_dimension=max_dimension).double().cpu()
     active = ~(matrix == 0).all(dim=1)
@@ -446,6 +379,13 @@ def hutchinson_trace(
 
     tr(C) = E[v^T C v]; each probe costs one product. Returns per-coordinate
     values (divided by D), like ``Spectrum.trace_function``.
+
+    Example
+    -------
+    >>> from pruning_limit.curvature import MatrixOperator
+    >>> mean, error = hutchinson_trace(MatrixOperator(torch.eye(5, dtype=torch.float64)), probes=4)
+    >>> mean, error   # v^T I v / D = 1 for every Rademacher probe
+    (1.0, 0.0)
     """
     if probes < 2:
         raise ValueError(f"probes must be >= 2 for a standard error, got {probes}")
@@ -464,6 +404,13 @@ def top_eigenvalues(
 
     Implicitly restarted Lanczos (ARPACK through ``scipy.sparse.linalg.eigsh``) on the
     operator, in float64 on the host; returned in descending order.
+
+    Example
+    -------
+    >>> from pruning_limit.curvature import MatrixOperator
+    >>> values = torch.tensor([4.0, 1.0, 3.0, 2.0], dtype=torch.float64)
+    >>> top_eigenvalues(MatrixOperator(torch.diag(values)), k=2).round(6).tolist()
+    [4.0, 3.0]
     """
     if not 1 <= k < operator.dimension:
         raise ValueError(f"k must lie in [1, D - 1 = {operator.dimension - 1}], got {k}")
@@ -481,16 +428,10 @@ def top_eigenvalues(
     return np.sort(values)[::-1]
 
 
-def _operator_provenance(operator: CurvatureOperator) -> dict:
+def _operator_provenance(operator) -> dict:
     return {
-        "curvature": operator.curvature,
-        "dtype": str(operator.dtype).replace("torch.", ""),
-        "device": str(operator.device),
-        "hvp_method": operator.hvp_method,
-        "num_samples": operator.batches.num_samples,
-        "num_batches": len(operator.batches),
-        "model": type(operator.model).__name__,
-        "package_version": _version(),
+        **operator.provenance(),
+        "package_version": __version__,
         "torch_version": torch.__version__,
     }
 

@@ -1,11 +1,11 @@
-"""The predicted pruning limit p*: the loss budget, R(p), the fixed points, the Prediction.
+"""The predicted pruning limit p*: R(p), the predictors and their fixed points.
 
 Convention: p is always the fraction of prunable weights *removed* (``amount`` in
 ``torch.nn.utils.prune``); the fraction kept is 1 - p. Every result says so.
 
-Pieces (DESIGN sections 2, 3 and 7):
+Pieces (the theory: Zhang et al., arXiv 2306.05857; ARCHITECTURE.md):
 
-- eps, the loss budget (:func:`loss_budget`): the standard deviation of the
+- eps, the loss budget (:func:`~pruning_limit.budget.loss_budget`): the standard deviation of the
   mini-batch training losses at w* (``"batch_std"``), or a number.
 - R(p), the norm of what magnitude pruning removes (:func:`pruned_norm`): the square
   root of the sum of the p D smallest w*_j^2, linear in p D between integer counts
@@ -30,7 +30,7 @@ Example
 -------
 >>> import numpy as np
 >>> from pruning_limit.spectrum import Spectrum
->>> from pruning_limit.geometry import statistical_dimension
+>>> from pruning_limit.statdim import statistical_dimension
 >>> eigs = np.linspace(0.0, 1.0, 50)
 >>> s = Spectrum(nodes=eigs[None], weights=np.full((1, 50), 1 / 50), dimension=50,
 ...              zero_rows=0, curvature="hessian", method="exact")
@@ -45,169 +45,26 @@ True
 
 from __future__ import annotations
 
-import json
 import math
-import textwrap
-import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from importlib import resources
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.optimize import brentq
 from scipy.stats import t as student_t
 
-from .geometry import (
-    apply_policy,
-    check_policy,
-    curvature_scale,
-    quadrature_bounds,
-    quadrature_rules,
-    statdim_exact,
-)
-from .quadratic import DEFAULT_DENSE_LIMIT, QuadraticModel, _as_vector
-from .serialization import plain, read_json, write_json
+from ._version import __version__
+from .budget import check_epsilon, loss_budget
+from .curvature import EXACT_LIMIT
+from .descent_cone import statdim_exact
+from .prediction import CLOSED_FORMS, METHODS, STATDIM_EXACT_LIMIT, MethodEstimate, Prediction
+from .pruning import removed_indices
+from .quadratic import QuadraticModel, as_vector
+from .quadrature import bounds_at, bracket_rules, convergence_check
+from .serialization import plain
 from .spectrum import Spectrum
-
-METHODS = ("paper", "orthogonal", "trace_bound", "quadratic", "statdim_exact")
-DEFAULT_METHODS = ("paper", "orthogonal", "quadratic", "trace_bound")
-MEASURED_ERRORS_FILE = "measured_errors.json"  # written by benchmarks/prediction_vs_actual.py
-CLOSED_FORMS = ("paper", "orthogonal", "trace_bound")
-CONVENTION = (
-    "p is the fraction of prunable weights REMOVED (amount in torch.nn.utils.prune); "
-    "the fraction kept is 1 - p"
-)
-STATDIM_EXACT_LIMIT = 500
-FORMAT_VERSION = 1
-# Fine near 0 (tiny budgets give tiny p*) and uniform elsewhere: the first sign change
-# of F on this grid brackets the first crossing.
-_GRID = np.unique(np.concatenate([[0.0], np.geomspace(1e-9, 1e-2, 15), np.linspace(0, 1, 61)]))
-
-
-# -- the loss budget ----------------------------------------------------------------------
-
-
-def loss_budget(
-    source=None,
-    epsilon: str | float = "batch_std",
-    *,
-    dtype=None,
-    loss: float | None = None,
-) -> tuple[float, dict]:
-    """The loss budget eps and a record of how it was obtained.
-
-    Parameters
-    ----------
-    source
-        What ``"batch_std"`` reads: a :class:`~pruning_limit.hessian.CurvatureOperator`
-        (its ``batch_losses()`` at w*), a pair ``(batch_losses, batch_sizes)``, or an
-        array of per-batch mean losses. May be ``None`` when ``epsilon`` is a number.
-    epsilon
-        ``"batch_std"``: the standard deviation (ddof = 1) of the per-batch mean
-        training losses at w*, as the reference code sets it; it depends on the
-        batch size, which is recorded. A number is taken as given (``inf`` allowed:
-        no budget).
-    dtype
-        The dtype the loss was computed in (numpy or torch); default: the operator's,
-        else float64. Used for the resolution check.
-    loss
-        L(w*), if known; default: the sample-weighted mean of the batch losses.
-
-    Returns
-    -------
-    (eps, source_record)
-
-    Raises
-    ------
-    ValueError
-        eps <= 0 or NaN, an unknown string, or ``"batch_std"`` without at least two batches.
-
-    Warns
-    -----
-    UserWarning
-        When eps < 100 * machine epsilon(dtype) * |L(w*)|: the budget is below what the
-        loss can resolve, so the prediction measures round-off.
-
-    Example
-    -------
-    >>> eps, record = loss_budget(([0.30, 0.34, 0.32], [64, 64, 64]))
-    >>> round(eps, 6), record["kind"], record["batch_size"]
-    (0.02, 'batch_std', 64)
-    """
-    record: dict = {}
-    losses = sizes = None
-    if source is not None:
-        if hasattr(source, "batch_losses"):
-            losses, sizes = source.batch_losses()
-            dtype = getattr(source, "dtype", None) if dtype is None else dtype
-        elif isinstance(source, tuple) and len(source) == 2:
-            losses, sizes = source
-        else:
-            losses = source
-        losses = np.asarray(losses, dtype=np.float64).reshape(-1)
-        sizes = None if sizes is None else np.asarray(sizes, dtype=np.int64).reshape(-1)
-        if sizes is not None and sizes.shape != losses.shape:
-            raise ValueError(f"got {losses.size} batch losses but {sizes.size} batch sizes")
-        if not np.all(np.isfinite(losses)):
-            raise ValueError("the batch losses contain NaN or infinite values")
-        if loss is None and losses.size:
-            loss = float(np.average(losses, weights=sizes))
-    if isinstance(epsilon, str):
-        if epsilon != "batch_std":
-            raise ValueError(f"epsilon must be 'batch_std' or a positive number, got {epsilon!r}")
-        if losses is None or losses.size < 2:
-            count = 0 if losses is None else losses.size
-            raise ValueError(
-                "epsilon='batch_std' needs the losses of at least two mini-batches at w* "
-                f"(got {count}): pass data and loss_fn, or a smaller batch size, or a number"
-            )
-        value = float(np.std(losses, ddof=1))
-        record.update(kind="batch_std", ddof=1, batches=int(losses.size))
-        if sizes is not None:
-            # The nominal size is the largest: only a last batch may be shorter.
-            record.update(
-                batch_size=int(np.max(sizes)),
-                batch_sizes_vary=bool(np.unique(sizes).size > 1),
-                samples=int(sizes.sum()),
-            )
-    else:
-        try:
-            value = float(epsilon)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"epsilon must be 'batch_std' or a positive number, got {epsilon!r}"
-            ) from None
-        record.update(kind="given")
-    if not value > 0:  # also NaN
-        raise ValueError(f"the loss budget eps must be positive, got {value}")
-    resolution_dtype = _numpy_dtype(dtype)
-    record.update(value=value, dtype=str(resolution_dtype))
-    if loss is not None:
-        resolution = 100 * float(np.finfo(resolution_dtype).eps) * abs(float(loss))
-        record.update(loss=float(loss), resolution=resolution)
-        if value < resolution:
-            warnings.warn(
-                f"eps = {value:.3g} is below what {resolution_dtype} resolves at the loss's "
-                f"scale (100 * machine epsilon * |L| = {resolution:.3g}): the prediction would "
-                "measure round-off; compute the loss and curvature in float64",
-                UserWarning,
-                stacklevel=2,
-            )
-    return value, record
-
-
-def _numpy_dtype(dtype) -> np.dtype:
-    if dtype is None:
-        return np.dtype(np.float64)
-    name = str(dtype).replace("torch.", "")
-    try:
-        return np.dtype(name)
-    except TypeError:
-        return np.dtype(np.float64)
-
-
-# -- R(p) -------------------------------------------------------------------------------
+from .statdim import apply_policy, check_policy, curvature_scale
 
 
 class PrunedNorm:
@@ -219,15 +76,14 @@ class PrunedNorm:
     """
 
     def __init__(self, weights) -> None:
-        flat = _as_vector(weights)
+        flat = as_vector(weights)
         if flat.size == 0:
             raise ValueError("weights is empty")
         if not np.all(np.isfinite(flat)):
             raise ValueError("weights contain NaN or infinite values")
         self.weights = flat
         self.dimension = flat.size
-        self.order = np.argsort(np.abs(flat), kind="stable")
-        self.squares = flat[self.order] ** 2
+        self.squares = np.sort(flat**2)
         self.partial = np.concatenate([[0.0], np.cumsum(self.squares)])
 
     def squared(self, removal_fraction):
@@ -252,13 +108,18 @@ class PrunedNorm:
         """
         position = float(_check_fraction(removal_fraction)) * self.dimension
         whole = int(np.floor(position))
+        magnitudes = torch.from_numpy(np.abs(self.weights))
         vector = np.zeros(self.dimension)
-        chosen = self.order[:whole]
+        chosen = removed_indices(magnitudes, whole).numpy()
         vector[chosen] = self.weights[chosen]
         if whole < self.dimension and position > whole:
-            j = self.order[whole]
+            # The next weight in the one magnitude order: removed at count whole + 1 but
+            # not at whole (under ties the removed sets need not be nested).
+            following = np.setdiff1d(removed_indices(magnitudes, whole + 1).numpy(), chosen)
+            j = int(following[0])
             vector[j] = self.weights[j] * np.sqrt(position - whole)
         return vector
+
 
 
 def pruned_norm(weights, removal_fraction):
@@ -276,6 +137,7 @@ def pruned_norm(weights, removal_fraction):
     return PrunedNorm(weights)(removal_fraction)
 
 
+
 def _check_fraction(removal_fraction):
     p = np.asarray(removal_fraction, dtype=np.float64)
     if np.any(~np.isfinite(p)) or np.any(p < 0) or np.any(p > 1):
@@ -283,7 +145,11 @@ def _check_fraction(removal_fraction):
     return p if p.ndim else float(p)
 
 
-# -- fixed points -----------------------------------------------------------------------
+
+# Fine near 0 (tiny budgets give tiny p*) and uniform elsewhere: the first sign change
+# of F on this grid brackets the first crossing.
+_GRID = np.unique(np.concatenate([[0.0], np.geomspace(1e-9, 1e-2, 15), np.linspace(0, 1, 61)]))
+
 
 
 def first_crossing(function: Callable[[float], float], grid: np.ndarray = _GRID) -> float:
@@ -300,6 +166,7 @@ def first_crossing(function: Callable[[float], float], grid: np.ndarray = _GRID)
             return float(brentq(function, previous, float(p), xtol=1e-12, rtol=1e-12))
         previous = float(p)
     return 1.0
+
 
 
 @dataclass
@@ -324,12 +191,14 @@ class _ClosedForm:
         )
 
 
+
 def _combine(per_probe: np.ndarray, shift: float, clip: bool = True) -> float:
     """mean + shift * standard error over probes (shift 0: the mean), clipped to [0, 1]."""
     mean = float(per_probe.mean())
     if shift and per_probe.size > 1:
         mean += shift * float(per_probe.std(ddof=1) / math.sqrt(per_probe.size))
     return float(np.clip(mean, 0.0, 1.0)) if clip else mean
+
 
 
 def _solve_closed_form(method: str, form, norm: PrunedNorm, epsilon: float, shift: float = 0.0):
@@ -363,247 +232,6 @@ def _solve_closed_form(method: str, form, norm: PrunedNorm, epsilon: float, shif
     return first_crossing(excess)
 
 
-# -- results ------------------------------------------------------------------------------
-
-
-@dataclass
-class MethodEstimate:
-    """One predictor's p* (fraction REMOVED) with its interval and how it was bounded.
-
-    Attributes
-    ----------
-    method
-        One of :data:`METHODS`.
-    removal_fraction
-        p*, the predicted largest fraction of prunable weights that can be removed.
-    interval
-        (low, high) on p*: the hull of the uncertainty components below (a point for
-        exact spectra).
-    radius
-        R(p*), the norm of the removed weights at p*.
-    scale
-        c* = R(p*)^2 / (2 eps) (for ``orthogonal``: with R^2 (1 - p) / p).
-    uncertainty
-        Components: ``probes`` (p* with delta -+ t s.e., ``confidence`` two-sided,
-        Student t over probes), ``half_steps`` (p* from the rule after m/2 Lanczos
-        steps), ``quadrature`` (p* from the per-probe Gauss lower and Gauss-Radau upper
-        bounds, PSD curvature only), ``quadrature_with_probes`` (the same shifted by
-        -+ t s.e.), ``monte_carlo`` (statdim_exact), ``discreteness`` (quadratic: the
-        counts k*/D and (k*+1)/D).
-    sensitivity
-        p* at eps / 10 and eps * 10 (point estimates).
-    notes
-        Anything a reader should know.
-    """
-
-    method: str
-    removal_fraction: float
-    interval: tuple[float, float]
-    radius: float
-    scale: float
-    uncertainty: dict = field(default_factory=dict)
-    sensitivity: dict = field(default_factory=dict)
-    notes: list = field(default_factory=list)
-
-    @property
-    def kept_fraction(self) -> float:
-        """1 - p*: the fraction of prunable weights kept."""
-        return 1.0 - self.removal_fraction
-
-
-@dataclass
-class Prediction:
-    """Predicted pruning limits, with everything needed to judge and reproduce them.
-
-    ``fraction`` is always ``"removed"``: p* is the fraction of prunable weights
-    removed (``amount`` in torch.nn.utils.prune); ``kept_fraction`` gives 1 - p*.
-
-    Attributes
-    ----------
-    estimates
-        Method name -> :class:`MethodEstimate`, in the order asked for.
-    epsilon, epsilon_source
-        The budget and how it was obtained (see :func:`loss_budget`).
-    policy
-        Treatment of eigenvalues <= 0 (``"abs"`` or ``"flat"``).
-    curvature
-        ``"hessian"`` or ``"ggn"``.
-    dimension, zero_rows
-        D prunable weights, z identically-zero curvature rows among them.
-    spectrum
-        The Spectrum's method, probes, steps and provenance.
-    parameters
-        ``[name, shape]`` of each prunable tensor, in flattening order.
-    convergence
-        The quadrature diagnostics at the paper's c* (see ``convergence["message"]``).
-    curves
-        Arrays for plotting, keyed ``removal_fraction`` (the grid p), ``radius`` R(p),
-        ``paper`` / ``orthogonal`` / ``trace_bound`` (delta/D at each p; the limits are
-        where they cross p), ``paper_standard_error``.
-    """
-
-    estimates: dict
-    epsilon: float
-    epsilon_source: dict
-    policy: str
-    curvature: str
-    dimension: int
-    zero_rows: int
-    spectrum: dict
-    parameters: list
-    convergence: dict
-    curves: dict
-    confidence: float
-    notes: list = field(default_factory=list)
-    fraction: str = "removed"
-    convention: str = CONVENTION
-    version: str = ""
-
-    def removal_fraction(self, method: str | None = None) -> float:
-        """p* (fraction REMOVED) of ``method`` (default: the first one computed)."""
-        return self._estimate(method).removal_fraction
-
-    def kept_fraction(self, method: str | None = None) -> float:
-        """1 - p* (fraction KEPT) of ``method``."""
-        return self._estimate(method).kept_fraction
-
-    def interval(self, method: str | None = None) -> tuple[float, float]:
-        return tuple(self._estimate(method).interval)
-
-    def _estimate(self, method: str | None) -> MethodEstimate:
-        if method is None:
-            method = next(iter(self.estimates))
-        if method not in self.estimates:
-            raise KeyError(f"no estimate for {method!r}; computed: {list(self.estimates)}")
-        return self.estimates[method]
-
-    # -- serialisation ---------------------------------------------------------------
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["format_version"] = FORMAT_VERSION
-        return plain(data)
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """JSON text (non-finite numbers are written as NaN / Infinity, which json reads)."""
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def save(self, path: str | Path) -> Path:
-        """Write :meth:`to_json` to ``path`` (``.json`` added if missing), atomically."""
-        return write_json(path, self.to_json())
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Prediction:
-        data = dict(data)
-        version = data.pop("format_version", None)
-        if version != FORMAT_VERSION:
-            raise ValueError(f"prediction format {version}, this version reads {FORMAT_VERSION}")
-        estimates = {}
-        for name, entry in data.pop("estimates").items():
-            entry = dict(entry)
-            entry["interval"] = tuple(entry["interval"])
-            estimates[name] = MethodEstimate(**entry)
-        return cls(estimates=estimates, **data)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Prediction:
-        """Read a Prediction written by :meth:`save`."""
-        return cls.from_dict(read_json(path, "prediction"))
-
-    # -- reading -----------------------------------------------------------------------
-
-    def summary(self) -> str:
-        """A readable table of every method's p* (removed), 1 - p* (kept) and intervals."""
-        source = self.epsilon_source
-        how = source.get("kind", "?")
-        if how == "batch_std" and "batch_size" in source:
-            how += f", batch size {source['batch_size']}, {source.get('batches')} batches"
-        spectrum = self.spectrum
-        lines = [
-            "Predicted pruning limit: p = fraction of prunable weights REMOVED "
-            "(torch.nn.utils.prune amount); kept = 1 - p",
-            f"eps = {self.epsilon:.4g} ({how}); policy for eigenvalues <= 0: {self.policy}; "
-            f"curvature: {self.curvature}",
-            f"D = {self.dimension} prunable weights ({self.zero_rows} zero curvature rows); "
-            f"spectrum: {spectrum.get('method')}, {spectrum.get('probes')} probe(s) x "
-            f"{spectrum.get('steps')} steps",
-            "",
-            f"{'method':<14}{'p* removed':>11}{'kept':>8}   {'interval':<18}{'R(p*)':>10}"
-            f"{'eps/10':>9}{'eps*10':>9}",
-        ]
-        for name, est in self.estimates.items():
-            low, high = est.interval
-            sens = est.sensitivity
-            lines.append(
-                f"{name:<14}{est.removal_fraction:>11.4f}{est.kept_fraction:>8.4f}   "
-                f"[{low:.4f}, {high:.4f}]  {est.radius:>10.4g}"
-                f"{_fmt(sens.get('epsilon/10')):>9}{_fmt(sens.get('epsilon*10')):>9}"
-            )
-        message = self.convergence.get("message")
-        if message:
-            lines += ["", message]
-        lines += [f"note: {n}" for n in self.notes]
-        lines += _measured_error_lines(list(self.estimates))
-        return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        parts = ", ".join(
-            f"{name}={est.removal_fraction:.4f}" for name, est in self.estimates.items()
-        )
-        return (
-            f"Prediction(removed: {parts}; eps={self.epsilon:.3g}, policy={self.policy!r}, "
-            f"curvature={self.curvature!r}, D={self.dimension})"
-        )
-
-    def __str__(self) -> str:
-        return self.summary()
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def measured_errors() -> dict:
-    """How far each predictor landed from actual pruning where it was measured.
-
-    The mean of (predicted - actual) p, in percentage points, over the runs of
-    ``benchmarks/prediction_vs_actual.py`` (which writes this file, shipped with the
-    package), against one-shot pruning's accuracy limit and the re-fitted and
-    fine-tuned networks' loss-budget limits. An interval on p* covers the error of
-    the spectrum only; this is the error of the model behind the prediction.
-    """
-    text = resources.files("pruning_limit").joinpath(MEASURED_ERRORS_FILE).read_text()
-    return json.loads(text)
-
-
-def _measured_error_lines(methods: list[str]) -> list[str]:
-    measured = measured_errors()
-    known = [m for m in methods if m in measured["methods"]]
-    if not known:
-        return []
-    against = list(measured["methods"][known[0]])
-    heading = (
-        f"Measured error against real pruning, mean (mean |.|) of {measured['error']}, "
-        f"over {measured['runs']} runs of {measured['setting']} ({measured['source']}). "
-        "Your network may differ: `pruning-limit validate` measures it."
-    )
-    lines = ["", *textwrap.wrap(heading, width=92)]
-    lines.append(f"{'method':<14}" + "".join(f"{a:>26}" for a in against))
-    for method in known:
-        cells = measured["methods"][method]
-        lines.append(
-            f"{method:<14}"
-            + "".join(
-                f"{cells[a]['mean_error_pp']:>+17.1f} ({cells[a]['mean_abs_error_pp']:.1f})"
-                for a in against
-            )
-        )
-    return lines
-
-
-# -- the predictors --------------------------------------------------------------------------
-
-
 def check_methods(methods: Iterable[str]) -> tuple[str, ...]:
     """Validate method names; raise ``ValueError`` listing the known ones."""
     if isinstance(methods, str):
@@ -615,6 +243,7 @@ def check_methods(methods: Iterable[str]) -> tuple[str, ...]:
     if len(set(methods)) != len(methods):
         raise ValueError(f"methods names one twice: {methods}")
     return methods
+
 
 
 def statistical_dimension_curve(
@@ -654,6 +283,7 @@ def statistical_dimension_curve(
     return p, np.asarray(values)
 
 
+
 def predict_from_spectrum(
     spectrum: Spectrum,
     weights,
@@ -669,7 +299,7 @@ def predict_from_spectrum(
     statdim_samples: int = 400,
     seed: int = 0,
     damping: float = 0.0,
-    dense_limit: int = DEFAULT_DENSE_LIMIT,
+    dense_limit: int = EXACT_LIMIT,
     curve_points: int = 101,
     parameters: Sequence | None = None,
 ) -> Prediction:
@@ -706,6 +336,16 @@ def predict_from_spectrum(
         Grid size of the curves kept for plotting.
     parameters
         ``(name, shape)`` pairs to record (default: the Spectrum's).
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from pruning_limit.spectrum import Spectrum
+    >>> s = Spectrum(nodes=np.linspace(0, 1, 20)[None], weights=np.full((1, 20), 1 / 20),
+    ...              dimension=20, zero_rows=0, curvature="ggn", method="exact")
+    >>> prediction = predict_from_spectrum(s, np.linspace(-1, 1, 20), 0.1, methods=("paper",))
+    >>> 0.0 < prediction.removal_fraction("paper") < 1.0
+    True
     """
     methods = check_methods(methods)
     check_policy(policy)
@@ -718,10 +358,10 @@ def predict_from_spectrum(
     if epsilon_source is None:
         epsilon, source = loss_budget(None, epsilon)
     else:
-        epsilon, source = _checked_epsilon(epsilon), dict(epsilon_source)
+        epsilon, source = float(check_epsilon(epsilon)), dict(epsilon_source)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    _check_statdim_dimension(methods, norm.dimension)
+    check_statdim_dimension(methods, norm.dimension)
     needs_matrix = [m for m in methods if m in ("quadratic", "statdim_exact")]
     if needs_matrix and curvature is None:
         raise ValueError(
@@ -736,7 +376,7 @@ def predict_from_spectrum(
     if spectrum.method != "exact" and spectrum.alphas is not None and spectrum.steps >= 2:
         nodes, weights_half = spectrum.rule(spectrum.steps // 2)
         half = _ClosedForm(spectrum, policy, nodes, weights_half)
-    rules = _bracket_rules(spectrum, policy)
+    rules = bracket_rules(spectrum, policy)
 
     notes: list[str] = []
     if spectrum.curvature == "ggn":
@@ -779,7 +419,7 @@ def predict_from_spectrum(
         if "paper" in estimates
         else _solve_closed_form("paper", full, norm, epsilon)
     )
-    convergence = _convergence(
+    convergence = convergence_check(
         spectrum, full, half, rules, curvature_scale(norm(paper_p), epsilon), tolerance, policy
     )
     for est in estimates.values():
@@ -803,8 +443,6 @@ def predict_from_spectrum(
         spread = per_probe.std(ddof=1) / math.sqrt(probes) if probes > 1 else 0.0
         standard_errors.append(float(spread))
     curves["paper_standard_error"] = standard_errors
-    from . import __version__
-
     return Prediction(
         estimates=estimates,
         epsilon=epsilon,
@@ -835,19 +473,14 @@ def predict_from_spectrum(
     )
 
 
-def _check_statdim_dimension(methods: Sequence[str], dimension: int) -> None:
+
+def check_statdim_dimension(methods: Sequence[str], dimension: int) -> None:
     if "statdim_exact" in methods and dimension > STATDIM_EXACT_LIMIT:
         raise ValueError(
             f"statdim_exact needs D <= {STATDIM_EXACT_LIMIT} (one D x D eigendecomposition "
             f"per step of its search), got D = {dimension}"
         )
 
-
-def _checked_epsilon(epsilon) -> float:
-    value = float(epsilon)
-    if not value > 0:
-        raise ValueError(f"the loss budget eps must be positive, got {value}")
-    return value
 
 
 def _closed_form_estimate(
@@ -903,111 +536,12 @@ def _closed_form_estimate(
     )
 
 
-def _bracket_rules(spectrum: Spectrum, policy: str, steps: int | None = None):
-    """Gauss / Gauss-Radau rules that bound tr g_c/D, or None where no bound holds.
-
-    GGN (PSD): rules of the measure of C. Hessian with the ``"abs"`` policy: rules of
-    the measure of C^2 (f_c(|x|) = f_c(sqrt(x^2))), with half the nodes. Hessian with
-    ``"flat"``: none (f_c(max(x, 0)) is not completely monotone in x or in x^2).
-    """
-    if spectrum.method == "exact" or spectrum.alphas is None:
-        return None
-    steps = spectrum.steps if steps is None else steps
-    if spectrum.curvature == "ggn" and steps >= 2:
-        return quadrature_rules(spectrum, steps)
-    if policy == "abs" and steps >= 4:
-        return quadrature_rules(spectrum, steps, absolute=True)
-    return None
-
-
-def _bounds_at(spectrum: Spectrum, rules, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-probe (lower, upper) bounds on delta/D at c = ``scale``, upper clipped to 1."""
-    lower, upper = quadrature_bounds(spectrum, lambda x: 1.0 / (1.0 + scale * x), rules=rules)
-    # With the Radau node a hair below 0, f_c is completely monotone there only for
-    # c |node| < 1; past 1/2 fall back to the trivial bound delta/D <= 1.
-    if rules.variable == "x" and scale * -rules.lower_node >= 0.5:
-        upper = np.ones_like(upper)
-    return lower, np.minimum(upper, 1.0)
-
-
-def _quadrature_bracket(method, spectrum, rules, norm, epsilon, quantile) -> dict:
-    """p* from the per-probe Gauss (lower) and Gauss-Radau (upper) bounds on delta/D."""
-
-    def lower(scale: float) -> np.ndarray:
-        return _bounds_at(spectrum, rules, scale)[0]
-
-    def upper(scale: float) -> np.ndarray:
-        return _bounds_at(spectrum, rules, scale)[1]
-
-    result = {
-        "quadrature": (
-            _solve_closed_form(method, lower, norm, epsilon),
-            _solve_closed_form(method, upper, norm, epsilon),
-        ),
-        "quadrature_rule": "Gauss / Gauss-Radau on the measure of "
-        + ("C^2 (abs policy)" if rules.variable == "x^2" else "C (PSD)"),
-    }
-    if spectrum.num_probes > 1:
-        result["quadrature_with_probes"] = (
-            _solve_closed_form(method, lower, norm, epsilon, shift=-quantile),
-            _solve_closed_form(method, upper, norm, epsilon, shift=quantile),
-        )
-    return result
-
-
-@dataclass
-class _FixedTrace:
-    """Per-probe tr|C|/D values for the trace bound, bypassing the rule."""
-
-    values: np.ndarray
-
-    def trace(self) -> np.ndarray:
-        return self.values
-
-
-def _trace_bracket(spectrum, rules, norm, epsilon, quantile) -> dict:
-    """p* of the trace bound from bounds on tr|C|/D (measure of C^2, abs policy).
-
-    sqrt is a Bernstein function (f' >= 0, f'' <= 0, ...), the mirror image of a
-    completely monotone one: on the measure of C^2 its Gauss rule is an *upper* bound
-    and its Gauss-Radau rule (node at 0) a *lower* bound of q^T |C| q. A larger trace
-    gives a smaller p*, so the upper trace bound gives the lower end.
-    """
-
-    def root(y):
-        return np.sqrt(np.maximum(y, 0.0))
-
-    high = spectrum.per_probe(root, rules.gauss_nodes, rules.gauss_weights)
-    low = spectrum.per_probe(root, rules.radau_nodes, rules.radau_weights)
-    low = np.where(rules.radau_valid, low, 0.0)
-    result = {
-        "quadrature": (
-            _solve_closed_form("trace_bound", _FixedTrace(high), norm, epsilon),
-            _solve_closed_form("trace_bound", _FixedTrace(low), norm, epsilon),
-        ),
-        "quadrature_rule": "Gauss / Gauss-Radau bounds on tr|C|/D from the measure of C^2",
-    }
-    if spectrum.num_probes > 1:
-        result["quadrature_with_probes"] = (
-            _solve_closed_form("trace_bound", _FixedTrace(high), norm, epsilon, -quantile),
-            _solve_closed_form("trace_bound", _FixedTrace(low), norm, epsilon, quantile),
-        )
-    return result
-
-
-def _quadrature_spread(estimate: MethodEstimate) -> float | None:
-    u = estimate.uncertainty
-    if "quadrature" in u:
-        return abs(u["quadrature"][1] - u["quadrature"][0])
-    if "half_steps" in u:
-        return abs(u["half_steps"] - estimate.removal_fraction)
-    return None
-
 
 def _sensitivity(solve: Callable[[float], float], epsilon: float, enabled: bool) -> dict:
     if not enabled or not np.isfinite(epsilon):
         return {}
     return {"epsilon/10": solve(epsilon / 10), "epsilon*10": solve(epsilon * 10)}
+
 
 
 def _quadratic_model(curvature, weights, policy, damping, dense_limit) -> QuadraticModel:
@@ -1020,6 +554,7 @@ def _quadratic_model(curvature, weights, policy, damping, dense_limit) -> Quadra
     return QuadraticModel(
         curvature, weights, policy=policy, damping=damping, dense_limit=dense_limit
     )
+
 
 
 def _quadratic_estimate(
@@ -1047,6 +582,7 @@ def _quadratic_estimate(
         ),
         notes=list(result.notes),
     )
+
 
 
 def _statdim_estimate(
@@ -1092,287 +628,78 @@ def _statdim_estimate(
     )
 
 
-def _convergence(spectrum, full, half, rules, scale, tolerance, policy) -> dict:
-    """How well the quadrature resolves tr g_c(C)/D at the paper's c*."""
-    report: dict = {"scale": float(scale), "tolerance": tolerance}
-    if spectrum.method == "exact":
-        report.update(converged=True, message="exact spectrum: no quadrature error")
-        return report
-    steps = spectrum.steps
-    kappa = scale * float(np.max(np.abs(spectrum.nodes)))
-    estimate = float(full.delta(scale).mean())
-    report.update(steps=steps, scale_times_lambda_max=kappa, estimate=estimate)
-    message = f"SLQ at the paper's c* = {scale:.3g} (c* lambda_max = {kappa:.3g}), {steps} steps: "
-    if half is not None:
-        previous = float(half.delta(scale).mean())
-        change = abs(estimate - previous) / max(estimate, 1e-300)
-        report.update(half_steps=steps // 2, estimate_half_steps=previous, relative_change=change)
-        message += f"delta/D changes by {change:.2%} between {steps // 2} and {steps} steps"
-    else:
-        message += "no m/2-step check (fewer than 2 steps or no tridiagonals)"
-    if rules is None:
-        converged = report.get("relative_change", np.inf) <= tolerance
-        if spectrum.curvature == "hessian":
-            message += (
-                f"; no bracket: with the {policy!r} policy f_c(max(x, 0)) is not completely "
-                "monotone, so Gauss rules bound nothing (the 'abs' policy or the GGN give one)"
-            )
-        if not converged:
-            message += f"; not converged to {tolerance:.0%}"
-        report.update(converged=bool(converged), message=message)
-        return report
+def _quadrature_bracket(method, spectrum, rules, norm, epsilon, quantile) -> dict:
+    """p* from the per-probe Gauss (lower) and Gauss-Radau (upper) bounds on delta/D."""
 
-    lower, upper = _bounds_at(spectrum, rules, scale)
-    gauss, radau = float(lower.mean()), float(upper.mean())
-    width = (radau - gauss) / max(gauss, 1e-300)
-    squared = rules.variable == "x^2"
-    report.update(
-        bracket_rule="C^2, abs policy" if squared else "C, PSD",
-        bracket_nodes=int(rules.gauss_nodes.shape[1]),
-        gauss=gauss,
-        radau=radau,
-        relative_width=width,
-    )
-    half_rules = _bracket_rules(spectrum, policy, steps // 2)
-    if half_rules is not None and half_rules.gauss_nodes.shape[1] >= 2:
-        lo_h, hi_h = _bounds_at(spectrum, half_rules, scale)
-        width_half = (float(hi_h.mean()) - float(lo_h.mean())) / max(float(lo_h.mean()), 1e-300)
-        report["relative_width_half_steps"] = width_half
-        report["steps_for_tolerance_observed"] = _extrapolate_steps(
-            width_half, width, steps // 2, steps, tolerance, geometric=not squared
+    def lower(scale: float) -> np.ndarray:
+        return bounds_at(spectrum, rules, scale)[0]
+
+    def upper(scale: float) -> np.ndarray:
+        return bounds_at(spectrum, rules, scale)[1]
+
+    result = {
+        "quadrature": (
+            _solve_closed_form(method, lower, norm, epsilon),
+            _solve_closed_form(method, upper, norm, epsilon),
+        ),
+        "quadrature_rule": "Gauss / Gauss-Radau on the measure of "
+        + ("C^2 (abs policy)" if rules.variable == "x^2" else "C (PSD)"),
+    }
+    if spectrum.num_probes > 1:
+        result["quadrature_with_probes"] = (
+            _solve_closed_form(method, lower, norm, epsilon, shift=-quantile),
+            _solve_closed_form(method, upper, norm, epsilon, shift=quantile),
         )
-    if not squared:
-        report["steps_for_tolerance_theory"] = _chebyshev_steps(kappa, tolerance)
-    # Lanczos is exact once m reaches the number of distinct eigenvalues (<= D - z), so
-    # an extrapolation beyond that says "use the exact path or the GGN", not "run longer".
-    ceiling = spectrum.active_dimension
-    for key in ("steps_for_tolerance_observed", "steps_for_tolerance_theory"):
-        if report.get(key) is not None and report[key] > ceiling:
-            report[key] = float(ceiling)
-            report[key.replace("steps", "capped", 1)] = True
-    converged = width <= tolerance
-    message += (
-        f"; Gauss/Gauss-Radau bracket ({report['bracket_rule']}) on delta/D = "
-        f"[{gauss:.4g}, {radau:.4g}], relative width {width:.2%}"
-    )
-    if not converged:
-        message += (
-            f"; not converged to {tolerance:.0%}: about "
-            f"{_fmt_steps(report.get('steps_for_tolerance_observed'))} Lanczos steps by the "
-            + ("observed power law" if squared else "observed geometric rate")
+    return result
+
+
+
+@dataclass
+class _FixedTrace:
+    """Per-probe tr|C|/D values for the trace bound, bypassing the rule."""
+
+    values: np.ndarray
+
+    def trace(self) -> np.ndarray:
+        return self.values
+
+
+
+def _trace_bracket(spectrum, rules, norm, epsilon, quantile) -> dict:
+    """p* of the trace bound from bounds on tr|C|/D (measure of C^2, abs policy).
+
+    sqrt is a Bernstein function (f' >= 0, f'' <= 0, ...), the mirror image of a
+    completely monotone one: on the measure of C^2 its Gauss rule is an *upper* bound
+    and its Gauss-Radau rule (node at 0) a *lower* bound of q^T |C| q. A larger trace
+    gives a smaller p*, so the upper trace bound gives the lower end.
+    """
+
+    def root(y):
+        return np.sqrt(np.maximum(y, 0.0))
+
+    high = spectrum.per_probe(root, rules.gauss_nodes, rules.gauss_weights)
+    low = spectrum.per_probe(root, rules.radau_nodes, rules.radau_weights)
+    low = np.where(rules.radau_valid, low, 0.0)
+    result = {
+        "quadrature": (
+            _solve_closed_form("trace_bound", _FixedTrace(high), norm, epsilon),
+            _solve_closed_form("trace_bound", _FixedTrace(low), norm, epsilon),
+        ),
+        "quadrature_rule": "Gauss / Gauss-Radau bounds on tr|C|/D from the measure of C^2",
+    }
+    if spectrum.num_probes > 1:
+        result["quadrature_with_probes"] = (
+            _solve_closed_form("trace_bound", _FixedTrace(high), norm, epsilon, -quantile),
+            _solve_closed_form("trace_bound", _FixedTrace(low), norm, epsilon, quantile),
         )
-        if not squared:
-            message += (
-                f", {_fmt_steps(report['steps_for_tolerance_theory'])} by the Chebyshev "
-                "estimate (grows like sqrt(c* lambda_max))"
-            )
-        if any(key.startswith("capped") for key in report):
-            message += (
-                f" (capped at D - z = {ceiling}, where Lanczos is exact: use the exact "
-                "spectrum" + (" or the GGN" if squared else "") + ")"
-            )
-    report.update(converged=bool(converged), message=message)
-    return report
+    return result
 
 
-def _extrapolate_steps(
-    width_half: float, width: float, steps_half: int, steps: int, tolerance: float, geometric: bool
-) -> float | None:
-    """Steps at which the bracket width reaches ``tolerance``, from its values at m/2 and m.
 
-    ``geometric``: width ~ A rho^{-m} (PSD, analytic integrand); else width ~ A m^{-a}
-    (the C^2 measure, where f_c(sqrt(y)) has a branch point at 0).
-    """
-    if width <= tolerance:
-        return float(steps)
-    if not (width_half > width > 0):
-        return None
-    if geometric:
-        rate = math.log(width_half / width) / (steps - steps_half)
-        return float(math.ceil(steps + math.log(width / tolerance) / rate))
-    power = math.log(width_half / width) / math.log(steps / steps_half)
-    return float(math.ceil(steps * (width / tolerance) ** (1.0 / power)))
-
-
-def _chebyshev_steps(kappa: float, tolerance: float) -> float:
-    """m with rho^{-2m} ~ tolerance / 2, rho = zeta + sqrt(zeta^2 - 1), zeta = 1 + 2/kappa.
-
-    The Gauss error for 1/(1 + c x) on [0, lambda_max] falls like rho^{-2m}, where the
-    pole at -1/c sets the Bernstein ellipse; for large kappa = c lambda_max, about
-    sqrt(kappa)/4 * log(2 / tolerance) steps.
-    """
-    if kappa <= 0:
-        return 1.0
-    return float(math.log(2.0 / tolerance) / (2.0 * math.acosh(1.0 + 2.0 / kappa)))
-
-
-def _fmt_steps(value) -> str:
-    return "?" if value is None else f"{value:.0f}"
-
-
-# -- from a model ----------------------------------------------------------------------------
-
-
-def predict_limit(
-    model,
-    spectrum: Spectrum | None = None,
-    *,
-    epsilon: str | float = "batch_std",
-    methods: Iterable[str] = DEFAULT_METHODS,
-    policy: str = "abs",
-    data=None,
-    loss_fn=None,
-    curvature: str | None = None,
-    params: Iterable | None = None,
-    dtype=None,
-    device: str = "cpu",
-    batch_size: int | None = None,
-    damping: float = 0.0,
-    dense_limit: int = DEFAULT_DENSE_LIMIT,
-    **options,
-) -> Prediction:
-    """Predict how large a fraction p of a model's prunable weights can be removed.
-
-    Parameters
-    ----------
-    model
-        The trained ``torch.nn.Module``; its prunable weights (default: every Linear and
-        Conv ``weight``, or the Spectrum's tensors) are w*.
-    spectrum
-        A Spectrum of the same tensors (checked: D and every name and shape). ``None``:
-        computed here from ``data`` and ``loss_fn`` (exact for D <= 5000, else SLQ).
-    epsilon
-        ``"batch_std"`` (needs ``data`` and ``loss_fn``) or a positive number.
-    methods
-        Any of :data:`METHODS`; ``quadratic`` and ``statdim_exact`` need ``data`` and
-        ``loss_fn`` (they use the curvature itself, not only its spectrum).
-    policy
-        ``"abs"`` or ``"flat"``, for eigenvalues <= 0.
-    data, loss_fn
-        As for :class:`~pruning_limit.hessian.CurvatureOperator`.
-    curvature
-        ``"hessian"`` or ``"ggn"``; default: the Spectrum's (a mismatch is an error),
-        else ``"ggn"``: PSD, so no eigenvalue policy is needed, the quadratic model is
-        convex, and SLQ's delta/D converges by m = 50 at the c of the predicted limit
-        where the Hessian's (policy ``abs``) needed m = 200
-        (``benchmarks/delta_accuracy.py``).
-    params
-        The tensors to prune (default: the Spectrum's, else the prunable weights).
-    dtype, device, batch_size
-        For the operator built here (default dtype: float64, which budgets near
-        zero loss need).
-    damping, dense_limit
-        For the quadratic model (see :class:`~pruning_limit.quadratic.QuadraticModel`).
-    options
-        Passed to :func:`predict_from_spectrum` (``confidence``, ``sensitivity``,
-        ``tolerance``, ``statdim_samples``, ``seed``, ``curve_points``).
-
-    Raises
-    ------
-    ValueError
-        Unknown method, a Spectrum that does not match the model, missing data for a
-        method or for ``"batch_std"``, eps <= 0 or NaN.
-    """
-    import torch
-
-    from .batches import DEFAULT_BATCH_SIZE
-    from .hessian import DEFAULT_EXACT_LIMIT, CurvatureOperator, resolve_parameters
-
-    methods = check_methods(methods)
-    check_policy(policy)
-    if not (isinstance(epsilon, str) and epsilon == "batch_std"):
-        loss_budget(None, epsilon)  # refuse a bad number before any work
-    if curvature is not None and curvature not in ("hessian", "ggn"):
-        raise ValueError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
-    if spectrum is not None:
-        if curvature is not None and curvature != spectrum.curvature:
-            raise ValueError(
-                f"curvature={curvature!r} but the spectrum is of the {spectrum.curvature!r}"
-            )
-        curvature = spectrum.curvature
-    curvature = curvature or "ggn"
-    if params is None and spectrum is not None and spectrum.parameters:
-        params = [p.name for p in spectrum.parameters]
-    try:
-        selected = resolve_parameters(model, params)
-    except ValueError as error:
-        raise ValueError(f"the spectrum does not match the model: {error}") from error
-    weights = np.concatenate([p.detach().cpu().double().numpy().reshape(-1) for _, p in selected])
-    parameters = [(name, tuple(p.shape)) for name, p in selected]
-    _check_statdim_dimension(methods, weights.size)
-    if spectrum is not None:
-        if spectrum.dimension != weights.size:
-            raise ValueError(
-                f"the spectrum has D = {spectrum.dimension} but the model's prunable weights "
-                f"number {weights.size}"
-            )
-        if spectrum.parameters:
-            theirs = [(p.name, tuple(p.shape)) for p in spectrum.parameters]
-            if theirs != parameters:
-                raise ValueError(
-                    f"the spectrum's parameters {theirs} do not match the model's {parameters}"
-                )
-
-    needs_data = [m for m in methods if m in ("quadratic", "statdim_exact")]
-    if epsilon == "batch_std":
-        needs_data.append("epsilon='batch_std'")
-    if spectrum is None:
-        needs_data.append("spectrum=None")
-    if needs_data and (data is None or loss_fn is None):
-        raise ValueError(f"{', '.join(needs_data)} need data= and loss_fn= (the training data)")
-
-    operator = None
-    if data is not None and loss_fn is not None:
-        operator = _MatrixOnce(
-            CurvatureOperator(
-                model,
-                loss_fn,
-                data,
-                curvature=curvature,
-                params=[name for name, _ in selected],
-                dtype=torch.float64 if dtype is None else dtype,
-                device=device,
-                batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
-            )
-        )
-    if spectrum is None:
-        from . import lanczos
-
-        if operator.dimension <= DEFAULT_EXACT_LIMIT:
-            spectrum = lanczos.exact_spectrum_of(operator)
-        else:
-            spectrum = lanczos.slq(operator, progress=False)
-    eps, source = loss_budget(operator, epsilon, dtype=None if operator is None else operator.dtype)
-    return predict_from_spectrum(
-        spectrum,
-        weights,
-        eps,
-        methods=methods,
-        policy=policy,
-        curvature=operator,
-        epsilon_source=source,
-        damping=damping,
-        dense_limit=dense_limit,
-        parameters=parameters,
-        **options,
-    )
-
-
-class _MatrixOnce:
-    """A CurvatureOperator whose dense matrix is built at most once.
-
-    The exact spectrum and the quadratic model both need C; building it costs D
-    curvature products, so the second request reuses the first.
-    """
-
-    def __init__(self, operator) -> None:
-        self._operator = operator
-        self._matrix = None
-
-    def __getattr__(self, name):
-        return getattr(self._operator, name)
-
-    def matrix(self, max_dimension: int = DEFAULT_DENSE_LIMIT, block: int = 64):
-        if self._matrix is None or self._matrix.shape[0] != self._operator.dimension:
-            self._matrix = self._operator.matrix(max_dimension=max_dimension, block=block)
-        return self._matrix
+def _quadrature_spread(estimate: MethodEstimate) -> float | None:
+    u = estimate.uncertainty
+    if "quadrature" in u:
+        return abs(u["quadrature"][1] - u["quadrature"][0])
+    if "half_steps" in u:
+        return abs(u["half_steps"] - estimate.removal_fraction)
+    return None

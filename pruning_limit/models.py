@@ -21,7 +21,7 @@ Kinds and fields (:func:`model_spec` fills the defaults shown):
 
 Layers are named (``fc1``, ``conv1``, ``act1``, ``out``, ...) so that the names in
 a state_dict and in a pruning report say what they are. The weight of every
-Linear and Conv layer is prunable (:func:`pruning_limit.hessian.prunable_parameters`).
+Linear and Conv layer is prunable (:func:`pruning_limit.parameters.prunable_parameters`).
 
 Sizes run from about a thousand weights (``mlp`` 16-32-16-2: 1,106 parameters; the
 exact-Hessian path) to about a million (``mlp`` 64-1024-1024-10: 1,126,410).
@@ -64,6 +64,11 @@ def model_spec(kind: str, *, input_dim: int, classes: int, **fields) -> dict:
     ------
     ValueError
         For an unknown kind, an unknown field, or a field with a bad value.
+
+    Example
+    -------
+    >>> model_spec("mlp", input_dim=4, classes=3, hidden=[8])["hidden"]
+    [8]
     """
     if kind not in _DEFAULTS:
         raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(MODEL_KINDS)}")
@@ -92,6 +97,12 @@ def build_model(spec: dict) -> nn.Module:
     ------
     ValueError
         For a missing, unknown or bad field, naming it.
+
+    Example
+    -------
+    >>> model = build_model(model_spec("mlp", input_dim=4, classes=3, hidden=[8]))
+    >>> count_parameters(model)   # (4*8 + 8) + (8*3 + 3)
+    67
     """
     _check_spec(spec)
     activation = ACTIVATIONS[spec["activation"]]

@@ -89,7 +89,7 @@ def plot_validation(validation, path, prediction=None) -> Path:
     path
         Where to write the PNG.
     prediction
-        Optionally a :class:`~pruning_limit.limit.Prediction` of the same model: its
+        Optionally a :class:`~pruning_limit.prediction.Prediction` of the same model: its
         limits (dashed) and intervals (shaded) are drawn on both panels.
 
     Returns

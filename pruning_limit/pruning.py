@@ -1,7 +1,7 @@
 """Global one-shot magnitude pruning, pruning sweeps and the actual pruning limit.
 
 Let w in R^D be the prunable weights (by default every Linear/Conv ``weight``, see
-:func:`~pruning_limit.hessian.resolve_parameters`) concatenated in that order.
+:func:`~pruning_limit.parameters.resolve_parameters`) concatenated in that order.
 Removing the fraction p (``amount``, as in ``torch.nn.utils.prune``) means
 
     k = round(p * D)                      (Python's round: halves go to the even integer)
@@ -30,11 +30,11 @@ bit-identical after any sweep.
 Example
 -------
 >>> import torch
->>> from pruning_limit.pruning import magnitude_mask, pruned
+>>> from pruning_limit.pruning import kept_mask, pruned
 >>> model = torch.nn.Linear(4, 1, bias=False)
 >>> with torch.no_grad():
 ...     _ = model.weight.copy_(torch.tensor([[0.3, -0.1, 2.0, -0.5]]))
->>> magnitude_mask(model, 0.5)["weight"]
+>>> kept_mask(model, 0.5)["weight"]
 tensor([[False, False,  True,  True]])
 >>> with pruned(model, 0.5):
 ...     model.weight
@@ -53,13 +53,16 @@ import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from scipy import stats
 from torch import nn
 from tqdm.auto import tqdm
 
-from .hessian import eval_mode, resolve_parameters
-from .training import evaluate as evaluate_classifier
+from ._checks import check_mean_reduction
+from .batches import tensor_pair
+from .metrics import metrics_function
+from .parameters import eval_mode, resolve_parameters
 
 Mask = dict[str, torch.Tensor]
 Metrics = Mapping[str, float]
@@ -105,7 +108,44 @@ def number_to_prune(amount: float, dimension: int) -> int:
     return int(round(amount * dimension))
 
 
-def magnitude_mask(model: nn.Module, amount: float, params: Iterable | None = None) -> Mask:
+def removed_indices(magnitudes: torch.Tensor, count: int) -> torch.Tensor:
+    """The indices of the ``count`` smallest ``magnitudes``: the one magnitude order.
+
+    ``torch.topk(largest=False)``, the call ``torch.nn.utils.prune.L1Unstructured`` makes on
+    the same vector, so that equal magnitudes are broken as torch breaks them. Every
+    removed set in the package comes from here: the validated masks (:func:`kept_mask`),
+    the predicted supports (:func:`removed_mask`, the quadratic model) and R(p)'s
+    removed vector. Under ties the sets for different counts need not be nested, so ask
+    for each count rather than cutting one sorted order.
+
+    >>> removed_indices(torch.tensor([0.3, 0.1, 0.2]), 2).sort().values.tolist()
+    [1, 2]
+    """
+    if count == 0:
+        return torch.zeros(0, dtype=torch.long, device=magnitudes.device)
+    return torch.topk(magnitudes, k=count, largest=False).indices
+
+
+def removed_mask(weights, removal_fraction: float) -> np.ndarray:
+    """Flat boolean mask, True on the ``round(p D)`` weights magnitude pruning *removes*.
+
+    ``weights`` is w*, flat (numpy or torch); ``removal_fraction`` p is ``amount`` in
+    ``torch.nn.utils.prune``. The same weights as :func:`kept_mask` leaves out.
+
+    >>> removed_mask([3.0, -1.0, 2.0, 0.5, -4.0], 0.4).tolist()
+    [False, True, False, True, False]
+    """
+    p = float(removal_fraction)
+    if not 0.0 <= p <= 1.0:  # also NaN
+        raise ValueError(f"removal_fraction must lie in [0, 1], got {removal_fraction}")
+    magnitudes = torch.as_tensor(np.asarray(weights, dtype=np.float64).reshape(-1)).abs()
+    mask = np.zeros(magnitudes.numel(), dtype=bool)
+    count = number_to_prune(p, magnitudes.numel())
+    mask[removed_indices(magnitudes, count).numpy()] = True
+    return mask
+
+
+def kept_mask(model: nn.Module, amount: float, params: Iterable | None = None) -> Mask:
     """The keep-mask of global magnitude pruning that removes the fraction ``amount``.
 
     Parameters
@@ -115,23 +155,23 @@ def magnitude_mask(model: nn.Module, amount: float, params: Iterable | None = No
     amount
         p, the fraction of the selected weights to remove, in [0, 1].
     params
-        The tensors pruned jointly, as in :func:`~pruning_limit.hessian.resolve_parameters`;
+        The tensors pruned jointly, as in :func:`~pruning_limit.parameters.resolve_parameters`;
         default: every Linear/Conv ``weight``.
 
     Returns
     -------
     dict
         Qualified parameter name -> boolean tensor of the parameter's shape and
-        device, True where the weight is kept. Exactly ``round(p * D)`` entries are
+        device, True where the weight is *kept*. Exactly ``round(p * D)`` entries are
         False, and they are the entries ``torch.nn.utils.prune.global_unstructured``
-        with ``L1Unstructured`` prunes (same tie-breaking). The masks can be handed
-        to ``torch.nn.utils.prune.custom_from_mask``.
+        with ``L1Unstructured`` prunes (same tie-breaking: :func:`removed_indices`).
+        The masks can be handed to ``torch.nn.utils.prune.custom_from_mask``.
 
     Example
     -------
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
-    >>> mask = magnitude_mask(model, 0.5)
+    >>> mask = kept_mask(model, 0.5)
     >>> sorted(mask), sum(int((~m).sum()) for m in mask.values())
     (['0.weight', '1.weight'], 3)
     """
@@ -140,10 +180,7 @@ def magnitude_mask(model: nn.Module, amount: float, params: Iterable | None = No
         magnitudes = torch.cat([p.detach().reshape(-1) for _, p in selected]).abs()
     count = number_to_prune(amount, magnitudes.numel())
     keep = torch.ones(magnitudes.shape, dtype=torch.bool, device=magnitudes.device)
-    if count:
-        # The same call as torch's L1Unstructured.compute_mask on the same vector,
-        # so that equal magnitudes are broken the same way.
-        keep[torch.topk(magnitudes, k=count, largest=False).indices] = False
+    keep[removed_indices(magnitudes, count)] = False
     masks = {}
     for (name, parameter), piece in zip(
         selected, torch.split(keep, [p.numel() for _, p in selected])
@@ -194,7 +231,7 @@ def pruned(
     model
         The network to prune.
     mask_or_amount
-        Either p, the fraction to remove (pruned by :func:`magnitude_mask`), or a
+        Either p, the fraction to remove (pruned by :func:`kept_mask`), or a
         mapping from parameter name to a boolean keep-mask of that parameter's shape.
     params
         With an amount: the tensors pruned jointly (default: every Linear/Conv
@@ -211,7 +248,7 @@ def pruned(
             raise ValueError("give params only with an amount: a mask already names its tensors")
         masks = dict(mask_or_amount)
     else:
-        masks = magnitude_mask(model, mask_or_amount, params)
+        masks = kept_mask(model, mask_or_amount, params)
     targets = _resolve_mask(model, masks)
     overwritten = []
     try:
@@ -587,19 +624,6 @@ def limit_interval(
 # -- evaluating a classifier ---------------------------------------------------------------
 
 
-def _tensor_pair(data, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and all(isinstance(t, torch.Tensor) for t in data)
-    ):
-        raise TypeError(
-            f"{split} data must be a pair of tensors (X, y), got {type(data).__name__}"
-            + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
-        )
-    return data[0], data[1]
-
-
 def classification_metrics(
     test: tuple[torch.Tensor, torch.Tensor],
     train: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -609,7 +633,7 @@ def classification_metrics(
 
     The returned function maps a model to ``test_loss``, ``test_accuracy``,
     ``n_test`` and, when ``train`` is given, ``train_loss``, ``train_accuracy``,
-    ``n_train``, each computed by :func:`pruning_limit.training.evaluate`:
+    ``n_train``, each computed by :func:`pruning_limit.metrics.split_metrics`:
 
         loss = (1/N) sum_i loss_fn(f(x_i), y_i),
         accuracy = (1/N) #{i : argmax_k f(x_i)_k = y_i},
@@ -624,17 +648,15 @@ def classification_metrics(
     loss_fn
         A batch-mean loss; default ``nn.CrossEntropyLoss()``.
     """
-    splits = {"test": _tensor_pair(test, "test")}
+    splits = {"test": tensor_pair(test, "test data")}
     if train is not None:
-        splits["train"] = _tensor_pair(train, "train")
+        splits["train"] = tensor_pair(train, "train data")
+    loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
+    check_mean_reduction(loss_fn)
+    evaluate = metrics_function(splits, loss_fn, classification=True)
 
     def metrics_of(model: nn.Module) -> dict[str, float]:
-        metrics = {}
-        for split, (inputs, labels) in splits.items():
-            result = evaluate_classifier(model, inputs, labels, loss_fn)
-            metrics[f"{split}_loss"] = result["loss"]
-            metrics[f"{split}_accuracy"] = result["accuracy"]
-            metrics[f"n_{split}"] = len(labels)
-        return metrics
+        with eval_mode(model):
+            return evaluate(model)
 
     return metrics_of

@@ -7,11 +7,12 @@ this model iff
     q(P) = min over w with w_P = 0 of (w - w*)^T C (w - w*) / 2
          = w*_P^T (C_PP - C_PK C_KK^{-1} C_KP) w*_P / 2   <=   eps,
 
-the Schur complement of C_KK (DESIGN section 7). The minimiser keeps the re-fitted
+the Schur complement of C_KK. The minimiser keeps the re-fitted
 weights w_K = w*_K + d_K with C_KK d_K = C_KP w*_P (and w_P = 0). q grows when P
-grows (more constraints, same objective), so along the nested magnitude supports
-(P = the k smallest |w*_j|, k = round(p D) as in ``torch.nn.utils.prune``) the
-largest feasible k is found by bisection on k.
+grows (more constraints, same objective), so along the magnitude supports
+(P = the k smallest |w*_j|, k = round(p D) as in ``torch.nn.utils.prune``, ties broken
+as torch breaks them: :func:`~pruning_limit.pruning.removed_indices`) the largest
+feasible k is found by bisection on k.
 
 Two solvers:
 
@@ -42,36 +43,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+import torch
 
-from .geometry import apply_policy, check_policy
-
-DEFAULT_DENSE_LIMIT = 3000
-
-
-def magnitude_order(weights) -> np.ndarray:
-    """Indices of ``weights`` sorted by |w| ascending (stable): the pruning order."""
-    flat = _as_vector(weights)
-    return np.argsort(np.abs(flat), kind="stable")
-
-
-def removal_count(removal_fraction: float, dimension: int) -> int:
-    """k = round(p D) (half to even, as ``torch.nn.utils.prune`` rounds ``amount``)."""
-    p = float(removal_fraction)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"removal_fraction must lie in [0, 1], got {removal_fraction}")
-    return int(round(p * dimension))
-
-
-def magnitude_pruned_mask(weights, removal_fraction: float) -> np.ndarray:
-    """Boolean mask, True on the round(p D) weights of smallest |w| (the removed ones).
-
-    ``removal_fraction`` p is the fraction removed (``amount`` in torch.nn.utils.prune).
-    Ties are broken by position (stable sort).
-    """
-    flat = _as_vector(weights)
-    mask = np.zeros(flat.size, dtype=bool)
-    mask[magnitude_order(flat)[: removal_count(removal_fraction, flat.size)]] = True
-    return mask
+from .curvature import EXACT_LIMIT
+from .pruning import removed_indices
+from .statdim import apply_policy, check_policy
 
 
 @dataclass(frozen=True)
@@ -119,7 +95,7 @@ class QuadraticModel:
     ----------
     curvature
         A symmetric D x D matrix (numpy or torch), or a
-        :class:`~pruning_limit.hessian.CurvatureOperator`. An operator with
+        :class:`~pruning_limit.curvature.CurvatureOperator`. An operator with
         D <= ``dense_limit`` is turned into its matrix once.
     weights
         w*, flat, in the curvature's coordinate order.
@@ -152,11 +128,11 @@ class QuadraticModel:
         *,
         policy: str = "abs",
         damping: float = 0.0,
-        dense_limit: int = DEFAULT_DENSE_LIMIT,
+        dense_limit: int = EXACT_LIMIT,
         cg_tolerance: float = 1e-10,
         cg_max_iterations: int = 2000,
     ) -> None:
-        self.weights = _as_vector(weights)
+        self.weights = as_vector(weights)
         self.dimension = self.weights.size
         self.policy = check_policy(policy)
         self.damping = float(damping)
@@ -165,7 +141,6 @@ class QuadraticModel:
         self.cg_tolerance = float(cg_tolerance)
         self.cg_max_iterations = int(cg_max_iterations)
         self.notes: list[str] = []
-        self.order = magnitude_order(self.weights)
         self._costs: dict[int, float] = {}
         self._warm: np.ndarray | None = None
         self.eigenvalues: np.ndarray | None = None
@@ -224,8 +199,6 @@ class QuadraticModel:
         """(C + damping I) vector, for a full-length vector."""
         if self.matrix is not None:
             return self.matrix @ vector
-        import torch
-
         rows = torch.as_tensor(vector[None], dtype=self.operator.dtype)
         product = self.operator.apply(rows)[0].detach().double().cpu().numpy()
         return product + self.damping * vector
@@ -328,13 +301,18 @@ class QuadraticModel:
 
     # -- along the magnitude order -----------------------------------------------------------
 
+    def support(self, count: int) -> np.ndarray:
+        """The removed set of magnitude pruning at ``count`` weights (True = removed), in
+        the one magnitude order (:func:`~pruning_limit.pruning.removed_indices`)."""
+        pruned = np.zeros(self.dimension, dtype=bool)
+        pruned[removed_indices(torch.from_numpy(np.abs(self.weights)), int(count)).numpy()] = True
+        return pruned
+
     def cost_of_count(self, count: int) -> float:
         """q for the support that removes the ``count`` smallest |w*_j| (cached)."""
         count = int(count)
         if count not in self._costs:
-            pruned = np.zeros(self.dimension, dtype=bool)
-            pruned[self.order[:count]] = True
-            self._costs[count] = 0.0 if count == 0 else self.cost(pruned)
+            self._costs[count] = 0.0 if count == 0 else self.cost(self.support(count))
         return self._costs[count]
 
     def limit(self, epsilon: float) -> QuadraticLimit:
@@ -388,7 +366,7 @@ def quadratic_refit(curvature, weights, pruned_mask, **options):
     Parameters
     ----------
     curvature
-        C as a D x D matrix or a :class:`~pruning_limit.hessian.CurvatureOperator`.
+        C as a D x D matrix or a :class:`~pruning_limit.curvature.CurvatureOperator`.
     weights
         w*, flat (numpy or torch); the result has the same type (a torch result has
         the input's dtype and device).
@@ -426,5 +404,5 @@ def _as_array(value) -> np.ndarray:
     return np.array(value, dtype=np.float64)
 
 
-def _as_vector(value) -> np.ndarray:
+def as_vector(value) -> np.ndarray:
     return _as_array(value).reshape(-1)

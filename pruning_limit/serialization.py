@@ -23,7 +23,16 @@ def plain(value):
 
 def write_json(path: str | Path, text: str) -> Path:
     """Write JSON ``text`` to ``path`` (``.json`` added if missing) through a temporary
-    file and a rename, so that a reader never sees half a file."""
+    file and a rename, so that a reader never sees half a file.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = write_json(pathlib.Path(folder) / "result", '{"p": 0.5}')
+    ...     path.name, read_json(path, "result")
+    ('result.json', {'p': 0.5})
+    """
     path = Path(path)
     if path.suffix != ".json":
         path = path.with_suffix(".json")

@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.linalg import eigh_tridiagonal
+
+from .quadrature import gauss_rule
 
 FORMAT_VERSION = 1
 
@@ -255,15 +256,3 @@ class Spectrum:
         )
 
 
-def gauss_rule(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss quadrature rule of a Jacobi (symmetric tridiagonal) matrix.
-
-    Nodes are the eigenvalues of T = tridiag(betas, alphas, betas); weights are the
-    squared first components of its normalised eigenvectors (they sum to 1).
-    """
-    alphas = np.asarray(alphas, dtype=np.float64)
-    betas = np.asarray(betas, dtype=np.float64)
-    if alphas.size == 1:
-        return alphas.copy(), np.ones(1)
-    nodes, vectors = eigh_tridiagonal(alphas, betas)
-    return nodes, vectors[0] ** 2

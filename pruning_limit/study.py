@@ -10,13 +10,14 @@ plain model) and every training dtype, a run
 1. trains the model (:func:`~pruning_limit.training.train`) to ``checkpoint/``;
 2. builds the curvature of the mean training loss (GGN by default: PSD, so its
    quadrature is bracketed, and the SLQ of the indefinite Hessian with the "abs"
-   policy is not converged at the c that matters, DESIGN section 7) and its
+   policy is not converged at the c that matters: benchmarks/delta_accuracy.py) and its
    spectrum, exact when D <= ``exact_limit`` (else SLQ), to ``spectrum.npz``;
-3. predicts with every method (:func:`~pruning_limit.limit.predict_from_spectrum`,
+3. predicts with every method (:class:`~pruning_limit.pipeline.Pipeline`, as
+   :func:`~pruning_limit.pipeline.predict_limit` does,
    the quadratic model built once from the same matrix) to ``prediction.json``;
 4. validates with every variant (:func:`~pruning_limit.validation.validate`, the
    refit through the same quadratic model) to ``validation.json``;
-5. compares them (:func:`~pruning_limit.validation.compare`), draws ``validation.png``,
+5. compares them (:func:`~pruning_limit.comparison.compare`), draws ``validation.png``,
    ``statdim.png`` and ``spectrum.png``, and writes ``run.json`` last.
 
 A run whose ``run.json`` exists is skipped on a re-run, and a run cut short resumes
@@ -49,7 +50,7 @@ Every section and key is optional except ``[[datasets]]``; unknown keys are an e
     ``weight_decay`` (0.0), ``target_train_loss`` (none); and ``l1`` (a number or a
     list, [0.0, 1e-4]: one model per value, 0 the plain model).
 ``[prediction]``
-    ``methods`` (list, all of :data:`~pruning_limit.limit.METHODS`; ``statdim_exact``
+    ``methods`` (list, all of :data:`~pruning_limit.prediction.METHODS`; ``statdim_exact``
     is skipped, with a note, where D exceeds its limit); ``curvature`` ("ggn" or
     "hessian", "ggn": used for the spectrum, the quadratic predictor and the refit);
     ``policy`` ("abs"); ``epsilon`` ("batch_std" or a number); ``batch_size`` (256:
@@ -83,8 +84,6 @@ Example
 
 from __future__ import annotations
 
-import copy
-import itertools
 import json
 import math
 import time
@@ -96,288 +95,42 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._version import __version__
+from .comparison import compare
 from .datasets import load_dataset
-from .hessian import CurvatureOperator, resolve_parameters
-from .lanczos import exact_spectrum_of, slq
-from .limit import METHODS, STATDIM_EXACT_LIMIT, Prediction, loss_budget, predict_from_spectrum
 from .models import model_spec
-from .quadratic import QuadraticModel
+from .pipeline import Pipeline
+from .prediction import METHODS, STATDIM_EXACT_LIMIT, Prediction
+from .serialization import write_json
 from .spectrum import Spectrum
+from .study_config import StudyRun, expand_runs, load_config, without_keys
 from .training import DTYPES, load_checkpoint, train
-from .validation import CRITERIA, VARIANTS, Validation, compare, validate
+from .validation import CRITERIA, VARIANTS, Validation, validate
 
 FORMAT_VERSION = 1
-FULL_RANK = "full"
 
-DEFAULTS: dict = {
-    "study": {"name": "study", "out": "runs/study", "seed": 0, "dtypes": ["float32"],
-              "device": "cpu", "threads": 0},
-    "model": {"kind": "mlp", "hidden": [32]},
-    "training": {"epochs": 50, "lr": 3e-3, "batch_size": 128, "optimizer": "adam",
-                 "momentum": 0.9, "weight_decay": 0.0, "target_train_loss": None,
-                 "l1": [0.0, 1e-4]},
-    "prediction": {"methods": list(METHODS), "curvature": "ggn", "policy": "abs",
-                   "epsilon": "batch_std", "batch_size": 256, "exact_limit": 3000,
-                   "slq_steps": 100, "slq_probes": 10, "damping": 0.0, "sensitivity": True,
-                   "statdim_samples": 400},
-    "validation": {"variants": list(VARIANTS), "tolerance": 0.5, "resolution": 0.005,
-                   "amounts": None, "confidence": 0.95, "refit_curvature": "auto",
-                   "finetune": {"epochs": 3, "lr": 1e-3, "batch_size": 128}},
-}  # fmt: skip
-# Keys whose default is None, or that take more than one type: what they accept.
-_ACCEPTS = {
-    ("training", "target_train_loss"): (int, float),
-    ("training", "l1"): (int, float, list),
-    ("prediction", "epsilon"): (str, int, float),
-    ("validation", "amounts"): (list,),
-}
 
 
 # -- the configuration -------------------------------------------------------------------------
 
 
-def _read_toml(path: Path) -> dict:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError:
-            raise RuntimeError(
-                "reading a TOML study configuration needs Python >= 3.11 (tomllib) or the "
-                "tomli package on Python 3.10: pip install tomli"
-            ) from None
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"{path} is not valid TOML: {error}") from error
 
 
-def load_config(config) -> dict:
-    """The checked configuration with every default filled in.
-
-    Parameters
-    ----------
-    config
-        A path to a TOML file, or a dict of the same structure (see the module
-        docstring).
-
-    Raises
-    ------
-    ValueError
-        An unknown section or key (named, with the known ones), a value of the
-        wrong type, or no ``[[datasets]]``.
-    FileNotFoundError
-        If the path does not exist.
-    """
-    source = "the configuration"
-    if isinstance(config, (str, Path)):
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"no study configuration at {path}")
-        source = str(path)
-        raw = _read_toml(path)
-    elif isinstance(config, dict):
-        raw = copy.deepcopy(config)
-    else:
-        raise TypeError(f"config must be a path or a dict, got {type(config).__name__}")
-
-    known = set(DEFAULTS) | {"datasets"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(
-            f"{source}: unknown section(s) {unknown}; known: {', '.join(sorted(known))}"
-        )
-    result = {}
-    for section, defaults in DEFAULTS.items():
-        given = raw.get(section, {})
-        if not isinstance(given, dict):
-            raise ValueError(f"{source}: [{section}] must be a table")
-        if section == "model":
-            result[section] = _model_section(given, source)
-            continue
-        result[section] = _checked_section(section, given, defaults, source)
-    result["datasets"] = _datasets_section(raw.get("datasets"), source)
-    return result
 
 
-def _checked_section(section: str, given: dict, defaults: dict, source: str) -> dict:
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"{source}: unknown key(s) {unknown} in [{section}]; known: "
-            f"{', '.join(sorted(defaults))}"
-        )
-    merged = copy.deepcopy(defaults)
-    for key, value in given.items():
-        default = defaults[key]
-        where = f"[{section}] {key}"
-        if isinstance(default, dict):
-            if not isinstance(value, dict):
-                raise ValueError(f"{source}: {where} must be a table")
-            merged[key] = _checked_section(f"{section}.{key}", value, default, source)
-            continue
-        if value is None and default is None:
-            continue
-        accepted = _ACCEPTS.get((section, key))
-        if accepted is None:
-            accepted = (int, float) if isinstance(default, float) else (type(default),)
-        if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, accepted):
-            raise ValueError(
-                f"{source}: {where} must be of type "
-                f"{' or '.join(t.__name__ for t in accepted)}, got {value!r}"
-            )
-        merged[key] = value
-    if section == "study":
-        bad = [d for d in merged["dtypes"] if d not in DTYPES]
-        if bad or not merged["dtypes"]:
-            raise ValueError(
-                f"{source}: [study] dtypes must be a non-empty list of {sorted(DTYPES)}, "
-                f"got {merged['dtypes']}"
-            )
-    if section == "training":
-        if not isinstance(merged["l1"], list):
-            merged["l1"] = [merged["l1"]]
-        if not merged["l1"] or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in merged["l1"]
-        ):
-            raise ValueError(
-                f"{source}: [training] l1 must be a number >= 0 or a non-empty list of them, "
-                f"got {merged['l1']}"
-            )
-    if section == "prediction":
-        unknown_methods = [m for m in merged["methods"] if m not in METHODS]
-        if unknown_methods or not merged["methods"]:
-            raise ValueError(
-                f"{source}: [prediction] methods {unknown_methods or '[]'} unknown; known: "
-                f"{', '.join(METHODS)}"
-            )
-        epsilon = merged["epsilon"]
-        if (isinstance(epsilon, str) and epsilon != "batch_std") or (
-            not isinstance(epsilon, str) and not epsilon > 0
-        ):
-            raise ValueError(
-                f"{source}: [prediction] epsilon must be 'batch_std' or a number > 0, got "
-                f"{epsilon!r}"
-            )
-        if merged["curvature"] not in ("ggn", "hessian"):
-            raise ValueError(
-                f"{source}: [prediction] curvature must be 'ggn' or 'hessian', got "
-                f"{merged['curvature']!r}"
-            )
-    if section == "validation":
-        amounts = merged["amounts"]
-        if amounts is not None and not all(
-            isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a <= 1 for a in amounts
-        ):
-            raise ValueError(
-                f"{source}: [validation] amounts must be a list of fractions in [0, 1], "
-                f"got {amounts}"
-            )
-        if merged["refit_curvature"] not in ("prediction", "auto", "hessian", "ggn"):
-            raise ValueError(
-                f"{source}: [validation] refit_curvature must be 'prediction', 'auto', "
-                f"'hessian' or 'ggn', got {merged['refit_curvature']!r}"
-            )
-        bad = [v for v in merged["variants"] if v not in VARIANTS]
-        if bad or not merged["variants"]:
-            raise ValueError(
-                f"{source}: [validation] variants {bad or '[]'} unknown; known: "
-                f"{', '.join(VARIANTS)}"
-            )
-    return merged
 
 
-def _model_section(given: dict, source: str) -> dict:
-    for key in ("input_dim", "classes"):
-        if key in given:
-            raise ValueError(
-                f"{source}: [model] {key} is taken from each dataset; remove it from the file"
-            )
-    merged = {**DEFAULTS["model"], **given} if "kind" not in given else dict(given)
-    try:  # the model's own checks name an unknown field
-        model_spec(merged["kind"], input_dim=2, classes=2, **_without(merged, "kind"))
-    except ValueError as error:
-        raise ValueError(f"{source}: [model]: {error}") from error
-    return merged
 
 
-def _datasets_section(entries, source: str) -> list:
-    if not entries:
-        raise ValueError(f"{source}: no [[datasets]]: give at least one dataset table")
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ValueError(f"{source}: datasets must be an array of tables ([[datasets]])")
-    for entry in entries:
-        if "name" not in entry:
-            raise ValueError(f"{source}: a [[datasets]] table lacks its name")
-    return copy.deepcopy(entries)
 
 
-def _without(mapping: dict, *keys) -> dict:
-    return {k: v for k, v in mapping.items() if k not in keys}
 
 
 # -- the runs ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Run:
-    name: str
-    dataset: dict  # load_dataset arguments
-    knob: dict  # the varied dataset arguments, as given
-    l1: float
-    dtype: str
-
-    @property
-    def regularisation(self) -> str:
-        return "plain" if self.l1 == 0 else f"l1={self.l1:g}"
 
 
-def _expand_runs(config: dict) -> list[_Run]:
-    runs = []
-    for entry in config["datasets"]:
-        varying = [key for key, value in entry.items() if isinstance(value, list)]
-        for values in itertools.product(*(entry[key] for key in varying)):
-            arguments = dict(entry)
-            arguments.update(zip(varying, values))
-            knob = dict(zip(varying, values))
-            if arguments.get("pca_rank") == FULL_RANK:
-                arguments["pca_rank"] = None
-            label = "-".join(
-                [entry["name"]] + [f"{'pca' if k == 'pca_rank' else k}{v}" for k, v in knob.items()]
-            )
-            for l1 in config["training"]["l1"]:
-                for dtype in config["study"]["dtypes"]:
-                    regularisation = "plain" if l1 == 0 else f"l1_{l1:g}"
-                    runs.append(
-                        _Run(f"{label}-{regularisation}-{dtype}", arguments, knob, float(l1), dtype)
-                    )
-    names = [run.name for run in runs]
-    if len(set(names)) != len(names):
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"the configuration makes runs with the same name twice: {duplicated}")
-    return runs
-
-
-class _MatrixOnce:
-    """A CurvatureOperator whose D x D matrix is built at most once.
-
-    The exact spectrum, the quadratic predictor and the refit all need C; building
-    it costs D curvature products.
-    """
-
-    def __init__(self, operator: CurvatureOperator) -> None:
-        self._operator = operator
-        self._matrix = None
-
-    def __getattr__(self, name):
-        return getattr(self._operator, name)
-
-    def matrix(self, max_dimension: int, block: int = 64) -> torch.Tensor:
-        if self._matrix is None:
-            self._matrix = self._operator.matrix(max_dimension=max_dimension, block=block)
-        return self._matrix
 
 
 def _intrinsic_x(metadata: dict) -> tuple[float, str]:
@@ -390,7 +143,7 @@ def _intrinsic_x(metadata: dict) -> tuple[float, str]:
     return float(metadata["ambient_dimension"]), "PCA rank (full = n)"
 
 
-def _execute(run: _Run, config: dict, run_dir: Path, datasets: dict) -> dict:
+def _execute(run: StudyRun, config: dict, run_dir: Path, datasets: dict) -> dict:
     from . import plots
 
     timings: dict[str, float] = {}
@@ -411,12 +164,12 @@ def _execute(run: _Run, config: dict, run_dir: Path, datasets: dict) -> dict:
     if (checkpoint / "card.json").is_file() and (checkpoint / "model.pt").is_file():
         model, card = load_checkpoint(checkpoint)
     else:
-        training = _without(config["training"], "l1")
+        training = without_keys(config["training"], "l1")
         spec = model_spec(
             config["model"]["kind"],
             input_dim=dataset.ambient_dimension,
             classes=dataset.num_classes,
-            **_without(config["model"], "kind"),
+            **without_keys(config["model"], "kind"),
         )
         result = train(
             spec, dataset, **training, l1=run.l1, dtype=DTYPES[run.dtype], seed=seed,
@@ -427,51 +180,28 @@ def _execute(run: _Run, config: dict, run_dir: Path, datasets: dict) -> dict:
 
     prediction_config = config["prediction"]
     validation_config = config["validation"]
-    selected = resolve_parameters(model)
-    weights = np.concatenate([t.detach().double().cpu().numpy().reshape(-1) for _, t in selected])
-    dimension = weights.size
-    exact_limit = prediction_config["exact_limit"]
-    operator = _MatrixOnce(
-        CurvatureOperator(
-            model,
-            loss_fn,
-            train_pair,
-            curvature=prediction_config["curvature"],
-            dtype=torch.float64,
-            device=config["study"]["device"],
-            batch_size=prediction_config["batch_size"],
-        )
+    pipeline = Pipeline(
+        model,
+        loss_fn,
+        train_pair,
+        curvature=prediction_config["curvature"],
+        dtype=torch.float64,
+        device=config["study"]["device"],
+        batch_size=prediction_config["batch_size"],
+        exact_limit=prediction_config["exact_limit"],
+        policy=prediction_config["policy"],
+        damping=prediction_config["damping"],
     )
-    quadratic: list[QuadraticModel] = []
-
-    def quadratic_model() -> QuadraticModel:
-        if not quadratic:
-            quadratic.append(
-                QuadraticModel(
-                    operator,
-                    weights,
-                    policy=prediction_config["policy"],
-                    damping=prediction_config["damping"],
-                    dense_limit=exact_limit,
-                )
-            )
-        return quadratic[0]
+    dimension = pipeline.dimension
 
     spectrum_path = run_dir / "spectrum.npz"
     started = time.perf_counter()
     if spectrum_path.is_file():
         spectrum = Spectrum.load(spectrum_path)
     else:
-        if dimension <= exact_limit:
-            spectrum = exact_spectrum_of(operator, max_dimension=exact_limit)
-        else:
-            spectrum = slq(
-                operator,
-                steps=prediction_config["slq_steps"],
-                probes=prediction_config["slq_probes"],
-                seed=seed,
-                progress=False,
-            )
+        spectrum = pipeline.spectrum(
+            steps=prediction_config["slq_steps"], probes=prediction_config["slq_probes"], seed=seed
+        )
         spectrum.save(spectrum_path)
     timings["spectrum"] = time.perf_counter() - started
 
@@ -484,22 +214,13 @@ def _execute(run: _Run, config: dict, run_dir: Path, datasets: dict) -> dict:
         if "statdim_exact" in methods and dimension > STATDIM_EXACT_LIMIT:
             methods.remove("statdim_exact")
             notes.append(f"statdim_exact skipped: D = {dimension} > {STATDIM_EXACT_LIMIT}")
-        needs_curvature = {"quadratic", "statdim_exact"} & set(methods)
-        eps, source = loss_budget(operator, prediction_config["epsilon"], dtype=torch.float64)
-        prediction = predict_from_spectrum(
+        prediction = pipeline.predict(
             spectrum,
-            weights,
-            eps,
+            epsilon=prediction_config["epsilon"],
             methods=methods,
-            policy=prediction_config["policy"],
-            curvature=quadratic_model() if needs_curvature else None,
-            epsilon_source=source,
             sensitivity=prediction_config["sensitivity"],
             statdim_samples=prediction_config["statdim_samples"],
             seed=seed,
-            damping=prediction_config["damping"],
-            dense_limit=exact_limit,
-            parameters=[(name, tuple(t.shape)) for name, t in selected],
         )
         prediction.save(prediction_path)
     timings["prediction"] = time.perf_counter() - started
@@ -512,7 +233,7 @@ def _execute(run: _Run, config: dict, run_dir: Path, datasets: dict) -> dict:
         variants = validation_config["variants"]
         refit_curvature = validation_config["refit_curvature"]
         if refit_curvature == "prediction":
-            refit_curvature = quadratic_model() if "refit" in variants else "auto"
+            refit_curvature = pipeline.quadratic_model() if "refit" in variants else "auto"
         validation = validate(
             model,
             train_data=train_pair,
@@ -526,7 +247,7 @@ def _execute(run: _Run, config: dict, run_dir: Path, datasets: dict) -> dict:
             curvature=refit_curvature,
             policy=prediction_config["policy"],
             damping=prediction_config["damping"],
-            dense_limit=exact_limit,
+            dense_limit=prediction_config["exact_limit"],
             finetune=validation_config["finetune"],
             confidence=validation_config["confidence"],
             batch_size=prediction_config["batch_size"],
@@ -615,7 +336,7 @@ class StudyResult:
         One dict per run: dataset, intrinsic dimension (knob and estimates), L1,
         dtype, D, dense metrics, eps, ``predicted`` (method -> p, interval),
         ``actual`` (variant -> accuracy and loss-budget limits with intervals),
-        ``comparison`` (the rows of :func:`~pruning_limit.validation.compare`).
+        ``comparison`` (the rows of :func:`~pruning_limit.comparison.compare`).
     summary
         One dict per (method, variant, criterion) over the runs: mean signed and
         absolute error in percentage points, the share of runs whose actual lies
@@ -648,10 +369,7 @@ class StudyResult:
     def save(self, path: str | Path | None = None) -> Path:
         """Write the JSON (default: ``out/study.json``), atomically."""
         path = Path(self.out) / "study.json" if path is None else Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
-        return path
+        return write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> StudyResult:
@@ -803,11 +521,28 @@ def run_study(
     ValueError
         A bad configuration (before any run starts), or a run folder made with
         another configuration.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> config = {
+    ...     "model": {"kind": "mlp", "hidden": [4]},
+    ...     "training": {"epochs": 2, "l1": 0.0},
+    ...     "prediction": {"methods": ["paper", "trace_bound"], "sensitivity": False,
+    ...                    "batch_size": 16},
+    ...     "validation": {"variants": ["one_shot"], "amounts": [0.0, 0.5, 0.9],
+    ...                    "resolution": 0.1},
+    ...     "datasets": [{"name": "manifold", "d": 2, "n": 4, "n_train": 64, "n_test": 32}],
+    ... }
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     result = run_study(config, out=folder)
+    >>> len(result.rows), result.rows[0]["curvature"]
+    (1, 'ggn')
     """
     config = load_config(config)
     out = Path(config["study"]["out"] if out is None else out)
     config["study"]["out"] = str(out)
-    runs = _expand_runs(config)
+    runs = expand_runs(config)
     out.mkdir(parents=True, exist_ok=True)
     threads = config["study"]["threads"]
     if threads > 0:
@@ -824,7 +559,7 @@ def run_study(
 
 
 def _run_all(config: dict, runs: list, out: Path, log) -> StudyResult:
-    from . import __version__, plots
+    from . import plots
 
     log = log or (lambda line: None)
     started = time.perf_counter()
@@ -852,9 +587,7 @@ def _run_all(config: dict, runs: list, out: Path, log) -> StudyResult:
         run_started = time.perf_counter()
         row = _execute(run, config, run_dir, datasets)
         row["seconds"]["total"] = time.perf_counter() - run_started
-        tmp = record_path.with_name("run.json.tmp")
-        tmp.write_text(json.dumps(row, indent=2) + "\n")
-        tmp.replace(record_path)
+        write_json(record_path, json.dumps(row, indent=2) + "\n")
         rows.append(row)
         log(_run_line(index, len(runs), row))
 
@@ -874,7 +607,7 @@ def _run_all(config: dict, runs: list, out: Path, log) -> StudyResult:
     return result
 
 
-def _run_config(run: _Run, config: dict) -> dict:
+def _run_config(run: StudyRun, config: dict) -> dict:
     """Everything that determines a run's results (not where or on what device it ran)."""
     return json.loads(
         json.dumps(
@@ -885,7 +618,7 @@ def _run_config(run: _Run, config: dict) -> dict:
                 "dtype": run.dtype,
                 "seed": config["study"]["seed"],
                 "model": config["model"],
-                "training": _without(config["training"], "l1"),
+                "training": without_keys(config["training"], "l1"),
                 "prediction": config["prediction"],
                 "validation": config["validation"],
             }

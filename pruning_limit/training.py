@@ -6,7 +6,7 @@
 
 the mean cross-entropy over the training set plus an optional L1 penalty on the
 prunable weights (the ``weight`` of every Linear and Conv layer,
-:func:`pruning_limit.hessian.prunable_parameters`; biases and normalisation
+:func:`pruning_limit.parameters.prunable_parameters`; biases and normalisation
 parameters are not penalised). ``weight_decay`` is the optimizer's own (coupled)
 L2 term on every parameter. The L1 penalty pulls weights towards zero, so more of
 them are near zero at the end; it is a subgradient term, so they hover at about
@@ -53,17 +53,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import as_batches
+from ._checks import check_mean_reduction
+from ._version import __version__
 from .datasets import Dataset
-from .hessian import eval_mode, prunable_parameters
+from .metrics import split_metrics
 from .models import build_model, count_parameters
+from .parameters import eval_mode, prunable_parameters
 
 OPTIMIZERS = ("adam", "sgd")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.pt"
 CARD_FORMAT = "pruning-limit model card v1"
-EVALUATION_BATCH_SIZE = 4096
 
 
 @dataclass(frozen=True, repr=False)
@@ -106,7 +107,8 @@ def evaluate(
         loss = (1/N) sum_i loss_fn(f(x_i), y_i),
         accuracy = (1/N) #{i : argmax_k f(x_i)_k = y_i},
 
-    computed over batches of 4096 samples, each weighted by its size. ``X`` is
+    computed over batches of :data:`~pruning_limit.metrics.EVALUATION_BATCH_SIZE` samples,
+    each weighted by its size (:func:`~pruning_limit.metrics.split_metrics`). ``X`` is
     cast to the dtype and device of the model's parameters; the model's train/eval
     modes are restored afterwards.
 
@@ -123,23 +125,18 @@ def evaluate(
     -------
     dict
         ``{"loss": float, "accuracy": float}``.
+
+    Example
+    -------
+    >>> model = torch.nn.Linear(3, 2)
+    >>> sorted(evaluate(model, torch.randn(10, 3), torch.randint(0, 2, (10,))))
+    ['accuracy', 'loss']
     """
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
-    if getattr(loss_fn, "reduction", "mean") != "mean":
-        raise ValueError(
-            f"loss_fn must average over the batch (reduction='mean'), "
-            f"got reduction={loss_fn.reduction!r}"
-        )
-    reference = next(model.parameters())
-    total_loss, correct = 0.0, 0
-    with eval_mode(model), torch.no_grad():
-        for inputs, targets in as_batches((X, y), EVALUATION_BATCH_SIZE):
-            inputs = inputs.to(device=reference.device, dtype=reference.dtype)
-            targets = targets.to(reference.device)
-            logits = model(inputs)
-            total_loss += float(loss_fn(logits, targets)) * len(targets)
-            correct += int((logits.argmax(dim=1) == targets).sum())
-    return {"loss": total_loss / len(y), "accuracy": correct / len(y)}
+    check_mean_reduction(loss_fn)
+    with eval_mode(model):
+        loss, accuracy = split_metrics(model, X, y, loss_fn, classification=True)
+    return {"loss": loss, "accuracy": accuracy}
 
 
 def train(
@@ -201,6 +198,16 @@ def train(
         For a bad argument, or a spec that does not fit the dataset.
     FloatingPointError
         If the training loss becomes NaN or infinite (diverged).
+
+    Example
+    -------
+    >>> from pruning_limit.datasets import manifold
+    >>> from pruning_limit.models import model_spec
+    >>> data = manifold(d=2, n=4, n_train=64, n_test=32, seed=0)
+    >>> spec = model_spec("mlp", input_dim=4, classes=data.num_classes, hidden=[8])
+    >>> result = train(spec, data, epochs=2, progress=False)
+    >>> result.card["training"]["epochs_run"], result.model.training
+    (2, False)
     """
     _check_training_arguments(
         optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum,
@@ -301,7 +308,7 @@ def train(
             "train": evaluate(model, X_train, y_train),
             "test": evaluate(model, dataset.X_test, dataset.y_test),
         },
-        "pruning_limit_version": _package_version(),
+        "pruning_limit_version": __version__,
         "torch_version": torch.__version__,
     }
     path = save_checkpoint(model, card, out) if out is not None else None
@@ -349,6 +356,19 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
         state_dict that ``torch.load(weights_only=True)`` can read, or if the
         state_dict does not fit the card's architecture (naming the missing,
         unexpected and mismatching keys).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from pruning_limit.datasets import manifold
+    >>> from pruning_limit.models import model_spec
+    >>> data = manifold(d=2, n=4, n_train=32, n_test=16, seed=0)
+    >>> spec = model_spec("mlp", input_dim=4, classes=data.num_classes, hidden=[4])
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     trained = train(spec, data, epochs=1, progress=False, out=folder)
+    ...     model, card = load_checkpoint(folder)
+    >>> card["num_parameters"] == trained.card["num_parameters"]
+    True
     """
     path = Path(path)
     if not path.exists():
@@ -435,10 +455,3 @@ def _check_training_arguments(
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, value in DTYPES.items() if value == dtype)
-
-
-def _package_version() -> str:
-    # Imported when called: the package's __init__ imports this module first.
-    from . import __version__
-
-    return __version__

@@ -32,7 +32,7 @@ grid of p and bisects each break to ``resolution``. Two limits are read:
 - the loss-budget limit, the quantity the theory speaks of: the largest p before
   the first p with L_train(p) > L_train(0) + eps, eps as in the prediction
   (``"batch_std"``: the standard deviation of the mini-batch training losses at w*,
-  :func:`~pruning_limit.limit.loss_budget`, or a number).
+  :func:`~pruning_limit.budget.loss_budget`, or a number).
 
 Each limit comes with its bracket [limit, first broken p): the break lies inside it,
 up to the sweep's resolution.
@@ -64,7 +64,7 @@ import json
 import math
 import numbers
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -72,9 +72,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batches import DEFAULT_BATCH_SIZE
-from .hessian import CurvatureOperator, eval_mode, resolve_parameters
-from .limit import CONVENTION, Prediction, loss_budget
+from ._checks import check_mean_reduction
+from ._version import __version__
+from .batches import DEFAULT_BATCH_SIZE, tensor_pair
+from .budget import BATCH_STD, check_epsilon, loss_budget
+from .curvature import CURVATURES, EXACT_LIMIT
+from .metrics import is_classification, metrics_function, targets_like
+from .parameters import eval_mode, resolve_parameters
+from .pipeline import Pipeline
+from .prediction import CONVENTION
 from .pruning import (
     DEFAULT_AMOUNTS,
     AccuracyDrop,
@@ -86,59 +92,22 @@ from .pruning import (
     limit_interval,
     sweep,
 )
-from .quadratic import DEFAULT_DENSE_LIMIT, QuadraticModel
+from .quadratic import QuadraticModel
 from .serialization import plain, read_json, write_json
+from .variants import FinetuneBudget, PrunedWeights, finetune_evaluator, refit_evaluator
 
 VARIANTS = ("one_shot", "refit", "finetune")
+DEFAULT_VARIANTS = ("one_shot", "refit")
+# The curvature of the refit's quadratic model: "auto" (exact Hessian up to dense_limit,
+# else the GGN), or one of CURVATURES.
+VALIDATION_CURVATURES = ("auto", *CURVATURES)
 CRITERIA = ("accuracy", "loss_budget")
 FORMAT_VERSION = 1
-EVALUATION_BATCH_SIZE = 4096
-_INSIDE_SLACK = 1e-12
 
 
 # -- configuration --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FinetuneBudget:
-    """How the ``finetune`` variant trains the kept weights after pruning.
-
-    Adam (betas 0.9, 0.999, eps 1e-8) on the mean training loss ``loss_fn`` (no
-    penalty), ``epochs`` passes over the training set in shuffled mini-batches of
-    ``batch_size``, the batch order drawn from the validation's ``seed`` (the same for
-    every p). Gradients and steps are masked, so removed weights stay exactly zero;
-    biases and other non-pruned parameters are held fixed, as in the theory. The
-    result is the iterate (start or end of an epoch) with the lowest full training
-    loss, so fine-tuning never does worse than no fine-tuning.
-    """
-
-    epochs: int = 3
-    lr: float = 1e-3
-    batch_size: int = 128
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"finetune {name} must be a positive integer, got {value!r}")
-        if not (isinstance(self.lr, numbers.Real) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"finetune lr must be a positive number, got {self.lr!r}")
-
-    @classmethod
-    def of(cls, value) -> FinetuneBudget:
-        """A budget from None (the defaults), a FinetuneBudget or a dict of its fields."""
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            unknown = sorted(set(value) - {"epochs", "lr", "batch_size"})
-            if unknown:
-                raise ValueError(
-                    f"unknown finetune option(s) {unknown}; known: epochs, lr, batch_size"
-                )
-            return cls(**value)
-        raise TypeError(f"finetune must be a dict or FinetuneBudget, got {type(value).__name__}")
 
 
 # -- results --------------------------------------------------------------------------------
@@ -240,7 +209,7 @@ class Validation:
     tolerance
         Allowed test-accuracy drop, in percentage points.
     epsilon, epsilon_source
-        The loss budget and how it was obtained (:func:`~pruning_limit.limit.loss_budget`).
+        The loss budget and how it was obtained (:func:`~pruning_limit.budget.loss_budget`).
     resolution, amounts
         Bisection resolution and the coarse grid of p.
     confidence, interval_method
@@ -389,31 +358,6 @@ def _check_criterion(criterion: str) -> None:
 # -- input checks ---------------------------------------------------------------------------
 
 
-def _check_pair(data, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and all(isinstance(t, torch.Tensor) for t in data)
-    ):
-        raise TypeError(
-            f"{split}_data must be a pair of tensors (X, y), got {type(data).__name__}"
-            + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
-        )
-    inputs, targets = data
-    if inputs.dim() < 1 or targets.dim() < 1 or inputs.shape[0] != targets.shape[0]:
-        raise ValueError(
-            f"{split}_data: inputs of shape {tuple(inputs.shape)} and targets of shape "
-            f"{tuple(targets.shape)} disagree on the number of samples"
-        )
-    if inputs.shape[0] == 0:
-        raise ValueError(f"{split}_data holds no sample")
-    return inputs, targets
-
-
-def _is_classification(targets: torch.Tensor) -> bool:
-    return targets.dim() == 1 and not targets.is_floating_point() and not targets.is_complex()
-
-
 def _check_fits(model, loss_fn, inputs, targets, split: str, reference) -> None:
     """One forward pass on two samples: a clear error now rather than mid-sweep."""
     try:
@@ -424,7 +368,7 @@ def _check_fits(model, loss_fn, inputs, targets, split: str, reference) -> None:
             f"{split} inputs of shape {tuple(inputs.shape)} do not fit the model "
             f"({type(model).__name__}): {str(error).splitlines()[0]}"
         ) from error
-    if _is_classification(targets):
+    if is_classification(targets):
         if outputs.dim() != 2:
             raise ValueError(
                 f"{split} targets are class labels but the model returns outputs of shape "
@@ -437,7 +381,7 @@ def _check_fits(model, loss_fn, inputs, targets, split: str, reference) -> None:
                 "output classes"
             )
     try:
-        loss_fn(outputs, _targets_like(targets[:2], reference))
+        loss_fn(outputs, targets_like(targets[:2], reference))
     except (RuntimeError, ValueError, IndexError, TypeError) as error:
         raise ValueError(
             f"{split} targets of shape {tuple(targets.shape)} do not fit the model's outputs "
@@ -446,10 +390,6 @@ def _check_fits(model, loss_fn, inputs, targets, split: str, reference) -> None:
         ) from error
 
 
-def _targets_like(targets: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    if targets.is_floating_point():
-        return targets.to(device=reference.device, dtype=reference.dtype)
-    return targets.to(reference.device)
 
 
 def _check_variants(variants) -> tuple[str, ...]:
@@ -482,154 +422,14 @@ def _check_tolerance(tolerance) -> float:
 # -- evaluation -------------------------------------------------------------------------------
 
 
-def _metrics_function(splits: dict, loss_fn, classification: bool) -> Callable:
-    """model -> {split_loss, split_accuracy, n_split}: means over samples, in the model's dtype."""
-
-    def metrics_of(model: nn.Module) -> dict[str, float]:
-        reference = next(model.parameters())
-        metrics: dict[str, float] = {}
-        with torch.no_grad():
-            for split, (inputs, targets) in splits.items():
-                total, correct = 0.0, 0
-                for start in range(0, inputs.shape[0], EVALUATION_BATCH_SIZE):
-                    x = inputs[start : start + EVALUATION_BATCH_SIZE]
-                    t = _targets_like(targets[start : start + EVALUATION_BATCH_SIZE], reference)
-                    outputs = model(x.to(device=reference.device, dtype=reference.dtype))
-                    total += float(loss_fn(outputs, t)) * len(t)
-                    if classification:
-                        correct += int((outputs.argmax(dim=1) == t).sum())
-                count = int(inputs.shape[0])
-                metrics[f"{split}_loss"] = total / count
-                if classification:
-                    metrics[f"{split}_accuracy"] = correct / count
-                metrics[f"n_{split}"] = count
-        return metrics
-
-    return metrics_of
 
 
-class _Weights:
-    """The pruned tensors, w* (one saved copy) and the current keep-mask."""
-
-    def __init__(self, selected) -> None:
-        self.tensors = [tensor for _, tensor in selected]
-        with torch.no_grad():
-            self.original = [tensor.detach().clone() for tensor in self.tensors]
-
-    def keep_masks(self) -> list[torch.Tensor]:
-        # Inside pruned() the removed weights are the zeros (see the module docstring).
-        return [tensor.detach() != 0 for tensor in self.tensors]
-
-    def unchanged(self) -> bool:
-        """True when pruning removed nothing that was not already zero: the dense network."""
-        return all(torch.equal(t, o) for t, o in zip(self.tensors, self.original))
-
-    def flat_pruned(self, masks) -> np.ndarray:
-        return np.concatenate([(~keep).cpu().numpy().reshape(-1) for keep in masks])
-
-    def write_flat(self, vector: np.ndarray) -> None:
-        offset = 0
-        with torch.no_grad():
-            for tensor in self.tensors:
-                piece = vector[offset : offset + tensor.numel()]
-                offset += tensor.numel()
-                tensor.copy_(
-                    torch.as_tensor(piece).reshape(tensor.shape).to(tensor.device, tensor.dtype)
-                )
-
-    def restore(self) -> None:
-        with torch.no_grad():
-            for tensor, original in zip(self.tensors, self.original):
-                tensor.copy_(original)
 
 
-def _refit_evaluator(weights: _Weights, quadratic: QuadraticModel, metrics_of) -> Callable:
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        if weights.unchanged():  # p = 0: the dense network, nothing to re-fit
-            return metrics_of(model)
-        try:
-            weights.write_flat(quadratic.refit(weights.flat_pruned(weights.keep_masks())))
-            return metrics_of(model)
-        finally:
-            weights.restore()
-
-    return evaluate
 
 
-def _finetune_evaluator(
-    weights: _Weights, budget: FinetuneBudget, train_pair, loss_fn, seed: int, metrics_of
-) -> tuple[Callable, Callable]:
-    """(evaluate for the sweep, fine-tune and evaluate whatever the mask).
-
-    The sweep's evaluation leaves a network with nothing removed as it is: p = 0 is the
-    dense network, the reference the criteria are defined against.
-    """
-    inputs, targets = train_pair
-    train_loss = _metrics_function({"train": train_pair}, loss_fn, classification=False)
-
-    def finetuned(model: nn.Module) -> dict[str, float]:
-        masks = weights.keep_masks()
-        flags = [tensor.requires_grad for tensor in weights.tensors]
-        try:
-            for tensor in weights.tensors:
-                tensor.requires_grad_(True)
-            _adam_on_kept(
-                model, weights.tensors, masks, inputs, targets, loss_fn, budget, seed, train_loss
-            )
-            return metrics_of(model)
-        finally:
-            weights.restore()
-            for tensor, flag in zip(weights.tensors, flags):
-                tensor.requires_grad_(flag)
-
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        return metrics_of(model) if weights.unchanged() else finetuned(model)
-
-    return evaluate, finetuned
 
 
-def _adam_on_kept(model, tensors, masks, inputs, targets, loss_fn, budget, seed, train_loss):
-    """Adam on the kept entries of ``tensors``; leaves them at the best iterate.
-
-    The full training loss is measured before the first step and after every epoch,
-    and the weights end at the iterate where it was lowest: a fresh Adam's first
-    steps have size ~lr whatever the gradient, so near a minimum they can raise the
-    loss, and "is there a point of V_K in S(eps)" asks for the best point found, not
-    the last. No ``.grad`` attribute and no optimizer object is touched.
-    """
-    beta1, beta2, tiny = 0.9, 0.999, 1e-8
-    reference = tensors[0]
-    keeps = [keep.to(tensor.dtype) for keep, tensor in zip(masks, tensors)]
-    first = [torch.zeros_like(tensor) for tensor in tensors]
-    second = [torch.zeros_like(tensor) for tensor in tensors]
-    best_loss = train_loss(model)["train_loss"]
-    best = [tensor.detach().clone() for tensor in tensors]
-    order = torch.Generator().manual_seed(seed)
-    step = 0
-    for _ in range(budget.epochs):
-        for batch in torch.randperm(inputs.shape[0], generator=order).split(budget.batch_size):
-            x = inputs[batch].to(device=reference.device, dtype=reference.dtype)
-            t = _targets_like(targets[batch], reference)
-            with torch.enable_grad():
-                loss = loss_fn(model(x), t)
-                grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-            step += 1
-            with torch.no_grad():
-                for tensor, grad, keep, m, v in zip(tensors, grads, keeps, first, second):
-                    if grad is None:
-                        continue
-                    grad = grad * keep
-                    m.mul_(beta1).add_(grad, alpha=1 - beta1)
-                    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                    update = (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + tiny)
-                    tensor.sub_(budget.lr * update * keep)
-        loss_now = train_loss(model)["train_loss"]
-        if loss_now < best_loss:
-            best_loss = loss_now
-            best = [tensor.detach().clone() for tensor in tensors]
-    with torch.no_grad():
-        for tensor, value in zip(tensors, best):
-            tensor.copy_(value)
 
 
 # -- the validator ------------------------------------------------------------------------------
@@ -642,7 +442,7 @@ def validate(
     test_data,
     loss_fn,
     epsilon: str | float | None = None,
-    variants: Iterable[str] = ("one_shot", "refit"),
+    variants: Iterable[str] = DEFAULT_VARIANTS,
     tolerance: float = 0.5,
     resolution: float = 0.005,
     amounts: Sequence[float] | None = None,
@@ -650,7 +450,7 @@ def validate(
     curvature: str | QuadraticModel = "auto",
     policy: str = "abs",
     damping: float = 0.0,
-    dense_limit: int = DEFAULT_DENSE_LIMIT,
+    dense_limit: int = EXACT_LIMIT,
     finetune: FinetuneBudget | dict | None = None,
     confidence: float = 0.95,
     interval_method: str = "wilson",
@@ -673,7 +473,7 @@ def validate(
     epsilon
         The loss budget: ``None`` or ``"batch_std"`` (the standard deviation of the
         mini-batch training losses at w*, batches of ``batch_size``, in float64, as
-        :func:`~pruning_limit.limit.predict_limit` computes it) or a positive number.
+        :func:`~pruning_limit.pipeline.predict_limit` computes it) or a positive number.
     variants
         Any of ``"one_shot"``, ``"refit"``, ``"finetune"`` (see the module docstring).
     tolerance
@@ -713,19 +513,28 @@ def validate(
     ValueError
         A bad option (tolerance < 0, unknown variant, eps <= 0, ...), or data that do
         not fit the model (naming the shapes): all checked before anything is pruned.
+
+    Example
+    -------
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    >>> X, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    >>> validation = validate(model, train_data=(X, y), test_data=(X, y),
+    ...                       loss_fn=torch.nn.CrossEntropyLoss(), variants=("one_shot", "refit"),
+    ...                       amounts=[0.0, 0.5, 0.9], resolution=0.1, progress=False)
+    >>> validation.epsilon_source["kind"], validation.refit["curvature"]
+    ('batch_std', 'hessian')
     """
     started = time.perf_counter()
     variants = _check_variants(variants)
     tolerance = _check_tolerance(tolerance)
     if not (isinstance(resolution, numbers.Real) and 0 < resolution < 1):
         raise ValueError(f"resolution must be a number in (0, 1), got {resolution!r}")
-    if epsilon is None:
-        epsilon = "batch_std"
-    if not (isinstance(epsilon, str) and epsilon == "batch_std"):
-        loss_budget(None, epsilon)  # refuse a bad number before any work
+    epsilon = check_epsilon(BATCH_STD if epsilon is None else epsilon)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    if isinstance(curvature, str) and curvature not in ("auto", "hessian", "ggn"):
+    if isinstance(curvature, str) and curvature not in VALIDATION_CURVATURES:
         raise ValueError(
             f"curvature must be 'auto', 'hessian', 'ggn' or a QuadraticModel, got {curvature!r}"
         )
@@ -734,14 +543,11 @@ def validate(
             f"curvature must be a string or a QuadraticModel, got {type(curvature).__name__}"
         )
     budget = FinetuneBudget.of(finetune) if "finetune" in variants else None
-    if getattr(loss_fn, "reduction", "mean") != "mean":
-        raise ValueError(
-            f"loss_fn must average over the batch (reduction='mean'), got {loss_fn.reduction!r}"
-        )
+    check_mean_reduction(loss_fn)
     grid = sorted({0.0, *(DEFAULT_AMOUNTS if amounts is None else map(float, amounts))})
 
-    train_pair = _check_pair(train_data, "train")
-    test_pair = _check_pair(test_data, "test")
+    train_pair = tensor_pair(train_data, "train_data")
+    test_pair = tensor_pair(test_data, "test_data")
     if train_pair[0].shape[1:] != test_pair[0].shape[1:]:
         raise ValueError(
             f"test inputs of shape {tuple(test_pair[0].shape)} do not match the training "
@@ -749,32 +555,37 @@ def validate(
         )
     selected = resolve_parameters(model, params)
     reference = selected[0][1]
-    classification = _is_classification(train_pair[1]) and _is_classification(test_pair[1])
+    classification = is_classification(train_pair[1]) and is_classification(test_pair[1])
     for split, (inputs, targets) in (("train", train_pair), ("test", test_pair)):
         _check_fits(model, loss_fn, inputs, targets, split, reference)
     parameters = [[name, list(tensor.shape)] for name, tensor in selected]
     dimension = sum(tensor.numel() for _, tensor in selected)
-    weights = _Weights(selected)
+    weights = PrunedWeights(selected)
     w_star = np.concatenate(
         [t.detach().cpu().double().numpy().reshape(-1) for t in weights.original]
     )
 
-    operator = None
-    if epsilon == "batch_std" or ("refit" in variants and isinstance(curvature, str)):
-        kind = curvature if curvature in ("hessian", "ggn") else "hessian"
-        if curvature == "auto" and dimension > dense_limit:
-            kind = "ggn"
-        operator = CurvatureOperator(
-            model,
-            loss_fn,
-            train_pair,
-            curvature=kind,
-            params=[name for name, _ in selected],
-            dtype=torch.float64,
-            device=reference.device,
-            batch_size=batch_size,
-        )
-    eps, eps_source = loss_budget(operator, epsilon, dtype=torch.float64)
+    refit_operator = "refit" in variants and isinstance(curvature, str)
+    kind = curvature if curvature in CURVATURES else "hessian"
+    if curvature == "auto" and dimension > dense_limit:
+        kind = "ggn"
+    pipeline = Pipeline(
+        model,
+        loss_fn,
+        train_pair,
+        curvature=kind,
+        params=[name for name, _ in selected],
+        dtype=torch.float64,
+        device=reference.device,
+        batch_size=batch_size,
+        exact_limit=dense_limit,
+        policy=policy,
+        damping=damping,
+    )
+    if epsilon == BATCH_STD or refit_operator:
+        eps, eps_source = pipeline.budget(epsilon)
+    else:  # a number, and no data pass needed
+        eps, eps_source = loss_budget(None, epsilon, dtype=torch.float64)
 
     refit_record = None
     quadratic = None
@@ -791,10 +602,7 @@ def validate(
                 )
             kind = "given"
         else:
-            quadratic = QuadraticModel(
-                operator, w_star, policy=policy, damping=damping, dense_limit=dense_limit
-            )
-            kind = operator.curvature
+            quadratic = pipeline.quadratic_model()
         refit_record = {
             "curvature": kind,
             "policy": quadratic.policy,
@@ -806,7 +614,7 @@ def validate(
         }
 
     splits = {"test": test_pair, "train": train_pair}
-    metrics_of = _metrics_function(splits, loss_fn, classification)
+    metrics_of = metrics_function(splits, loss_fn, classification)
     with eval_mode(model):
         dense = metrics_of(model)
     notes: list[str] = []
@@ -830,10 +638,10 @@ def validate(
 
     evaluators = {"one_shot": metrics_of}
     if "refit" in variants:
-        evaluators["refit"] = _refit_evaluator(weights, quadratic, metrics_of)
+        evaluators["refit"] = refit_evaluator(weights, quadratic, metrics_of)
     finetuned_dense = None
     if "finetune" in variants:
-        evaluators["finetune"], finetune_anyway = _finetune_evaluator(
+        evaluators["finetune"], finetune_anyway = finetune_evaluator(
             weights, budget, train_pair, loss_fn, seed, metrics_of
         )
         with eval_mode(model):
@@ -866,8 +674,6 @@ def validate(
                 "p = 0 is the dense network itself; reference: the dense network after the same "
                 "fine-tune (nothing removed), which shows the fine-tune's own effect"
             )
-    from . import __version__
-
     return Validation(
         variants=results,
         dense=dense,
@@ -935,146 +741,7 @@ def _read_limits(
 # -- prediction vs actual -------------------------------------------------------------------------
 
 
-@dataclass
-class ComparisonRow:
-    """One predictor against one meaning of actual under one criterion.
-
-    ``error_pp`` = 100 (predicted - actual): positive means the predictor promised
-    more than pruning delivered. ``inside``: the actual limit lies in the predictor's
-    interval; ``overlap``: the predictor's interval meets the actual one (the binomial
-    interval for accuracy, the sweep bracket for the loss budget).
-    """
-
-    method: str
-    variant: str
-    criterion: str
-    predicted: float
-    predicted_interval: tuple
-    actual: float
-    actual_interval: tuple
-    error_pp: float
-    inside: bool
-    overlap: bool
-    actual_is_lower_bound: bool
 
 
-@dataclass
-class Comparison:
-    """Every predictor of a Prediction against every variant and criterion of a Validation."""
-
-    rows: list
-    epsilon_predicted: float
-    epsilon_actual: float
-    tolerance: float
-    dimension: int
-    notes: list = field(default_factory=list)
-    fraction: str = "removed"
-
-    def row(self, method: str, variant: str, criterion: str) -> ComparisonRow:
-        for entry in self.rows:
-            if (entry.method, entry.variant, entry.criterion) == (method, variant, criterion):
-                return entry
-        raise KeyError(f"no row for {(method, variant, criterion)}")
-
-    def to_dict(self) -> dict:
-        return plain(asdict(self))
-
-    def to_markdown(self) -> str:
-        """A markdown table: p is the fraction REMOVED; error in percentage points."""
-        lines = [
-            "| method | variant | criterion | predicted p | predicted interval | actual p | "
-            "actual interval | error (pp) | inside | overlap |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in self.rows:
-            bound = " (lower bound)" if r.actual_is_lower_bound else ""
-            lines.append(
-                f"| {r.method} | {r.variant} | {r.criterion} | {r.predicted:.4f} | "
-                f"[{r.predicted_interval[0]:.4f}, {r.predicted_interval[1]:.4f}] | "
-                f"{r.actual:.4f}{bound} | [{r.actual_interval[0]:.4f}, "
-                f"{r.actual_interval[1]:.4f}] | {r.error_pp:+.1f} | "
-                f"{'yes' if r.inside else 'no'} | {'yes' if r.overlap else 'no'} |"
-            )
-        lines += [f"\nnote: {note}" for note in self.notes]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.to_markdown()
 
 
-def compare(prediction: Prediction, validation: Validation) -> Comparison:
-    """Every predictor of ``prediction`` against every actual limit of ``validation``.
-
-    For each method, variant and criterion (``"accuracy"`` when the task has labels,
-    and ``"loss_budget"``), the predicted p (fraction removed) and its interval, the
-    actual limit and its interval, the error in percentage points and whether the
-    actual lies inside the predicted interval.
-
-    Raises
-    ------
-    ValueError
-        If the prediction was made for another model: the pruned tensors' names or
-        shapes, or D, differ.
-    """
-    if not isinstance(prediction, Prediction) or not isinstance(validation, Validation):
-        raise TypeError(
-            "compare(prediction, validation) takes a Prediction and a Validation, got "
-            f"{type(prediction).__name__} and {type(validation).__name__}"
-        )
-    if prediction.dimension != validation.dimension:
-        raise ValueError(
-            f"the prediction was made for D = {prediction.dimension} prunable weights, the "
-            f"validation pruned D = {validation.dimension}: not the same model"
-        )
-    theirs = [[str(name), [int(s) for s in shape]] for name, shape in prediction.parameters]
-    ours = [[str(name), [int(s) for s in shape]] for name, shape in validation.parameters]
-    if theirs and theirs != ours:
-        raise ValueError(
-            f"the prediction's parameters {theirs} differ from the validation's {ours}: "
-            "not the same model (or not the same tensors)"
-        )
-    notes = []
-    if not theirs:
-        notes.append("the prediction records no parameter names: only D was checked")
-    if not math.isclose(prediction.epsilon, validation.epsilon, rel_tol=1e-9):
-        notes.append(
-            f"the prediction's eps ({prediction.epsilon:.6g}) differs from the validation's "
-            f"({validation.epsilon:.6g}): the loss-budget rows compare different budgets"
-        )
-    criteria = ["loss_budget"] if validation.task != "classification" else list(CRITERIA)
-    rows = []
-    for method, estimate in prediction.estimates.items():
-        low, high = (float(x) for x in estimate.interval)
-        for variant, result in validation.variants.items():
-            for criterion in criteria:
-                actual = float(result.limit(criterion))
-                actual_low, actual_high = (float(x) for x in result.interval(criterion))
-                bracket = (
-                    result.accuracy_bracket
-                    if criterion == "accuracy"
-                    else result.loss_budget_bracket
-                )
-                rows.append(
-                    ComparisonRow(
-                        method=method,
-                        variant=variant,
-                        criterion=criterion,
-                        predicted=float(estimate.removal_fraction),
-                        predicted_interval=(low, high),
-                        actual=actual,
-                        actual_interval=(actual_low, actual_high),
-                        error_pp=100.0 * (float(estimate.removal_fraction) - actual),
-                        inside=low - _INSIDE_SLACK <= actual <= high + _INSIDE_SLACK,
-                        overlap=low - _INSIDE_SLACK <= actual_high
-                        and actual_low <= high + _INSIDE_SLACK,
-                        actual_is_lower_bound=bracket[1] is None,
-                    )
-                )
-    return Comparison(
-        rows=rows,
-        epsilon_predicted=float(prediction.epsilon),
-        epsilon_actual=float(validation.epsilon),
-        tolerance=validation.tolerance,
-        dimension=validation.dimension,
-        notes=notes,
-    )

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, hessian, jacrev
 
-from pruning_limit.spectrum import Spectrum, gauss_rule
+from pruning_limit.quadrature import gauss_rule
+from pruning_limit.spectrum import Spectrum
 
 
 @dataclass

@@ -220,7 +220,7 @@ def test_delta_accuracy_quick(tmp_path):
 
 
 def test_prediction_vs_actual_quick(tmp_path):
-    package_errors = BENCHMARKS.parent / "pruning_limit" / "measured_errors.json"
+    package_errors = BENCHMARKS.parent / "pruning_limit" / "data" / "measured_errors.json"
     shipped = package_errors.read_bytes()
     record = run_benchmark("prediction_vs_actual", tmp_path)
     assert package_errors.read_bytes() == shipped  # only a full run rewrites the package's figures

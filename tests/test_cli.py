@@ -68,7 +68,7 @@ def checkpoint(tmp_path_factory):
 def test_train_writes_a_checkpoint_that_reloads(checkpoint):
     model, card = pl.load_checkpoint(checkpoint)
     assert card["model"]["hidden"] == [8]
-    assert sum(p.numel() for _, p in pl.prunable_parameters(model)) == 8 * 8 + 8 * 2
+    assert sum(p.numel() for _, p in pl.parameters.prunable_parameters(model)) == 8 * 8 + 8 * 2
 
 
 def test_spectrum_exact_and_slq_agree_on_the_trace(checkpoint, tmp_path):
@@ -346,7 +346,7 @@ def test_predict_bad_input(checkpoint, tmp_path):
         other,
         torch.nn.CrossEntropyLoss(),
         (torch.randn(20, 8), torch.randint(0, 2, (20,))),
-        device="cpu",
+        device="cpu", curvature="hessian",
     )
     pl.slq(operator, steps=4, probes=2, progress=False).save(tmp_path / "other.npz")
     assert_user_error(

@@ -11,18 +11,15 @@ from cases import reference_lanczos, reference_slq
 from scipy.integrate import quad
 from scipy.stats import ortho_group
 
-from pruning_limit.geometry import (
-    DescentCone,
-    gauss_radau_rule,
+from pruning_limit.descent_cone import DescentCone, project_onto_descent_cone, statdim_exact
+from pruning_limit.quadrature import gauss_radau_rule, quadrature_bounds
+from pruning_limit.spectrum import Spectrum
+from pruning_limit.statdim import (
     mean_curvature,
     orthogonal_statistical_dimension,
-    project_onto_descent_cone,
-    quadrature_bounds,
-    statdim_exact,
     statistical_dimension,
     trace_bound,
 )
-from pruning_limit.spectrum import Spectrum
 
 
 def exact_spectrum(eigenvalues, zero_rows=0, curvature="hessian"):

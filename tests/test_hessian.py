@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import pruning_limit as pl
-from pruning_limit.hessian import CurvatureOperator
+from pruning_limit.curvature import CurvatureOperator
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -24,7 +24,7 @@ def test_hessian_products_match_torch_func(case, hvp_method):
     assert case.inputs.shape[0] % case.batch_size != 0  # the last batch is short
     operator = CurvatureOperator(
         case.model, case.loss_fn, case.data, batch_size=case.batch_size, device="cpu",
-        hvp_method=hvp_method,
+        hvp_method=hvp_method, curvature="hessian",
     )
     truth = case.hessian()
     generator = torch.Generator().manual_seed(0)
@@ -67,11 +67,13 @@ def test_auto_hvp_method_batches_only_the_ggn_of_models_without_convolutions():
         )
         assert eager.hvp_method == scripted.hvp_method == expected, (case.name, curvature)
         chosen = CurvatureOperator(
-            case.model, case.loss_fn, case.data, device="cpu", hvp_method="loop"
+            case.model, case.loss_fn, case.data, device="cpu", hvp_method="loop",
+            curvature="hessian",
         )
         assert chosen.hvp_method == "loop"
     with pytest.raises(ValueError, match="hvp_method"):
-        CurvatureOperator(case.model, case.loss_fn, case.data, hvp_method="vmap")
+        CurvatureOperator(case.model, case.loss_fn, case.data, hvp_method="vmap",
+                          curvature="hessian")
 
 
 def torchscript_round_trip(model: nn.Module, trace_inputs=None) -> torch.jit.ScriptModule:
@@ -116,7 +118,7 @@ def test_traced_model_has_the_eager_models_hessian():
     case = __import__("cases").mlp_tanh()
     traced = torchscript_round_trip(case.model.eval(), trace_inputs=case.inputs[:4])
     operator = CurvatureOperator(traced, case.loss_fn, case.data, batch_size=case.batch_size,
-                                 device="cpu")
+                                 device="cpu", curvature="hessian")
     assert relative_error(operator.matrix(), case.hessian()) < 1e-10
 
 
@@ -127,7 +129,7 @@ def test_torchscript_slots_restored_when_the_call_fails():
     originals = {name: tensor.clone() for name, tensor in state.items()}
     wrong = {name: torch.zeros(1, dtype=torch.float64) for name in state}
     with pytest.raises(RuntimeError):
-        pl.hessian.call_with(scripted, wrong, case.inputs)
+        pl.parameters.call_with(scripted, wrong, case.inputs)
     for name, tensor in scripted.named_parameters():
         assert torch.equal(tensor, originals[name]), name
 
@@ -135,7 +137,8 @@ def test_torchscript_slots_restored_when_the_call_fails():
 def test_model_mode_and_weights_untouched():
     case = __import__("cases").batchnorm_regression()
     before = {k: v.clone() for k, v in case.model.state_dict().items()}
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
+                                 curvature="hessian")
     operator.matvec(torch.ones(operator.dimension, dtype=torch.float64))
     assert case.model.training and case.model[1].training
     for key, value in case.model.state_dict().items():
@@ -143,9 +146,10 @@ def test_model_mode_and_weights_untouched():
 
 
 def test_float32_operator_on_float64_model_is_close(case):
-    exact = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu").matrix()
+    exact = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
+                              curvature="hessian").matrix()
     single = CurvatureOperator(
-        case.model, case.loss_fn, case.data, device="cpu", dtype=torch.float32
+        case.model, case.loss_fn, case.data, device="cpu", dtype=torch.float32, curvature="hessian",
     ).matrix()
     assert single.dtype == torch.float32
     assert relative_error(single.double(), exact) < 1e-4
@@ -153,7 +157,8 @@ def test_float32_operator_on_float64_model_is_close(case):
 
 def test_gradient_and_loss_match_autograd():
     case = __import__("cases").mlp_tanh()
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, batch_size=8, device="cpu")
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, batch_size=8, device="cpu",
+                                 curvature="hessian")
     case.model.zero_grad()
     loss = case.loss_fn(case.model(case.inputs), case.targets)
     loss.backward()
@@ -167,7 +172,7 @@ def test_gradient_and_loss_match_autograd():
 
 def test_default_parameters_are_linear_and_conv_weights():
     case = __import__("cases").batchnorm_regression()
-    names = [name for name, _ in pl.prunable_parameters(case.model)]
+    names = [name for name, _ in pl.parameters.prunable_parameters(case.model)]
     assert names == ["0.weight", "3.weight"]  # not biases, not BatchNorm's weight
 
 
@@ -176,7 +181,7 @@ def test_user_parameter_selection_by_name_module_pair_and_tensor(case):
     module = dict(case.model.named_modules())[first_name.rsplit(".", 1)[0]]
     for selection in ([first_name], [(module, "weight")], [first]):
         operator = CurvatureOperator(case.model, case.loss_fn, case.data, params=selection,
-                                     device="cpu")
+                                     device="cpu", curvature="hessian")
         assert operator.dimension == first.numel()
         assert operator.names == [first_name]
 
@@ -198,15 +203,17 @@ def test_curvature_of_mean_squared_error_is_closed_form():
 def test_model_without_prunable_parameter():
     model = nn.Sequential(nn.Tanh(), nn.BatchNorm1d(3))
     with pytest.raises(pl.NoPrunableParameterError, match="no prunable parameter"):
-        CurvatureOperator(model, nn.MSELoss(), (torch.randn(4, 3), torch.randn(4, 3)))
+        CurvatureOperator(model, nn.MSELoss(), (torch.randn(4, 3), torch.randn(4, 3)),
+                          curvature="hessian")
 
 
 def test_data_that_yields_no_batch():
     model = nn.Linear(3, 2)
     with pytest.raises(pl.EmptyDataError, match="no batch"):
-        CurvatureOperator(model, nn.MSELoss(), [])
+        CurvatureOperator(model, nn.MSELoss(), [], curvature="hessian")
     with pytest.raises(pl.EmptyDataError, match="no sample"):
-        CurvatureOperator(model, nn.MSELoss(), (torch.randn(0, 3), torch.randn(0, 2)))
+        CurvatureOperator(model, nn.MSELoss(), (torch.randn(0, 3), torch.randn(0, 2)),
+                          curvature="hessian")
 
 
 def test_nan_in_weights_or_loss():
@@ -214,44 +221,67 @@ def test_nan_in_weights_or_loss():
     with torch.no_grad():
         model.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"0\.weight|weight holds NaN"):
-        CurvatureOperator(model, nn.MSELoss(), (torch.randn(4, 3), torch.randn(4, 2)))
+        CurvatureOperator(model, nn.MSELoss(), (torch.randn(4, 3), torch.randn(4, 2)),
+                          curvature="hessian")
     model = nn.Linear(3, 2)
     targets = torch.randn(4, 2)
     targets[1, 1] = float("nan")
     with pytest.raises(FloatingPointError, match="loss .* NaN"):
-        CurvatureOperator(model, nn.MSELoss(), (torch.randn(4, 3), targets), device="cpu")
+        CurvatureOperator(model, nn.MSELoss(), (torch.randn(4, 3), targets), device="cpu",
+                          curvature="hessian")
 
 
 def test_parameters_not_in_model():
     model, other = nn.Linear(3, 2), nn.Linear(3, 2)
     data = (torch.randn(4, 3), torch.randn(4, 2))
     with pytest.raises(ValueError, match="not a parameter"):
-        CurvatureOperator(model, nn.MSELoss(), data, params=["nonexistent.weight"])
+        CurvatureOperator(model, nn.MSELoss(), data, params=["nonexistent.weight"],
+                          curvature="hessian")
     with pytest.raises(ValueError, match="not a parameter"):
-        CurvatureOperator(model, nn.MSELoss(), data, params=[other.weight])
+        CurvatureOperator(model, nn.MSELoss(), data, params=[other.weight], curvature="hessian")
 
 
 def test_mismatched_inputs_and_targets():
     with pytest.raises(ValueError, match="disagree on the number of samples"):
-        CurvatureOperator(nn.Linear(3, 2), nn.MSELoss(), (torch.randn(4, 3), torch.randn(5, 2)))
+        CurvatureOperator(nn.Linear(3, 2), nn.MSELoss(), (torch.randn(4, 3), torch.randn(5, 2)),
+                          curvature="hessian")
 
 
 def test_sum_reduction_refused():
     with pytest.raises(ValueError, match="reduction"):
         CurvatureOperator(nn.Linear(3, 2), nn.MSELoss(reduction="sum"),
-                          (torch.randn(4, 3), torch.randn(4, 2)))
+                          (torch.randn(4, 3), torch.randn(4, 2)), curvature="hessian")
 
 
 def test_dimension_above_exact_limit():
     operator = CurvatureOperator(nn.Linear(30, 20), nn.MSELoss(),
-                                 (torch.randn(4, 30), torch.randn(4, 20)), device="cpu")
+                                 (torch.randn(4, 30), torch.randn(4, 20)), device="cpu",
+                                 curvature="hessian")
     with pytest.raises(ValueError, match="exceeds the exact-path limit"):
         operator.matrix(max_dimension=500)
 
 
 @pytest.mark.gpu
 def test_cuda_products_equal_cpu_products(case):
-    cpu = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
-    gpu = CurvatureOperator(case.model, case.loss_fn, case.data, device="cuda")
+    cpu = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu", curvature="hessian")
+    gpu = CurvatureOperator(case.model, case.loss_fn, case.data, device="cuda", curvature="hessian")
     block = torch.randn(cpu.dimension, 4, dtype=torch.float64)
     assert relative_error(gpu.matmat(block).cpu(), cpu.matmat(block)) < 1e-10
+
+
+def test_default_curvature_is_the_ggn_everywhere():
+    """The README's default: CurvatureOperator, estimate_spectrum and exact_spectrum."""
+    case = __import__("cases").mlp_tanh()
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    assert isinstance(operator, pl.curvature.GGNOperator) and operator.curvature == "ggn"
+    assert isinstance(
+        CurvatureOperator(case.model, case.loss_fn, case.data, curvature="hessian"),
+        pl.curvature.HessianOperator,
+    )
+    assert relative_error(operator.matrix(), case.ggn()) < 1e-10
+    exact = pl.exact_spectrum(case.model, case.loss_fn, case.data, device="cpu")
+    estimated = pl.estimate_spectrum(case.model, case.loss_fn, case.data, steps=3, probes=2,
+                                     device="cpu", progress=False)
+    assert exact.curvature == estimated.curvature == "ggn"
+    with pytest.raises(ValueError, match="curvature"):
+        pl.curvature.HessianOperator(case.model, case.loss_fn, case.data, curvature="ggn")

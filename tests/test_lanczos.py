@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import pruning_limit as pl
-from pruning_limit.hessian import CurvatureOperator
+from pruning_limit.curvature import CurvatureOperator
 
 
 def eigenvalues(matrix: torch.Tensor) -> np.ndarray:
@@ -15,7 +15,7 @@ def eigenvalues(matrix: torch.Tensor) -> np.ndarray:
 
 def test_exact_spectrum_equals_eigvalsh_of_torch_func_hessian(case):
     spectrum = pl.exact_spectrum(case.model, case.loss_fn, case.data, device="cpu",
-                                 batch_size=case.batch_size)
+                                 batch_size=case.batch_size, curvature="hessian")
     truth = eigenvalues(case.hessian())
     assert spectrum.method == "exact" and spectrum.num_probes == 1
     # zero rows carry eigenvalue 0: put them back before comparing
@@ -26,7 +26,8 @@ def test_exact_spectrum_equals_eigvalsh_of_torch_func_hessian(case):
 
 
 def test_slq_with_m_equal_to_dimension_recovers_every_eigenvalue(case):
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
+                                 curvature="hessian")
     matrix = operator.matrix()
     spectrum = pl.slq(operator, steps=operator.dimension, probes=2, progress=False)
     truth = eigenvalues(matrix)
@@ -40,7 +41,8 @@ def test_slq_with_m_equal_to_dimension_recovers_every_eigenvalue(case):
 
 def test_each_probe_is_the_exact_quadratic_form_when_m_equals_dimension():
     case = __import__("cases").mlp_tanh()
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
+                                 curvature="hessian")
     matrix = operator.matrix()
     values, vectors = torch.linalg.eigh(matrix)
     spectrum = pl.slq(operator, steps=operator.dimension, probes=3, progress=False, seed=7)
@@ -58,7 +60,8 @@ def test_each_probe_is_the_exact_quadratic_form_when_m_equals_dimension():
 
 def test_trace_estimate_converges_for_smooth_g_and_error_bars_cover_truth():
     case = __import__("cases").cnn()
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
+                                 curvature="hessian")
     truth = eigenvalues(operator.matrix())
     scale = np.abs(truth).max()
     g = lambda x: np.exp(-x / scale)  # noqa: E731
@@ -75,11 +78,13 @@ def test_trace_estimate_converges_for_smooth_g_and_error_bars_cover_truth():
 
 def test_trace_and_top_eigenvalues():
     case = __import__("cases").mlp_tanh()
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
+                                 curvature="hessian")
     truth = eigenvalues(operator.matrix())
-    mean, error = pl.hutchinson_trace(operator, probes=200, seed=0)
+    mean, error = pl.lanczos.hutchinson_trace(operator, probes=200, seed=0)
     assert abs(mean - truth.mean()) < 4 * error
-    np.testing.assert_allclose(pl.top_eigenvalues(operator, k=3), truth[::-1][:3], rtol=1e-6)
+    top = pl.lanczos.top_eigenvalues(operator, k=3)
+    np.testing.assert_allclose(top, truth[::-1][:3], rtol=1e-6)
 
 
 def dead_unit_model():
@@ -114,7 +119,7 @@ def test_dead_units_give_exactly_the_right_zero_row_count(curvature):
 def test_save_and_load_round_trip_exactly(tmp_path):
     case = __import__("cases").mlp_relu()
     spectrum = pl.estimate_spectrum(case.model, case.loss_fn, case.data, steps=12, probes=3,
-                                    device="cpu", progress=False)
+                                    device="cpu", progress=False, curvature="hessian")
     path = spectrum.save(tmp_path / "spectrum.npz")
     loaded = pl.Spectrum.load(path)
     for name in ("nodes", "weights", "alphas", "betas"):
@@ -123,7 +128,8 @@ def test_save_and_load_round_trip_exactly(tmp_path):
     assert loaded.provenance == spectrum.provenance
     assert (loaded.dimension, loaded.zero_rows, loaded.curvature, loaded.method) == (
         spectrum.dimension, spectrum.zero_rows, spectrum.curvature, spectrum.method)
-    exact = pl.exact_spectrum(case.model, case.loss_fn, case.data, device="cpu")
+    exact = pl.exact_spectrum(case.model, case.loss_fn, case.data, device="cpu",
+                              curvature="hessian")
     again = pl.Spectrum.load(exact.save(tmp_path / "exact"))
     assert again.alphas is None and np.array_equal(again.nodes, exact.nodes)
 
@@ -143,10 +149,12 @@ class Interrupt(Exception):
 def test_interrupted_run_resumes_to_the_identical_result(tmp_path):
     case = __import__("cases").cnn()
     options = dict(steps=15, probes=5, block_size=2, seed=11, progress=False)
-    reference = pl.slq(CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu"),
+    reference = pl.slq(CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
+                                         curvature="hessian"),
                        **options)
 
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
+                                 curvature="hessian")
     original_apply, calls = operator.apply, {"n": 0}
 
     def flaky_apply(rows):
@@ -160,7 +168,8 @@ def test_interrupted_run_resumes_to_the_identical_result(tmp_path):
     with pytest.raises(Interrupt):
         pl.slq(operator, state_path=state, checkpoint_every=4, **options)
     assert state.exists()
-    resumed = pl.slq(CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu"),
+    resumed = pl.slq(CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
+                                       curvature="hessian"),
                      state_path=state, resume=True, **options)
     assert resumed.provenance["resumed"]
     assert np.array_equal(resumed.alphas, reference.alphas)
@@ -171,7 +180,8 @@ def test_interrupted_run_resumes_to_the_identical_result(tmp_path):
 
 def test_resume_refuses_a_state_file_of_another_run(tmp_path):
     case = __import__("cases").mlp_tanh()
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
+                                 curvature="hessian")
     operator.apply_original = operator.apply
     state = tmp_path / "slq.state"
 
@@ -183,7 +193,8 @@ def test_resume_refuses_a_state_file_of_another_run(tmp_path):
         pl.slq(operator, steps=5, probes=2, state_path=state, deflate_zero_rows=False,
                progress=False)
     torch.save({"config": {"steps": 99}}, state)
-    fresh = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    fresh = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
+                              curvature="hessian")
     with pytest.raises(ValueError, match="belongs to another run"):
         pl.slq(fresh, steps=5, probes=2, state_path=state, resume=True, progress=False)
 
@@ -196,7 +207,7 @@ def test_breakdown_on_a_low_rank_curvature_continues():
     y = torch.randn(3, 1, generator=gen, dtype=torch.float64)
     model = nn.Linear(12, 1, bias=False).double()
     spectrum = pl.estimate_spectrum(model, nn.MSELoss(), (X, y), steps=12, probes=2,
-                                    device="cpu", progress=False)
+                                    device="cpu", progress=False, curvature="hessian")
     truth = np.sort(np.linalg.eigvalsh((2 * X.T @ X / 3).numpy()))
     for probe in range(2):
         nodes = np.sort(spectrum.nodes[probe])
@@ -210,10 +221,30 @@ def test_breakdown_on_a_low_rank_curvature_continues():
 
 def test_bad_arguments():
     case = __import__("cases").mlp_tanh()
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
+                                 curvature="hessian")
     with pytest.raises(ValueError, match="steps and probes"):
         pl.slq(operator, steps=0, probes=3)
     with pytest.raises(ValueError, match="exact-path limit"):
-        pl.exact_spectrum(case.model, case.loss_fn, case.data, max_dimension=10)
+        pl.exact_spectrum(case.model, case.loss_fn, case.data, max_dimension=10,
+                          curvature="hessian")
     with pytest.raises(ValueError, match="curvature must be one of"):
         pl.estimate_spectrum(case.model, case.loss_fn, case.data, curvature="fisher")
+
+
+def test_slq_and_exact_spectrum_run_on_a_plain_matrix():
+    """The operator protocol: Lanczos needs products, not a model."""
+    rng = np.random.default_rng(0)
+    factor = rng.standard_normal((12, 12))
+    matrix = torch.as_tensor(factor @ factor.T)
+    matrix[3] = 0.0
+    matrix[:, 3] = 0.0
+    operator = pl.curvature.MatrixOperator(matrix)
+    exact = pl.lanczos.exact_spectrum_of(operator)
+    assert exact.zero_rows == 1 and exact.curvature == "matrix"
+    np.testing.assert_allclose(np.sort(exact.nodes[0]), eigenvalues(matrix)[1:], rtol=1e-10)
+    spectrum = pl.slq(operator, steps=11, probes=2, progress=False)
+    assert spectrum.zero_rows == 1
+    for probe in range(2):  # m = D - z steps: every probe's rule holds every eigenvalue
+        np.testing.assert_allclose(np.sort(spectrum.nodes[probe]), np.sort(exact.nodes[0]),
+                                   rtol=1e-8)

@@ -15,17 +15,15 @@ from cases import reference_slq
 from scipy.stats import ortho_group
 
 import pruning_limit as pl
-from pruning_limit.limit import (
+from pruning_limit.budget import loss_budget
+from pruning_limit.limit import predict_from_spectrum, pruned_norm, statistical_dimension_curve
+from pruning_limit.pipeline import predict_limit
+from pruning_limit.prediction import (
     CONVENTION,
     DEFAULT_METHODS,
     METHODS,
     Prediction,
-    loss_budget,
     measured_errors,
-    predict_from_spectrum,
-    predict_limit,
-    pruned_norm,
-    statistical_dimension_curve,
 )
 from pruning_limit.spectrum import ParameterInfo, Spectrum
 
@@ -397,7 +395,7 @@ def tiny_problem():
 
 
 def model_spectrum(model, loss_fn, data, curvature="hessian"):
-    from pruning_limit.hessian import CurvatureOperator
+    from pruning_limit.curvature import CurvatureOperator
 
     operator = CurvatureOperator(model, loss_fn, data, curvature=curvature, device="cpu")
     matrix = operator.matrix().numpy()

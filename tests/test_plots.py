@@ -7,8 +7,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from pruning_limit.lanczos import exact_spectrum
-from pruning_limit.limit import predict_limit
+from pruning_limit.pipeline import exact_spectrum, predict_limit
 from pruning_limit.plots import (
     plot_spectral_density,
     plot_statistical_dimension,

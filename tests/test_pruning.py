@@ -5,13 +5,15 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.utils.prune as torch_prune
 from scipy import stats
 from torch import nn
 
-from pruning_limit.hessian import NoPrunableParameterError
+from pruning_limit.limit import PrunedNorm
+from pruning_limit.parameters import NoPrunableParameterError
 from pruning_limit.pruning import (
     DEFAULT_AMOUNTS,
     AccuracyDrop,
@@ -20,13 +22,15 @@ from pruning_limit.pruning import (
     SweepPoint,
     accuracy_interval,
     classification_metrics,
+    kept_mask,
     limit_from_sweep,
     limit_interval,
-    magnitude_mask,
     number_to_prune,
     pruned,
+    removed_mask,
     sweep,
 )
+from pruning_limit.quadratic import QuadraticModel
 
 
 def mlp() -> nn.Module:
@@ -114,7 +118,7 @@ def test_mask_equals_torch_global_unstructured(model_name, seed, distinct_values
     names = prunable_names(model)
     dimension = dimension_of(model)
     for amount in AMOUNTS:
-        mask = magnitude_mask(model, amount)
+        mask = kept_mask(model, amount)
         expected = torch_masks(model, amount, names)
         assert list(mask) == names
         for name in names:
@@ -132,7 +136,7 @@ def test_ties_actually_decide_the_mask():
         [model.get_parameter(n).detach().reshape(-1) for n in prunable_names(model)]
     )
     count = round(0.5 * weights.numel())
-    mask = torch.cat([m.reshape(-1) for m in magnitude_mask(model, 0.5).values()])
+    mask = torch.cat([m.reshape(-1) for m in kept_mask(model, 0.5).values()])
     stable = torch.ones_like(mask)
     stable[torch.argsort(weights.abs(), stable=True)[:count]] = False
     threshold = weights.abs().sort().values[count - 1]
@@ -144,7 +148,7 @@ def test_mask_on_chosen_parameters_matches_torch():
     model = make_model("cnn", 3, 3)
     chosen = ["0.weight", "5.weight"]
     for params in (chosen, [(model[0], "weight"), (model[5], "weight")]):
-        mask = magnitude_mask(model, 0.37, params)
+        mask = kept_mask(model, 0.37, params)
         expected = torch_masks(model, 0.37, chosen)
         assert list(mask) == chosen
         for name in chosen:
@@ -155,7 +159,7 @@ def test_mask_pools_mixed_dtypes_like_torch():
     model = nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3).double())
     names = prunable_names(model)
     for amount in (0.2, 0.55):
-        mask = magnitude_mask(model, amount)
+        mask = kept_mask(model, amount)
         expected = torch_masks(model, amount, names)
         for name in names:
             assert torch.equal(mask[name], expected[name])
@@ -172,18 +176,18 @@ def test_number_to_prune_rounds_like_python():
 @pytest.mark.parametrize("amount", [-0.1, 1.0001, math.nan, 1, 5, -1])
 def test_amount_out_of_range_or_integer_count_is_refused(amount):
     with pytest.raises(ValueError, match="amount"):
-        magnitude_mask(mlp(), amount)
+        kept_mask(mlp(), amount)
 
 
 @pytest.mark.parametrize("amount", ["0.5", True, None, torch.tensor(0.5)])
 def test_amount_of_wrong_type_is_refused(amount):
     with pytest.raises(TypeError, match="amount"):
-        magnitude_mask(mlp(), amount)
+        kept_mask(mlp(), amount)
 
 
 def test_model_without_prunable_layer_is_refused():
     with pytest.raises(NoPrunableParameterError):
-        magnitude_mask(nn.Sequential(nn.ReLU()), 0.5)
+        kept_mask(nn.Sequential(nn.ReLU()), 0.5)
 
 
 # -- pruning in place and restoring ---------------------------------------------------------
@@ -508,3 +512,23 @@ def test_classification_metrics():
     assert (metrics["n_test"], metrics["n_train"]) == (50, 20)
     with pytest.raises(TypeError, match="test data must be a pair"):
         classification_metrics([(X, y)])
+
+
+@pytest.mark.parametrize("distinct_values", [2, 4], ids=["ties2", "ties4"])
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_predicted_support_equals_validated_mask_under_ties(model_name, distinct_values):
+    """The quadratic predictor's removed set, R(p)'s removed vector and the mask that
+    validation prunes with all come from one magnitude order, also when ties decide."""
+    model = make_model(model_name, 0, distinct_values)
+    names = prunable_names(model)
+    weights = torch.cat([model.get_parameter(n).detach().reshape(-1) for n in names])
+    flat = weights.double().numpy()  # what the prediction sees: w* in float64
+    quadratic = QuadraticModel(np.eye(flat.size), flat)
+    norm = PrunedNorm(flat)
+    for amount in AMOUNTS:
+        validated = ~torch.cat([m.reshape(-1) for m in kept_mask(model, amount).values()])
+        predicted = quadratic.support(number_to_prune(amount, flat.size))
+        assert predicted.tolist() == validated.tolist(), amount
+        assert removed_mask(flat, amount).tolist() == validated.tolist(), amount
+        removed = norm.removed_vector(number_to_prune(amount, flat.size) / flat.size) != 0
+        assert not (removed & ~validated.numpy()).any(), amount

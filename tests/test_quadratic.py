@@ -5,9 +5,9 @@ import pytest
 import torch
 from scipy.stats import ortho_group
 
+from pruning_limit.pruning import removed_mask
 from pruning_limit.quadratic import (
     QuadraticModel,
-    magnitude_pruned_mask,
     quadratic_cost,
     quadratic_limit,
     quadratic_refit,
@@ -41,7 +41,7 @@ def test_cost_and_refit_match_the_schur_complement(dimension):
     weights = rng.standard_normal(dimension)
     model = QuadraticModel(matrix, weights)
     for fraction in (0.1, 0.5, 0.9):
-        pruned = magnitude_pruned_mask(weights, fraction)
+        pruned = removed_mask(weights, fraction)
         cost, refit = brute_force(matrix, weights, pruned)
         assert model.cost(pruned) == pytest.approx(cost, rel=1e-9)
         fitted = model.refit(pruned)
@@ -58,7 +58,7 @@ def test_singular_kept_block_uses_least_squares():
     dimension = 60
     matrix = psd_matrix(dimension, rank=20, seed=1)  # C_KK singular for any large K
     weights = np.random.default_rng(1).standard_normal(dimension)
-    pruned = magnitude_pruned_mask(weights, 0.3)
+    pruned = removed_mask(weights, 0.3)
     cost, refit = brute_force(matrix, weights, pruned)
     model = QuadraticModel(matrix, weights)
     assert model.cost(pruned) == pytest.approx(cost, rel=1e-7, abs=1e-12)
@@ -95,7 +95,7 @@ def test_policy_makes_an_indefinite_hessian_psd():
     eigenvalues = np.linspace(-0.5, 1.0, dimension)
     hessian = (basis * eigenvalues) @ basis.T
     weights = np.random.default_rng(3).standard_normal(dimension)
-    pruned = magnitude_pruned_mask(weights, 0.5)
+    pruned = removed_mask(weights, 0.5)
     absolute = (basis * np.abs(eigenvalues)) @ basis.T
     flat = (basis * np.maximum(eigenvalues, 0)) @ basis.T
     assert quadratic_cost(hessian, weights, pruned, policy="abs") == pytest.approx(
@@ -134,7 +134,7 @@ def test_matrix_free_conjugate_gradients_match_the_dense_solver():
     sparse = QuadraticModel(operator, weights, dense_limit=0)
     dense = QuadraticModel(matrix, weights)
     assert (sparse.solver, dense.solver) == ("cg", "dense")
-    pruned = magnitude_pruned_mask(weights, 0.4)
+    pruned = removed_mask(weights, 0.4)
     assert sparse.cost(pruned) == pytest.approx(dense.cost(pruned), rel=1e-8)
     np.testing.assert_allclose(sparse.refit(pruned), dense.refit(pruned), atol=1e-7)
     assert sparse.limit(0.05).count == dense.limit(0.05).count
@@ -149,7 +149,7 @@ def test_matrix_free_needs_a_psd_curvature():
     hessian = MatrixOperator(indefinite, curvature="hessian")
     with pytest.raises(ValueError, match="PSD"):
         QuadraticModel(hessian, weights, dense_limit=0)
-    pruned = magnitude_pruned_mask(weights, 0.2)
+    pruned = removed_mask(weights, 0.2)
     with pytest.raises(ValueError, match="non-positive curvature"):
         QuadraticModel(hessian, weights, dense_limit=0, damping=0.2).cost(pruned)
     damped = QuadraticModel(hessian, weights, dense_limit=0, damping=1.5)
@@ -162,11 +162,12 @@ def test_refit_keeps_the_input_type_and_a_real_operator_works():
     layer = torch.nn.Linear(6, 2, bias=False).double()
     inputs = torch.randn(40, 6, dtype=torch.float64)
     targets = torch.randn(40, 2, dtype=torch.float64)
-    from pruning_limit.hessian import CurvatureOperator
+    from pruning_limit.curvature import CurvatureOperator
 
-    operator = CurvatureOperator(layer, torch.nn.MSELoss(), (inputs, targets), device="cpu")
+    operator = CurvatureOperator(layer, torch.nn.MSELoss(), (inputs, targets), device="cpu",
+                                 curvature="hessian")
     weights = layer.weight.detach().reshape(-1)
-    pruned = magnitude_pruned_mask(weights, 0.5)
+    pruned = removed_mask(weights, 0.5)
     refit = quadratic_refit(operator, weights, pruned)
     assert isinstance(refit, torch.Tensor) and refit.dtype == torch.float64
     # MSE of a linear layer: the Hessian is exact, so the re-fit is the constrained least squares.
@@ -179,10 +180,10 @@ def test_refit_keeps_the_input_type_and_a_real_operator_works():
 
 def test_masks_and_bad_input():
     weights = np.array([0.3, -0.1, 2.0, 0.0, -0.5])
-    assert magnitude_pruned_mask(weights, 0.4).tolist() == [False, True, False, True, False]
-    assert magnitude_pruned_mask(weights, 0.5).sum() == 2  # round(2.5) = 2, as torch rounds
+    assert removed_mask(weights, 0.4).tolist() == [False, True, False, True, False]
+    assert removed_mask(weights, 0.5).sum() == 2  # round(2.5) = 2, as torch rounds
     with pytest.raises(ValueError, match="removal_fraction"):
-        magnitude_pruned_mask(weights, 1.5)
+        removed_mask(weights, 1.5)
     model = QuadraticModel(np.eye(5), weights)
     with pytest.raises(ValueError, match="entries"):
         model.cost(np.ones(4, dtype=bool))

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pruning_limit.study import StudyResult, load_config, run_study
+from pruning_limit.study import StudyResult, run_study
+from pruning_limit.study_config import load_config
 
 pytestmark = pytest.mark.slow
 

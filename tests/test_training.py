@@ -7,8 +7,8 @@ import torch
 
 import pruning_limit
 from pruning_limit.datasets import manifold
-from pruning_limit.hessian import prunable_parameters
 from pruning_limit.models import build_model, count_parameters, model_spec
+from pruning_limit.parameters import prunable_parameters
 from pruning_limit.training import evaluate, load_checkpoint, train
 
 

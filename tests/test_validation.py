@@ -20,16 +20,13 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 import pruning_limit.validation
-from pruning_limit.limit import MethodEstimate, Prediction, predict_limit
-from pruning_limit.pruning import SweepPoint
-from pruning_limit.quadratic import QuadraticModel, magnitude_pruned_mask
-from pruning_limit.validation import (
-    FinetuneBudget,
-    Validation,
-    VariantSweep,
-    compare,
-    validate,
-)
+from pruning_limit.comparison import compare
+from pruning_limit.pipeline import predict_limit
+from pruning_limit.prediction import MethodEstimate, Prediction
+from pruning_limit.pruning import SweepPoint, removed_mask
+from pruning_limit.quadratic import QuadraticModel
+from pruning_limit.validation import Validation, VariantSweep, validate
+from pruning_limit.variants import FinetuneBudget
 
 COARSE = [0.0, 0.2, 0.4, 0.6, 0.8, 0.95]
 
@@ -212,7 +209,7 @@ def test_refit_loss_budget_limit_equals_quadratic_prediction(solver):
     model, data, weights, X = linear_problem(dimension=60, samples=150)
     hessian = 2 * X.T @ X / X.shape[0]
     # A budget that puts p* mid-range: the quadratic cost of removing half the weights.
-    epsilon = 1.3 * QuadraticModel(hessian, weights).cost(magnitude_pruned_mask(weights, 0.5))
+    epsilon = 1.3 * QuadraticModel(hessian, weights).cost(removed_mask(weights, 0.5))
     loss_fn = nn.MSELoss()
     prediction = predict_limit(
         model, data=data, loss_fn=loss_fn, epsilon=epsilon, methods=("quadratic",),

@@ -1,0 +1,149 @@
+"""The loss budget eps: the mini-batch standard deviation of the training loss, or a number."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+BATCH_STD = "batch_std"
+
+
+def check_epsilon(epsilon) -> str | float:
+    """``"batch_std"``, or eps as a positive float (``inf``: no budget); else ValueError.
+
+    The one check of a loss budget as the user gives it, made before any work.
+
+    >>> check_epsilon("batch_std"), check_epsilon(0.5)
+    ('batch_std', 0.5)
+    >>> check_epsilon(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: the loss budget epsilon must be positive, got 0.0
+    """
+    if isinstance(epsilon, str):
+        if epsilon != BATCH_STD:
+            raise ValueError(f"epsilon must be 'batch_std' or a positive number, got {epsilon!r}")
+        return epsilon
+    try:
+        value = float(epsilon)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"epsilon must be 'batch_std' or a positive number, got {epsilon!r}"
+        ) from None
+    if not value > 0:  # also NaN
+        raise ValueError(f"the loss budget epsilon must be positive, got {value}")
+    return value
+
+
+def loss_budget(
+    source=None,
+    epsilon: str | float = "batch_std",
+    *,
+    dtype=None,
+    loss: float | None = None,
+) -> tuple[float, dict]:
+    """The loss budget eps and a record of how it was obtained.
+
+    Parameters
+    ----------
+    source
+        What ``"batch_std"`` reads: a :class:`~pruning_limit.curvature.ModelLoss` (or a
+        curvature operator, which is one; its ``batch_losses()`` at w*), a pair
+        ``(batch_losses, batch_sizes)``, or an array of per-batch mean losses. May be
+        ``None`` when ``epsilon`` is a number.
+    epsilon
+        ``"batch_std"``: the standard deviation (ddof = 1) of the per-batch mean
+        training losses at w*, as the reference code sets it; it depends on the
+        batch size, which is recorded. A number is taken as given (``inf`` allowed:
+        no budget).
+    dtype
+        The dtype the loss was computed in (numpy or torch); default: the operator's,
+        else float64. Used for the resolution check.
+    loss
+        L(w*), if known; default: the sample-weighted mean of the batch losses.
+
+    Returns
+    -------
+    (eps, source_record)
+
+    Raises
+    ------
+    ValueError
+        eps <= 0 or NaN, an unknown string, or ``"batch_std"`` without at least two batches.
+
+    Warns
+    -----
+    UserWarning
+        When eps < 100 * machine epsilon(dtype) * |L(w*)|: the budget is below what the
+        loss can resolve, so the prediction measures round-off.
+
+    Example
+    -------
+    >>> eps, record = loss_budget(([0.30, 0.34, 0.32], [64, 64, 64]))
+    >>> round(eps, 6), record["kind"], record["batch_size"]
+    (0.02, 'batch_std', 64)
+    """
+    record: dict = {}
+    losses = sizes = None
+    if source is not None:
+        if hasattr(source, "batch_losses"):
+            losses, sizes = source.batch_losses()
+            dtype = getattr(source, "dtype", None) if dtype is None else dtype
+        elif isinstance(source, tuple) and len(source) == 2:
+            losses, sizes = source
+        else:
+            losses = source
+        losses = np.asarray(losses, dtype=np.float64).reshape(-1)
+        sizes = None if sizes is None else np.asarray(sizes, dtype=np.int64).reshape(-1)
+        if sizes is not None and sizes.shape != losses.shape:
+            raise ValueError(f"got {losses.size} batch losses but {sizes.size} batch sizes")
+        if not np.all(np.isfinite(losses)):
+            raise ValueError("the batch losses contain NaN or infinite values")
+        if loss is None and losses.size:
+            loss = float(np.average(losses, weights=sizes))
+    epsilon = check_epsilon(epsilon)
+    if epsilon == BATCH_STD:
+        if losses is None or losses.size < 2:
+            count = 0 if losses is None else losses.size
+            raise ValueError(
+                "epsilon='batch_std' needs the losses of at least two mini-batches at w* "
+                f"(got {count}): pass data and loss_fn, or a smaller batch size, or a number"
+            )
+        value = float(np.std(losses, ddof=1))
+        record.update(kind="batch_std", ddof=1, batches=int(losses.size))
+        if sizes is not None:
+            # The nominal size is the largest: only a last batch may be shorter.
+            record.update(
+                batch_size=int(np.max(sizes)),
+                batch_sizes_vary=bool(np.unique(sizes).size > 1),
+                samples=int(sizes.sum()),
+            )
+    else:
+        value = epsilon
+        record.update(kind="given")
+    resolution_dtype = _numpy_dtype(dtype)
+    record.update(value=value, dtype=str(resolution_dtype))
+    if loss is not None:
+        resolution = 100 * float(np.finfo(resolution_dtype).eps) * abs(float(loss))
+        record.update(loss=float(loss), resolution=resolution)
+        if value < resolution:
+            warnings.warn(
+                f"eps = {value:.3g} is below what {resolution_dtype} resolves at the loss's "
+                f"scale (100 * machine epsilon * |L| = {resolution:.3g}): the prediction would "
+                "measure round-off; compute the loss and curvature in float64",
+                UserWarning,
+                stacklevel=2,
+            )
+    return value, record
+
+
+
+def _numpy_dtype(dtype) -> np.dtype:
+    if dtype is None:
+        return np.dtype(np.float64)
+    name = str(dtype).replace("torch.", "")
+    try:
+        return np.dtype(name)
+    except TypeError:
+        return np.dtype(np.float64)

@@ -1,0 +1,176 @@
+"""Predicted against actual: one row per predictor and meaning of actual."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from .prediction import Prediction
+from .serialization import plain
+from .validation import CRITERIA, Validation
+
+# An actual limit on an interval's end, up to round-off, is inside it.
+INSIDE_SLACK = 1e-12
+
+
+@dataclass
+class ComparisonRow:
+    """One predictor against one meaning of actual under one criterion.
+
+    ``error_pp`` = 100 (predicted - actual): positive means the predictor promised
+    more than pruning delivered. ``inside``: the actual limit lies in the predictor's
+    interval; ``overlap``: the predictor's interval meets the actual one (the binomial
+    interval for accuracy, the sweep bracket for the loss budget).
+    """
+
+    method: str
+    variant: str
+    criterion: str
+    predicted: float
+    predicted_interval: tuple
+    actual: float
+    actual_interval: tuple
+    error_pp: float
+    inside: bool
+    overlap: bool
+    actual_is_lower_bound: bool
+
+
+
+@dataclass
+class Comparison:
+    """Every predictor of a Prediction against every variant and criterion of a Validation."""
+
+    rows: list
+    epsilon_predicted: float
+    epsilon_actual: float
+    tolerance: float
+    dimension: int
+    notes: list = field(default_factory=list)
+    fraction: str = "removed"
+
+    def row(self, method: str, variant: str, criterion: str) -> ComparisonRow:
+        for entry in self.rows:
+            if (entry.method, entry.variant, entry.criterion) == (method, variant, criterion):
+                return entry
+        raise KeyError(f"no row for {(method, variant, criterion)}")
+
+    def to_dict(self) -> dict:
+        return plain(asdict(self))
+
+    def to_markdown(self) -> str:
+        """A markdown table: p is the fraction REMOVED; error in percentage points."""
+        lines = [
+            "| method | variant | criterion | predicted p | predicted interval | actual p | "
+            "actual interval | error (pp) | inside | overlap |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in self.rows:
+            bound = " (lower bound)" if r.actual_is_lower_bound else ""
+            lines.append(
+                f"| {r.method} | {r.variant} | {r.criterion} | {r.predicted:.4f} | "
+                f"[{r.predicted_interval[0]:.4f}, {r.predicted_interval[1]:.4f}] | "
+                f"{r.actual:.4f}{bound} | [{r.actual_interval[0]:.4f}, "
+                f"{r.actual_interval[1]:.4f}] | {r.error_pp:+.1f} | "
+                f"{'yes' if r.inside else 'no'} | {'yes' if r.overlap else 'no'} |"
+            )
+        lines += [f"\nnote: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+
+def compare(prediction: Prediction, validation: Validation) -> Comparison:
+    """Every predictor of ``prediction`` against every actual limit of ``validation``.
+
+    For each method, variant and criterion (``"accuracy"`` when the task has labels,
+    and ``"loss_budget"``), the predicted p (fraction removed) and its interval, the
+    actual limit and its interval, the error in percentage points and whether the
+    actual lies inside the predicted interval.
+
+    Raises
+    ------
+    ValueError
+        If the prediction was made for another model: the pruned tensors' names or
+        shapes, or D, differ.
+
+    Example
+    -------
+    >>> import torch, pruning_limit as pl
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    >>> X, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    >>> loss_fn = torch.nn.CrossEntropyLoss()
+    >>> prediction = pl.predict_limit(model, data=(X, y), loss_fn=loss_fn, epsilon=0.05,
+    ...                               methods=("paper",))
+    >>> validation = pl.validate(model, train_data=(X, y), test_data=(X, y), loss_fn=loss_fn,
+    ...                          epsilon=0.05, variants=("one_shot",), amounts=[0.0, 0.5, 0.9],
+    ...                          resolution=0.1, progress=False)
+    >>> comparison = compare(prediction, validation)
+    >>> sorted({row.method for row in comparison.rows})
+    ['paper']
+    """
+    if not isinstance(prediction, Prediction) or not isinstance(validation, Validation):
+        raise TypeError(
+            "compare(prediction, validation) takes a Prediction and a Validation, got "
+            f"{type(prediction).__name__} and {type(validation).__name__}"
+        )
+    if prediction.dimension != validation.dimension:
+        raise ValueError(
+            f"the prediction was made for D = {prediction.dimension} prunable weights, the "
+            f"validation pruned D = {validation.dimension}: not the same model"
+        )
+    theirs = [[str(name), [int(s) for s in shape]] for name, shape in prediction.parameters]
+    ours = [[str(name), [int(s) for s in shape]] for name, shape in validation.parameters]
+    if theirs and theirs != ours:
+        raise ValueError(
+            f"the prediction's parameters {theirs} differ from the validation's {ours}: "
+            "not the same model (or not the same tensors)"
+        )
+    notes = []
+    if not theirs:
+        notes.append("the prediction records no parameter names: only D was checked")
+    if not math.isclose(prediction.epsilon, validation.epsilon, rel_tol=1e-9):
+        notes.append(
+            f"the prediction's eps ({prediction.epsilon:.6g}) differs from the validation's "
+            f"({validation.epsilon:.6g}): the loss-budget rows compare different budgets"
+        )
+    criteria = ["loss_budget"] if validation.task != "classification" else list(CRITERIA)
+    rows = []
+    for method, estimate in prediction.estimates.items():
+        low, high = (float(x) for x in estimate.interval)
+        for variant, result in validation.variants.items():
+            for criterion in criteria:
+                actual = float(result.limit(criterion))
+                actual_low, actual_high = (float(x) for x in result.interval(criterion))
+                bracket = (
+                    result.accuracy_bracket
+                    if criterion == "accuracy"
+                    else result.loss_budget_bracket
+                )
+                rows.append(
+                    ComparisonRow(
+                        method=method,
+                        variant=variant,
+                        criterion=criterion,
+                        predicted=float(estimate.removal_fraction),
+                        predicted_interval=(low, high),
+                        actual=actual,
+                        actual_interval=(actual_low, actual_high),
+                        error_pp=100.0 * (float(estimate.removal_fraction) - actual),
+                        inside=low - INSIDE_SLACK <= actual <= high + INSIDE_SLACK,
+                        overlap=low - INSIDE_SLACK <= actual_high
+                        and actual_low <= high + INSIDE_SLACK,
+                        actual_is_lower_bound=bracket[1] is None,
+                    )
+                )
+    return Comparison(
+        rows=rows,
+        epsilon_predicted=float(prediction.epsilon),
+        epsilon_actual=float(validation.epsilon),
+        tolerance=validation.tolerance,
+        dimension=validation.dimension,
+        notes=notes,
+    )

@@ -1,0 +1,439 @@
+"""The one path from a model and its data to a Prediction.
+
+    model + data --(CurvatureOperator)--> Spectrum --(eps, R(p), fixed points)--> Prediction
+
+:class:`Pipeline` holds each step's result once: the curvature operator (the only
+place the package constructs one from a model), its dense matrix (built at most
+once, for the exact spectrum and the quadratic model alike), the spectrum (exact up
+to :data:`~pruning_limit.curvature.EXACT_LIMIT` coordinates, else SLQ), the loss
+budget and the quadratic model. :func:`predict_limit`, :func:`estimate_spectrum`,
+:func:`exact_spectrum`, :func:`~pruning_limit.validation.validate` (its re-fit), the
+study and the command line all go through it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+from .batches import DEFAULT_BATCH_SIZE
+from .budget import BATCH_STD, check_epsilon, loss_budget
+from .curvature import CURVATURES, DEFAULT_CURVATURE, EXACT_LIMIT, CurvatureOperator, ModelLoss
+from .lanczos import exact_spectrum_of, slq
+from .limit import check_methods, check_statdim_dimension, predict_from_spectrum
+from .parameters import resolve_parameters
+from .prediction import DEFAULT_METHODS, Prediction
+from .quadratic import QuadraticModel
+from .spectrum import Spectrum
+from .statdim import check_policy
+
+NEEDS_CURVATURE = ("quadratic", "statdim_exact")
+
+
+class Pipeline:
+    """Model + data -> curvature -> spectrum -> Prediction, each step computed once.
+
+    Parameters
+    ----------
+    model
+        The trained network; its selected weights are w* (a copy is taken).
+    loss_fn, data
+        The batch-mean loss and the training data, as for
+        :class:`~pruning_limit.curvature.CurvatureOperator`; ``None`` when only closed
+        forms of a given spectrum with a given eps are asked for.
+    curvature
+        ``"ggn"`` (default) or ``"hessian"``.
+    params
+        The tensors to prune (default: every Linear and Conv ``weight``).
+    dtype, device, batch_size
+        Of the curvature products and the batch losses (default float64: budgets near
+        zero loss need it).
+    exact_limit
+        The exact spectrum and the dense quadratic model up to this D.
+    policy, damping
+        For eigenvalues <= 0, and the quadratic model's damping.
+
+    Example
+    -------
+    >>> import torch
+    >>> model = torch.nn.Linear(3, 2)
+    >>> X, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    >>> pipeline = Pipeline(model, torch.nn.CrossEntropyLoss(), (X, y), batch_size=10)
+    >>> spectrum = pipeline.spectrum()
+    >>> spectrum.method, spectrum.curvature, spectrum.dimension
+    ('exact', 'ggn', 6)
+    >>> pipeline.predict(spectrum, methods=("paper", "quadratic")).epsilon_source["batches"]
+    4
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn=None,
+        data=None,
+        *,
+        curvature: str = DEFAULT_CURVATURE,
+        params: Iterable | None = None,
+        dtype: torch.dtype | None = torch.float64,
+        device: str | torch.device = "cpu",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        exact_limit: int = EXACT_LIMIT,
+        policy: str = "abs",
+        damping: float = 0.0,
+    ) -> None:
+        if curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+        check_policy(policy)
+        self.model = model
+        self.loss_fn = loss_fn
+        self.data = data
+        self.curvature = curvature
+        self.selected = resolve_parameters(model, params)
+        self.names = [name for name, _ in self.selected]
+        self.parameters = [(name, tuple(p.shape)) for name, p in self.selected]
+        self.weights = np.concatenate(
+            [p.detach().cpu().double().numpy().reshape(-1) for _, p in self.selected]
+        )
+        self.dtype = dtype
+        self.device = device
+        self.batch_size = batch_size
+        self.exact_limit = exact_limit
+        self.policy = policy
+        self.damping = damping
+        self._operator: CurvatureOperator | None = None
+        self._model_loss: ModelLoss | None = None
+        self._matrix: torch.Tensor | None = None
+        self._quadratic: QuadraticModel | None = None
+
+    @property
+    def dimension(self) -> int:
+        """D, the number of prunable weights."""
+        return int(self.weights.size)
+
+    @property
+    def has_data(self) -> bool:
+        """Whether training data and a loss were given (curvature and ``batch_std`` need them)."""
+        return self.data is not None and self.loss_fn is not None
+
+    def _options(self) -> dict:
+        if not self.has_data:
+            raise ValueError("the curvature and eps='batch_std' need data= and loss_fn=")
+        return dict(
+            params=self.names, dtype=self.dtype, device=self.device, batch_size=self.batch_size
+        )
+
+    @property
+    def operator(self) -> CurvatureOperator:
+        """The curvature operator, built on first use."""
+        if self._operator is None:
+            self._operator = CurvatureOperator(
+                self.model, self.loss_fn, self.data, curvature=self.curvature, **self._options()
+            )
+        return self._operator
+
+    def matrix(self, max_dimension: int | None = None, block: int = 64) -> torch.Tensor:
+        """The dense curvature matrix, built at most once (D products)."""
+        if self._matrix is None:
+            limit = self.exact_limit if max_dimension is None else max_dimension
+            self._matrix = self.operator.matrix(max_dimension=limit, block=block)
+        return self._matrix
+
+    def model_loss(self) -> ModelLoss:
+        """The loss at w* over the data: the operator if built, else a plain (cheaper) one."""
+        if self._operator is not None:
+            return self._operator
+        if self._model_loss is None:
+            self._model_loss = ModelLoss(self.model, self.loss_fn, self.data, **self._options())
+        return self._model_loss
+
+    def spectrum(
+        self, *, steps: int = 100, probes: int = 10, seed: int = 0, progress: bool = False,
+        **slq_options,
+    ) -> Spectrum:  # fmt: skip
+        """The curvature's spectrum: exact when D <= ``exact_limit``, else SLQ
+        (``steps``, ``probes``, ``seed`` and ``slq_options`` go to
+        :func:`~pruning_limit.lanczos.slq`)."""
+        if self.dimension <= self.exact_limit:
+            return exact_spectrum_of(_WithMatrix(self), max_dimension=self.exact_limit)
+        return slq(
+            self.operator, steps=steps, probes=probes, seed=seed, progress=progress, **slq_options
+        )
+
+    def budget(self, epsilon: str | float = BATCH_STD) -> tuple[float, dict]:
+        """eps and its record (:func:`~pruning_limit.budget.loss_budget`)."""
+        if check_epsilon(epsilon) == BATCH_STD:
+            source = self.model_loss()
+            return loss_budget(source, epsilon, dtype=source.dtype)
+        if self.has_data:
+            return loss_budget(self.model_loss(), epsilon, dtype=self.model_loss().dtype)
+        return loss_budget(None, epsilon)
+
+    def quadratic_model(self) -> QuadraticModel:
+        """The quadratic model of the loss at w*, built once (dense up to ``exact_limit``)."""
+        if self._quadratic is None:
+            self._quadratic = QuadraticModel(
+                _WithMatrix(self),
+                self.weights,
+                policy=self.policy,
+                damping=self.damping,
+                dense_limit=self.exact_limit,
+            )
+        return self._quadratic
+
+    def check_spectrum(self, spectrum: Spectrum) -> None:
+        """Refuse a Spectrum of other tensors than this pipeline's (D, names, shapes)."""
+        if spectrum.dimension != self.dimension:
+            raise ValueError(
+                f"the spectrum was computed for another model: it has D = {spectrum.dimension} "
+                f"but the model's prunable weights number {self.dimension}"
+            )
+        if spectrum.parameters:
+            theirs = [(p.name, tuple(p.shape)) for p in spectrum.parameters]
+            if theirs != self.parameters:
+                raise ValueError(
+                    f"the spectrum was computed for another model: its parameters {theirs} do "
+                    f"not match the model's {self.parameters}"
+                )
+
+    def predict(
+        self,
+        spectrum: Spectrum | None = None,
+        *,
+        epsilon: str | float = BATCH_STD,
+        methods: Iterable[str] = DEFAULT_METHODS,
+        **options,
+    ) -> Prediction:
+        """The Prediction from ``spectrum`` (default: :meth:`spectrum`), eps and w*.
+
+        ``options`` go to :func:`~pruning_limit.limit.predict_from_spectrum`.
+        """
+        methods = check_methods(methods)
+        spectrum = self.spectrum() if spectrum is None else spectrum
+        self.check_spectrum(spectrum)
+        eps, source = self.budget(epsilon)
+        needs_curvature = set(NEEDS_CURVATURE) & set(methods)
+        return predict_from_spectrum(
+            spectrum,
+            self.weights,
+            eps,
+            methods=methods,
+            policy=self.policy,
+            curvature=self.quadratic_model() if needs_curvature else None,
+            epsilon_source=source,
+            damping=self.damping,
+            dense_limit=self.exact_limit,
+            parameters=self.parameters,
+            **options,
+        )
+
+
+class _WithMatrix:
+    """The pipeline's operator, with ``matrix()`` answered from the pipeline's one copy."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    def __getattr__(self, name):
+        return getattr(self._pipeline.operator, name)
+
+    def matrix(self, max_dimension: int | None = None, block: int = 64) -> torch.Tensor:
+        return self._pipeline.matrix(max_dimension, block)
+
+
+def predict_limit(
+    model,
+    spectrum: Spectrum | None = None,
+    *,
+    epsilon: str | float = BATCH_STD,
+    methods: Iterable[str] = DEFAULT_METHODS,
+    policy: str = "abs",
+    data=None,
+    loss_fn=None,
+    curvature: str | None = None,
+    params: Iterable | None = None,
+    dtype=None,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    damping: float = 0.0,
+    dense_limit: int = EXACT_LIMIT,
+    **options,
+) -> Prediction:
+    """Predict how large a fraction p of a model's prunable weights can be removed.
+
+    Parameters
+    ----------
+    model
+        The trained ``torch.nn.Module``; its prunable weights (default: every Linear and
+        Conv ``weight``, or the Spectrum's tensors) are w*.
+    spectrum
+        A Spectrum of the same tensors (checked: D and every name and shape). ``None``:
+        computed here from ``data`` and ``loss_fn`` (exact for D <= :data:`EXACT_LIMIT`,
+        else SLQ: :meth:`Pipeline.spectrum`).
+    epsilon
+        ``"batch_std"`` (needs ``data`` and ``loss_fn``) or a positive number.
+    methods
+        Any of :data:`METHODS`; ``quadratic`` and ``statdim_exact`` need ``data`` and
+        ``loss_fn`` (they use the curvature itself, not only its spectrum).
+    policy
+        ``"abs"`` or ``"flat"``, for eigenvalues <= 0.
+    data, loss_fn
+        As for :class:`~pruning_limit.curvature.CurvatureOperator`.
+    curvature
+        ``"hessian"`` or ``"ggn"``; default: the Spectrum's (a mismatch is an error),
+        else ``"ggn"``: PSD, so no eigenvalue policy is needed, the quadratic model is
+        convex, and SLQ's delta/D converges by m = 50 at the c of the predicted limit
+        where the Hessian's (policy ``abs``) needed m = 200
+        (``benchmarks/delta_accuracy.py``).
+    params
+        The tensors to prune (default: the Spectrum's, else the prunable weights).
+    dtype, device, batch_size
+        For the operator built here (default dtype: float64, which budgets near
+        zero loss need).
+    damping, dense_limit
+        For the quadratic model (see :class:`~pruning_limit.quadratic.QuadraticModel`).
+    options
+        Passed to :func:`predict_from_spectrum` (``confidence``, ``sensitivity``,
+        ``tolerance``, ``statdim_samples``, ``seed``, ``curve_points``).
+
+    Raises
+    ------
+    ValueError
+        Unknown method, a Spectrum that does not match the model, missing data for a
+        method or for ``"batch_std"``, eps <= 0 or NaN.
+
+    Example
+    -------
+    >>> import torch, pruning_limit as pl
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+    >>> X, y = torch.randn(128, 4), torch.randint(0, 3, (128,))
+    >>> prediction = pl.predict_limit(model, data=(X, y), loss_fn=torch.nn.CrossEntropyLoss(),
+    ...                               methods=("paper", "trace_bound"), batch_size=32)
+    >>> prediction.curvature, prediction.epsilon_source["kind"]
+    ('ggn', 'batch_std')
+    >>> 0.0 <= prediction.removal_fraction("trace_bound") <= prediction.removal_fraction("paper")
+    True
+    """
+    methods = check_methods(methods)
+    check_policy(policy)
+    check_epsilon(epsilon)
+    if curvature is not None and curvature not in CURVATURES:
+        raise ValueError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
+    if spectrum is not None:
+        if curvature is not None and curvature != spectrum.curvature:
+            raise ValueError(
+                f"curvature={curvature!r} but the spectrum is of the {spectrum.curvature!r}"
+            )
+        curvature = spectrum.curvature
+    if params is None and spectrum is not None and spectrum.parameters:
+        params = [p.name for p in spectrum.parameters]
+    try:
+        pipeline = Pipeline(
+            model,
+            loss_fn,
+            data,
+            curvature=curvature or DEFAULT_CURVATURE,
+            params=params,
+            dtype=torch.float64 if dtype is None else dtype,
+            device=device,
+            batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
+            exact_limit=dense_limit,
+            policy=policy,
+            damping=damping,
+        )
+    except ValueError as error:
+        if spectrum is None:
+            raise
+        raise ValueError(
+            f"the spectrum was computed for another model: it does not match the model: {error}"
+        ) from error
+    check_statdim_dimension(methods, pipeline.dimension)
+    if spectrum is not None:
+        pipeline.check_spectrum(spectrum)
+    needs_data = [m for m in methods if m in NEEDS_CURVATURE]
+    if epsilon == BATCH_STD:
+        needs_data.append("epsilon='batch_std'")
+    if spectrum is None:
+        needs_data.append("spectrum=None")
+    if needs_data and not pipeline.has_data:
+        raise ValueError(f"{', '.join(needs_data)} need data= and loss_fn= (the training data)")
+    return pipeline.predict(spectrum, epsilon=epsilon, methods=methods, **options)
+
+
+def estimate_spectrum(
+    model: torch.nn.Module,
+    loss_fn,
+    data,
+    *,
+    steps: int = 100,
+    probes: int = 10,
+    curvature: str = DEFAULT_CURVATURE,
+    params: Iterable | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    **slq_options,
+) -> Spectrum:
+    """SLQ spectrum of the GGN (or Hessian) of ``loss_fn`` over ``data`` at the model's weights.
+
+    Builds a :class:`~pruning_limit.curvature.CurvatureOperator` and calls
+    :func:`~pruning_limit.lanczos.slq`; see both for the parameters. ``slq_options`` go
+    to :func:`~pruning_limit.lanczos.slq` (``block_size``, ``state_path``, ``resume``,
+    ``checkpoint_every``, ``progress``, ...).
+
+    Example
+    -------
+    >>> import torch, pruning_limit as pl
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> X, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    >>> s = pl.estimate_spectrum(model, torch.nn.CrossEntropyLoss(), (X, y), steps=20, probes=2,
+    ...                          dtype=torch.float64, device="cpu", progress=False)
+    >>> s.dimension, s.num_probes, s.steps, s.curvature
+    (56, 2, 20, 'ggn')
+    """
+    pipeline = Pipeline(
+        model, loss_fn, data, curvature=curvature, params=params, dtype=dtype, device=device,
+        batch_size=batch_size,
+    )  # fmt: skip
+    return slq(pipeline.operator, steps=steps, probes=probes, seed=seed, **slq_options)
+
+
+def exact_spectrum(
+    model: torch.nn.Module,
+    loss_fn,
+    data,
+    *,
+    curvature: str = DEFAULT_CURVATURE,
+    params: Iterable | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_dimension: int = EXACT_LIMIT,
+) -> Spectrum:
+    """All eigenvalues of the curvature matrix (GGN by default), as a one-probe Spectrum.
+
+    C is built column by column from products with unit vectors, symmetrised,
+    its identically-zero rows counted and removed, and the rest diagonalised in
+    float64 (``eigvalsh``). Each eigenvalue gets weight 1/(D - z), so every
+    ``trace_function`` is exact. Raises ``ValueError`` when D > ``max_dimension``.
+
+    Example
+    -------
+    >>> import torch, pruning_limit as pl
+    >>> model = torch.nn.Linear(3, 1, bias=False).double()
+    >>> X = torch.eye(3, dtype=torch.float64)
+    >>> s = pl.exact_spectrum(model, torch.nn.MSELoss(), (X, torch.zeros(3, 1).double()))
+    >>> s.nodes.round(6).tolist()   # GGN of the mean squared error: 2 X^T X / 3
+    [[0.666667, 0.666667, 0.666667]]
+    """
+    started = time.perf_counter()
+    pipeline = Pipeline(
+        model, loss_fn, data, curvature=curvature, params=params, dtype=dtype, device=device,
+        batch_size=batch_size, exact_limit=max_dimension,
+    )  # fmt: skip
+    return exact_spectrum_of(pipeline.operator, max_dimension=max_dimension, started=started)

@@ -1,0 +1,190 @@
+"""What is done to the kept weights after magnitude pruning: re-fit or fine-tune."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .metrics import metrics_function, targets_like
+from .quadratic import QuadraticModel
+
+
+@dataclass(frozen=True)
+class FinetuneBudget:
+    """How the ``finetune`` variant trains the kept weights after pruning.
+
+    Adam (betas 0.9, 0.999, eps 1e-8) on the mean training loss ``loss_fn`` (no
+    penalty), ``epochs`` passes over the training set in shuffled mini-batches of
+    ``batch_size``, the batch order drawn from the validation's ``seed`` (the same for
+    every p). Gradients and steps are masked, so removed weights stay exactly zero;
+    biases and other non-pruned parameters are held fixed, as in the theory. The
+    result is the iterate (start or end of an epoch) with the lowest full training
+    loss, so fine-tuning never does worse than no fine-tuning.
+
+    Example
+    -------
+    >>> FinetuneBudget.of({"epochs": 1})
+    FinetuneBudget(epochs=1, lr=0.001, batch_size=128)
+    """
+
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"finetune {name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, numbers.Real) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"finetune lr must be a positive number, got {self.lr!r}")
+
+    @classmethod
+    def of(cls, value) -> FinetuneBudget:
+        """A budget from None (the defaults), a FinetuneBudget or a dict of its fields."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"epochs", "lr", "batch_size"})
+            if unknown:
+                raise ValueError(
+                    f"unknown finetune option(s) {unknown}; known: epochs, lr, batch_size"
+                )
+            return cls(**value)
+        raise TypeError(f"finetune must be a dict or FinetuneBudget, got {type(value).__name__}")
+
+
+
+class PrunedWeights:
+    """The pruned tensors, w* (one saved copy) and the current keep-mask."""
+
+    def __init__(self, selected) -> None:
+        self.tensors = [tensor for _, tensor in selected]
+        with torch.no_grad():
+            self.original = [tensor.detach().clone() for tensor in self.tensors]
+
+    def keep_masks(self) -> list[torch.Tensor]:
+        # Inside pruned() the removed weights are the zeros (see the module docstring).
+        return [tensor.detach() != 0 for tensor in self.tensors]
+
+    def unchanged(self) -> bool:
+        """True when pruning removed nothing that was not already zero: the dense network."""
+        return all(torch.equal(t, o) for t, o in zip(self.tensors, self.original))
+
+    def flat_pruned(self, masks) -> np.ndarray:
+        return np.concatenate([(~keep).cpu().numpy().reshape(-1) for keep in masks])
+
+    def write_flat(self, vector: np.ndarray) -> None:
+        offset = 0
+        with torch.no_grad():
+            for tensor in self.tensors:
+                piece = vector[offset : offset + tensor.numel()]
+                offset += tensor.numel()
+                tensor.copy_(
+                    torch.as_tensor(piece).reshape(tensor.shape).to(tensor.device, tensor.dtype)
+                )
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for tensor, original in zip(self.tensors, self.original):
+                tensor.copy_(original)
+
+
+
+def refit_evaluator(weights: PrunedWeights, quadratic: QuadraticModel, metrics_of) -> Callable:
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        if weights.unchanged():  # p = 0: the dense network, nothing to re-fit
+            return metrics_of(model)
+        try:
+            weights.write_flat(quadratic.refit(weights.flat_pruned(weights.keep_masks())))
+            return metrics_of(model)
+        finally:
+            weights.restore()
+
+    return evaluate
+
+
+
+def finetune_evaluator(
+    weights: PrunedWeights, budget: FinetuneBudget, train_pair, loss_fn, seed: int, metrics_of
+) -> tuple[Callable, Callable]:
+    """(evaluate for the sweep, fine-tune and evaluate whatever the mask).
+
+    The sweep's evaluation leaves a network with nothing removed as it is: p = 0 is the
+    dense network, the reference the criteria are defined against.
+    """
+    inputs, targets = train_pair
+    train_loss = metrics_function({"train": train_pair}, loss_fn, classification=False)
+
+    def finetuned(model: nn.Module) -> dict[str, float]:
+        masks = weights.keep_masks()
+        flags = [tensor.requires_grad for tensor in weights.tensors]
+        try:
+            for tensor in weights.tensors:
+                tensor.requires_grad_(True)
+            _adam_on_kept(
+                model, weights.tensors, masks, inputs, targets, loss_fn, budget, seed, train_loss
+            )
+            return metrics_of(model)
+        finally:
+            weights.restore()
+            for tensor, flag in zip(weights.tensors, flags):
+                tensor.requires_grad_(flag)
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        return metrics_of(model) if weights.unchanged() else finetuned(model)
+
+    return evaluate, finetuned
+
+
+
+def _adam_on_kept(model, tensors, masks, inputs, targets, loss_fn, budget, seed, train_loss):
+    """Adam on the kept entries of ``tensors``; leaves them at the best iterate.
+
+    The full training loss is measured before the first step and after every epoch,
+    and the weights end at the iterate where it was lowest: a fresh Adam's first
+    steps have size ~lr whatever the gradient, so near a minimum they can raise the
+    loss, and "is there a point of V_K in S(eps)" asks for the best point found, not
+    the last. No ``.grad`` attribute and no optimizer object is touched.
+    """
+    beta1, beta2, tiny = 0.9, 0.999, 1e-8
+    reference = tensors[0]
+    keeps = [keep.to(tensor.dtype) for keep, tensor in zip(masks, tensors)]
+    first = [torch.zeros_like(tensor) for tensor in tensors]
+    second = [torch.zeros_like(tensor) for tensor in tensors]
+    best_loss = train_loss(model)["train_loss"]
+    best = [tensor.detach().clone() for tensor in tensors]
+    order = torch.Generator().manual_seed(seed)
+    step = 0
+    for _ in range(budget.epochs):
+        for batch in torch.randperm(inputs.shape[0], generator=order).split(budget.batch_size):
+            x = inputs[batch].to(device=reference.device, dtype=reference.dtype)
+            t = targets_like(targets[batch], reference)
+            with torch.enable_grad():
+                loss = loss_fn(model(x), t)
+                grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+            step += 1
+            with torch.no_grad():
+                for tensor, grad, keep, m, v in zip(tensors, grads, keeps, first, second):
+                    if grad is None:
+                        continue
+                    grad = grad * keep
+                    m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                    update = (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + tiny)
+                    tensor.sub_(budget.lr * update * keep)
+        loss_now = train_loss(model)["train_loss"]
+        if loss_now < best_loss:
+            best_loss = loss_now
+            best = [tensor.detach().clone() for tensor in tensors]
+    with torch.no_grad():
+        for tensor, value in zip(tensors, best):
+            tensor.copy_(value)
