@@ -522,7 +522,8 @@ def validate(
     >>> X, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
     >>> validation = validate(model, train_data=(X, y), test_data=(X, y),
     ...                       loss_fn=torch.nn.CrossEntropyLoss(), variants=("one_shot", "refit"),
-    ...                       amounts=[0.0, 0.5, 0.9], resolution=0.1, progress=False)
+    ...                       amounts=[0.0, 0.5, 0.9], resolution=0.1, batch_size=16,
+    ...                       progress=False)
     >>> validation.epsilon_source["kind"], validation.refit["curvature"]
     ('batch_std', 'hessian')
     """
