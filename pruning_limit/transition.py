@@ -489,6 +489,7 @@ def measure_transition(
     interval_method: str = "wilson",
     accuracy_key: str = "test_accuracy",
     loss_key: str = "train_loss",
+    certify_above_dense: bool = True,
     params: Iterable | None = None,
     progress: bool = True,
 ) -> tuple[list[SweepPoint], Transition]:
@@ -500,10 +501,12 @@ def measure_transition(
        crossing and its interval ends are bisected to ``resolution``.
     3. With ``reference_grid``: :func:`~pruning_limit.pruning.sweep_down` over the
        reference grid from p = 1 - g down, until the first accuracy above dense
-       (with ``n``: until the first certainly above dense, which may be the whole
-       grid). Each count of weights removed is evaluated once across all three
-       steps, so the grid costs at most min(1/g, D + 1) evaluations, and fewer the
-       higher the rule's answer.
+       or, with sample counts and ``certify_above_dense``, until the first
+       certainly above dense (lo(a) > a(0), the interval's lower end; on a small
+       test set that is often never, and then the whole grid is evaluated). Each
+       count of weights removed is evaluated once across all three steps, so the
+       grid costs at most min(1/g, D + 1) evaluations, and fewer the higher the
+       rule's answer.
     4. :func:`read_transition`.
 
     Parameters
@@ -516,6 +519,10 @@ def measure_transition(
         ``AccuracyDrop``, ``LossBudget``).
     reference_grid, n, confidence, interval_method, accuracy_key, loss_key
         As in :func:`read_transition`.
+    certify_above_dense
+        Scan the reference grid down to the lower end of the ``above_dense``
+        interval (see step 3); False: stop at the rule's answer, and that end is
+        left undetermined (None, with a note).
 
     Returns
     -------
@@ -541,7 +548,7 @@ def measure_transition(
     ends = _Ends(points, accuracy_key, loss_key, n)
     if reference_grid is not None and ends.dense_accuracy is not None:
         a0 = ends.dense_accuracy
-        if ends.n is None:
+        if ends.n is None or not certify_above_dense:
 
             def until(metrics):
                 return _metric(metrics, accuracy_key) - a0 > _SLACK

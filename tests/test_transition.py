@@ -180,6 +180,27 @@ def test_above_dense_of_a_linear_classifier(planted):
     assert planted.evaluations == len({p.removed for p in points})
 
 
+def test_above_dense_without_certifying_stops_at_the_rule(planted):
+    planted.evaluations = 0
+    _, certified = measure_transition(
+        planted.model, planted.evaluate, reference_grid=0.001, progress=False
+    )
+    cost = planted.evaluations
+    planted.evaluations = 0
+    _, quick = measure_transition(
+        planted.model,
+        planted.evaluate,
+        reference_grid=0.001,
+        certify_above_dense=False,
+        progress=False,
+    )
+    assert planted.evaluations < cost
+    assert quick.above_dense == certified.above_dense
+    assert certified.interval("above_dense")[0] is not None
+    assert quick.interval("above_dense") == (None, certified.interval("above_dense")[1])
+    assert any("undetermined" in note for note in quick.notes)
+
+
 def test_above_dense_is_none_when_accuracy_never_exceeds_dense():
     dimension = 1000
     # Equal to dense up to 0.5 (equal is not above), then falling.
