@@ -24,6 +24,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+# How tables and plots name the method, so that it never reads as a curvature prediction.
 EMP_LABEL = "emp (baseline: weights only, no curvature)"
 
 

@@ -29,7 +29,8 @@ Each crossing ("first p with ...") is read from the evaluated points: the first
 point, in order of p, that is across the level, and the point before it, which is
 not; between the two the curve is interpolated linearly (in log L for the loss)
 to where it meets the level. The first crossing is reported even when the curve
-comes back afterwards (non-monotone curves). Passing :func:`transition_criteria`
+comes back afterwards (non-monotone curves); a dip that no evaluated point falls
+in (narrower than the coarse grid's spacing) is not seen. Passing :func:`transition_criteria`
 to :func:`~pruning_limit.pruning.sweep` as break criteria bisects each crossing's
 bracket down to the sweep's resolution; :func:`measure_transition` does all of it.
 
@@ -398,7 +399,9 @@ def read_transition(
     confidence, interval_method
         Of the binomial intervals.
     accuracy_key, loss_key
-        The metrics read; a curve absent from the metrics gives readings None.
+        The metrics read. Each curve is read from the points that carry its
+        metric; a curve absent from the ends p = 0 and p = 1 gives readings None,
+        with the reason.
 
     Returns
     -------
@@ -416,6 +419,10 @@ def read_transition(
             f"interval_method must be one of {sorted(INTERVAL_METHODS)}, got {interval_method!r}"
         )
     ordered = sorted(points, key=lambda point: point.amount)
+    # Each curve from the points that measured it (a scan of the reference grid may
+    # have measured the test accuracy alone).
+    accuracy_points = [point for point in ordered if accuracy_key in point.metrics]
+    loss_points = [point for point in ordered if loss_key in point.metrics]
     readings: dict[str, Reading] = {}
     notes: list[str] = []
 
@@ -425,14 +432,14 @@ def read_transition(
             interval = None
             if ends.n is not None:
                 interval = tuple(
-                    _crossing(ordered, bound, bound.end, below.level, 0.0, 1.0)[0]
+                    _crossing(accuracy_points, bound, bound.end, below.level, 0.0, 1.0)[0]
                     for bound in (
                         FallsBelowBound(below, ends.n, side, confidence, interval_method)
                         for side in ("earliest", "latest")
                     )
                 )
             value, bracket = _crossing(
-                ordered, below, lambda m: _metric(m, accuracy_key), below.level
+                accuracy_points, below, lambda m: _metric(m, accuracy_key), below.level
             )
             readings[name] = Reading(value, bracket, interval, below.level)
         readings["collapse_width"] = _width(readings["collapse_start"], readings["collapse_end"])
@@ -447,14 +454,14 @@ def read_transition(
         readings["above_dense"] = Reading(None, reason=f"no {accuracy_key!r} in the metrics")
     else:
         readings["above_dense"] = _above_dense(
-            ordered, ends, reference_grid, confidence, interval_method, notes
+            accuracy_points, ends, reference_grid, confidence, interval_method, notes
         )
 
     if ends.loss_rises:
         rises = RisesAbove(ends.loss_level, loss_key)
         # -log L falls through -log(level) where L rises through level.
         value, bracket = _crossing(
-            ordered, rises, lambda m: -_log(_metric(m, loss_key)), -math.log(ends.loss_level)
+            loss_points, rises, lambda m: -_log(_metric(m, loss_key)), -math.log(ends.loss_level)
         )
         readings["loss_collapse"] = Reading(value, bracket, None, ends.loss_level)
     else:
@@ -490,6 +497,7 @@ def measure_transition(
     accuracy_key: str = "test_accuracy",
     loss_key: str = "train_loss",
     certify_above_dense: bool = True,
+    reference_evaluate_fn: Callable[[nn.Module], Metrics] | None = None,
     params: Iterable | None = None,
     progress: bool = True,
 ) -> tuple[list[SweepPoint], Transition]:
@@ -523,6 +531,11 @@ def measure_transition(
         Scan the reference grid down to the lower end of the ``above_dense``
         interval (see step 3); False: stop at the rule's answer, and that end is
         left undetermined (None, with a note).
+    reference_evaluate_fn
+        The ``evaluate_fn`` of the reference-grid scan, e.g. one that measures the
+        test accuracy (and ``n_test``) alone, to spare the train-set evaluations
+        the rule does not read; default ``evaluate_fn``. Its points then carry
+        only its metrics, and each curve is read from the points that measured it.
 
     Returns
     -------
@@ -562,7 +575,7 @@ def measure_transition(
 
         points = sweep_down(
             model,
-            evaluate_fn,
+            evaluate_fn if reference_evaluate_fn is None else reference_evaluate_fn,
             amounts=reference_amounts(reference_grid),
             until=until,
             known=points,

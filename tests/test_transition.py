@@ -179,14 +179,8 @@ def test_above_dense_of_a_linear_classifier(planted):
     # One evaluation per count of weights removed, whatever the number of amounts.
     assert planted.evaluations == len({p.removed for p in points})
 
-
-def test_above_dense_without_certifying_stops_at_the_rule(planted):
-    planted.evaluations = 0
-    _, certified = measure_transition(
-        planted.model, planted.evaluate, reference_grid=0.001, progress=False
-    )
-    cost = planted.evaluations
-    planted.evaluations = 0
+    # Without certifying, the scan stops at the rule's answer: the lower end is unknown.
+    cost, planted.evaluations = planted.evaluations, 0
     _, quick = measure_transition(
         planted.model,
         planted.evaluate,
@@ -195,9 +189,8 @@ def test_above_dense_without_certifying_stops_at_the_rule(planted):
         progress=False,
     )
     assert planted.evaluations < cost
-    assert quick.above_dense == certified.above_dense
-    assert certified.interval("above_dense")[0] is not None
-    assert quick.interval("above_dense") == (None, certified.interval("above_dense")[1])
+    assert quick.above_dense == transition.above_dense
+    assert quick.interval("above_dense") == (None, max(possible))
     assert any("undetermined" in note for note in quick.notes)
 
 
@@ -329,6 +322,36 @@ def test_loss_collapse_on_a_planted_loss_curve():
     losses = {0.0: 1.0, 0.5: 1.0, 0.9: 100.0, 1.0: 100.0}
     points = [SweepPoint(p, round(p * 10), 10, {"train_loss": v}) for p, v in losses.items()]
     assert read_transition(points).loss_collapse == pytest.approx(0.7)
+
+
+def test_a_test_only_scan_of_the_reference_grid():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(50, 40))  # D = 2000
+    full_calls, test_calls = [], []
+
+    def accuracy(p):  # above dense around 0.3, collapse near 0.8
+        return 0.9 + (0.02 if 0.25 < p < 0.35 else 0.0) - 0.8 / (1 + math.exp((0.8 - p) / 0.02))
+
+    def evaluate(m):
+        full_calls.append(1)
+        p = zero_fraction(m)
+        return {"test_accuracy": accuracy(p), "train_loss": math.exp(10 * p)}
+
+    def evaluate_test(m):
+        test_calls.append(1)
+        return {"test_accuracy": accuracy(zero_fraction(m))}
+
+    points, quick = measure_transition(
+        model, evaluate, reference_evaluate_fn=evaluate_test, progress=False
+    )
+    assert test_calls and any("train_loss" not in p.metrics for p in points)
+    _, full = measure_transition(model, evaluate, progress=False)
+    assert quick.above_dense == full.above_dense == pytest.approx(0.349, abs=1e-9)
+    assert quick.loss_collapse == pytest.approx(0.5, abs=0.005)
+    assert (
+        quick.reading("loss_collapse").bracket[1] - quick.reading("loss_collapse").bracket[0]
+        <= 0.005
+    )
 
 
 # -- degenerate curves, criteria, saving ------------------------------------------------------
