@@ -21,7 +21,11 @@ the first broken p. The actual limit is
 
 the largest amount before the first break. With the accuracy criterion, broken
 means acc(p) < acc(0) - tolerance; with the loss-budget criterion (the quantity
-the theory speaks of), L_train(p) > L_train(0) + eps.
+the theory speaks of), L_train(p) > L_train(0) + eps. A sweep can continue an
+earlier one (``known``), and :func:`sweep_down` evaluates a grid from the top
+down for rules that ask for the largest p with a property. The readings of the
+collapse (centre, width, the reference code's rule) are in
+:mod:`pruning_limit.transition`.
 
 Pruning happens in place inside the :func:`pruned` context, which saves only the
 values it overwrites and writes them back on exit, so the model's state is
@@ -326,6 +330,7 @@ class _Evaluations:
 
     def at(self, amount: float) -> SweepPoint:
         if amount in self.points:
+            self.bar.update()
             return self.points[amount]
         removed = number_to_prune(amount, self.dimension)
         if removed not in self.by_count:
