@@ -11,6 +11,7 @@ by hand after a benchmark result has been reviewed::
 
     python benchmarks/calibration_set.py --rebuild      # the shipped provisional set
     python benchmarks/calibration_set.py SOURCE.json ... --out FILE
+    python benchmarks/calibration_set.py --table        # leave-one-out table of the shipped set
 
 Where a run row already holds ``regime`` (and the sweep-based criteria in ``actual``),
 they are read as they are. Result files written before the regime was recorded lack
@@ -52,7 +53,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pruning_limit.calibration import FORMAT, CalibrationRun, CalibrationSet
+from pruning_limit.calibration import (
+    FORMAT,
+    CalibrationRun,
+    CalibrationSet,
+    leave_one_out_markdown,
+)
 from pruning_limit.datasets import load_dataset
 from pruning_limit.models import model_spec
 from pruning_limit.pruning import pruned
@@ -94,7 +100,26 @@ def main() -> None:
         help="retrain runs whose rows lack the regime or the sweep criteria (see above)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="print the leave-one-out coverage and width of the set at --out; build nothing",
+    )
+    parser.add_argument("--coverage", type=float, default=0.9, help="nominal, for --table")
     args = parser.parse_args()
+    if args.table:
+        calibration = CalibrationSet.load(args.out)
+        for check_range in (True, False):
+            rows = calibration.leave_one_out_table(
+                args.coverage, check_range=check_range, pooled=True
+            )
+            print(
+                f"\n### Leave-one-out at nominal {args.coverage:.0%}, "
+                + ("with" if check_range else "without")
+                + " the range check\n"
+            )
+            print(leave_one_out_markdown(rows))
+        return
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()

@@ -76,6 +76,7 @@ DATA_FILE = "calibration.json"  # in pruning_limit/data/, built by benchmarks/ca
 RULES = ("auto", "asymmetric", "symmetric")
 # The categorical features a network must share with its calibration runs.
 CATEGORICAL_FEATURES = ("curvature", "epsilon_source")
+POOLED = "all regimes (pooled)"
 
 
 # -- the conformal quantiles ------------------------------------------------------------------
@@ -363,6 +364,9 @@ class CalibrationSet:
         predicted: float,
         coverage: float = 0.9,
         rule: str = "auto",
+        *,
+        mondrian: bool = True,
+        check_range: bool = True,
         exclude_group: str | None = None,
     ) -> CalibratedInterval:
         """The calibrated interval on the actual limit, or the reason there is none.
@@ -381,6 +385,13 @@ class CalibrationSet:
             Nominal coverage, in (0, 1).
         rule
             ``"auto"``, ``"asymmetric"`` or ``"symmetric"`` (module docstring).
+        mondrian
+            Calibrate within the network's regime class (the default). ``False``
+            pools every class: the coverage then holds on average over the
+            calibration set's mix of regimes, not for a network of a given regime.
+        check_range
+            Refuse networks outside the calibration range (the default). ``False``
+            is for diagnostics of the conformal step alone (leave-one-out).
         exclude_group
             Leave this group's runs out (leave-one-out).
 
@@ -406,12 +417,12 @@ class CalibrationSet:
         if (variant, criterion) not in self.targets():
             known = ", ".join(f"{v}/{c}" for v, c in self.targets())
             return none(f"{variant}/{criterion} is not in the calibration set ({known})")
-        if regime is None:
+        if regime is None and (mondrian or check_range):
             return none("the network's regime is unknown; intervals are calibrated per regime")
-        name = regime.name
+        name = regime.name if mondrian else POOLED
         units = [
             unit
-            for unit in self.units(method, variant, criterion, name)
+            for unit in self.units(method, variant, criterion, name if mondrian else None)
             if unit[0] != exclude_group
         ]
         if not units:
@@ -420,14 +431,15 @@ class CalibrationSet:
                 0,
                 name,
             )
-        members = [run for _, _, group in units for run in group]
-        outside = _outside_range(regime, [run.regime for run in members])
-        if outside:
-            return none(
-                f"outside the calibration range of regime {name!r}: " + "; ".join(outside),
-                len(units),
-                name,
-            )
+        if check_range:
+            members = [run for _, _, group in units for run in group]
+            outside = _outside_range(regime, [run.regime for run in members])
+            if outside:
+                return none(
+                    f"outside the calibration range of regime {name!r}: " + "; ".join(outside),
+                    len(units),
+                    name,
+                )
         chosen = choose_rule(len(units), coverage, rule)
         if chosen is None:
             needed = required_runs(coverage, "symmetric" if rule == "auto" else rule)
@@ -459,18 +471,18 @@ class CalibrationSet:
         method: str,
         variant: str,
         criterion: str,
-        regime_class: str,
+        regime_class: str | None,
         coverage: float = 0.9,
         rule: str = "auto",
         check_range: bool = True,
     ) -> dict:
         """Coverage and mean width, leaving each calibration unit of a class out in turn.
 
-        Each unit's runs are predicted from the others of the class; a unit is covered
-        when its mean actual limit lies in the interval built around its mean
-        prediction (the quantity its residual is calibrated on). With ``check_range``
-        the range check applies as for a new network; otherwise only the conformal step
-        is measured.
+        Each unit is predicted from the other units of its class (``regime_class=None``:
+        from every other unit, pooled); it is covered when its mean actual limit lies
+        in the interval built around its mean prediction (the quantity its residual is
+        calibrated on). With ``check_range`` the range check applies as for a new
+        network; without it only the conformal step is measured.
 
         Returns
         -------
@@ -483,20 +495,15 @@ class CalibrationSet:
         covered, widths, rules, reasons = [], [], {}, {}
         for group, residual, members in units:
             predicted = float(np.mean([run.predicted[method] for run in members]))
-            actual = predicted + residual
-            regime = members[0].regime if check_range else None
-            if check_range:
-                result = self.interval(
-                    method, variant, criterion, regime, predicted, coverage, rule, group
-                )
-            else:
-                result = self._interval_without_range(
-                    method, variant, criterion, regime_class, predicted, coverage, rule, group
-                )
+            result = self.interval(
+                method, variant, criterion, members[0].regime, predicted, coverage, rule,
+                mondrian=regime_class is not None, check_range=check_range, exclude_group=group,
+            )  # fmt: skip
             if result.bounds is None:
                 key = result.reason.split(":")[0]
                 reasons[key] = reasons.get(key, 0) + 1
                 continue
+            actual = predicted + residual
             covered.append(result.low - 1e-12 <= actual <= result.high + 1e-12)
             widths.append(result.width)
             rules[result.rule] = rules.get(result.rule, 0) + 1
@@ -504,8 +511,9 @@ class CalibrationSet:
             "method": method,
             "variant": variant,
             "criterion": criterion,
-            "regime": regime_class,
+            "regime": POOLED if regime_class is None else regime_class,
             "nominal": coverage,
+            "check_range": check_range,
             "units": len(units),
             "answered": len(covered),
             "coverage": float(np.mean(covered)) if covered else None,
@@ -514,32 +522,21 @@ class CalibrationSet:
             "reasons": reasons,
         }
 
-    def _interval_without_range(
-        self, method, variant, criterion, regime_class, predicted, coverage, rule, exclude
-    ) -> CalibratedInterval:
-        units = [u for u in self.units(method, variant, criterion, regime_class) if u[0] != exclude]
-        chosen = choose_rule(len(units), coverage, rule)
-        if chosen is None:
-            return CalibratedInterval(
-                None, None, "too few calibration runs", method, variant, criterion,
-                predicted, coverage, regime_class, len(units),
-            )  # fmt: skip
-        low, high = conformal_offsets([r for _, r, _ in units], coverage, chosen)
-        return CalibratedInterval(
-            float(np.clip(predicted + low, 0, 1)), float(np.clip(predicted + high, 0, 1)),
-            None, method, variant, criterion, predicted, coverage, regime_class, len(units),
-            chosen,
-        )  # fmt: skip
-
     def leave_one_out_table(
-        self, coverage: float = 0.9, rule: str = "auto", check_range: bool = True
+        self,
+        coverage: float = 0.9,
+        rule: str = "auto",
+        check_range: bool = True,
+        pooled: bool = False,
     ) -> list[dict]:
-        """:meth:`leave_one_out` for every method, variant, criterion and regime class."""
+        """:meth:`leave_one_out` for every method, variant, criterion and regime class
+        (and, with ``pooled``, for all classes pooled)."""
+        classes = [*self.regime_classes(), *([None] if pooled else [])]
         return [
             self.leave_one_out(method, variant, criterion, name, coverage, rule, check_range)
             for method in self.methods()
             for variant, criterion in self.targets()
-            for name in self.regime_classes()
+            for name in classes
             if self.units(method, variant, criterion, name)
         ]
 
@@ -630,3 +627,23 @@ def interval(
     """:meth:`CalibrationSet.interval` on the shipped set (or ``calibration``)."""
     calibration = shipped() if calibration is None else calibration
     return calibration.interval(method, variant, criterion, regime, predicted, coverage)
+
+
+def leave_one_out_markdown(rows: list[dict]) -> str:
+    """A markdown table of :meth:`CalibrationSet.leave_one_out` rows (widths in points)."""
+    lines = [
+        "| method | variant | criterion | regime | units | answered | LOO coverage "
+        "| mean width (points) | refused because |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        coverage = "-" if row["coverage"] is None else f"{100 * row['coverage']:.0f} %"
+        width = "-" if row["mean_width"] is None else f"{100 * row['mean_width']:.1f}"
+        refused = ", ".join(
+            f"{count} {reason.split(' of regime')[0]}" for reason, count in row["reasons"].items()
+        )
+        lines.append(
+            f"| {row['method']} | {row['variant']} | {row['criterion']} | {row['regime']} "
+            f"| {row['units']} | {row['answered']} | {coverage} | {width} | {refused or '-'} |"
+        )
+    return "\n".join(lines)
