@@ -72,9 +72,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .batches import as_batches
 from .hessian import resolve_parameters
 from .serialization import plain
-from .training import evaluate
+from .training import EVALUATION_BATCH_SIZE, evaluate
 
 # Thresholds of the named class; see the module docstring for how they were chosen.
 FIT_ACCURACY = 0.95
@@ -237,7 +238,7 @@ def card_training(card: dict | None) -> tuple[float | None, str]:
 def measure_regime(
     model: nn.Module,
     loss_fn: nn.Module | None,
-    train_data: tuple[torch.Tensor, torch.Tensor],
+    train_data,
     *,
     removal_fraction: float,
     removal_fraction_method: str | None = None,
@@ -256,7 +257,8 @@ def measure_regime(
     loss_fn
         A batch-mean loss; default ``nn.CrossEntropyLoss()``.
     train_data
-        ``(X, y)``: the training inputs and labels, the N of D/N.
+        The training data, as :func:`~pruning_limit.batches.as_batches` takes it
+        (``(X, y)``, a DataLoader, an iterable of batches); N of D/N is its sample count.
     removal_fraction
         p*, the predicted limit (fraction REMOVED) at which R(p*)/||w*|| is read.
     removal_fraction_method
@@ -278,24 +280,22 @@ def measure_regime(
     -------
     Regime
     """
-    if not (
-        isinstance(train_data, (tuple, list))
-        and len(train_data) == 2
-        and all(isinstance(t, torch.Tensor) for t in train_data)
-    ):
-        raise TypeError("train_data must be a pair of tensors (X, y)")
     p = float(removal_fraction)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"removal_fraction must lie in [0, 1], got {removal_fraction}")
-    inputs, targets = train_data
-    if len(targets) == 0:
-        raise ValueError("train_data is empty")
+    batches = as_batches(train_data, EVALUATION_BATCH_SIZE)
     selected = resolve_parameters(model, params)
     with torch.no_grad():
         weights = np.concatenate(
             [t.detach().double().cpu().numpy().reshape(-1) for _, t in selected]
         )
-    metrics = evaluate(model, inputs, targets, loss_fn)
+    # Sample-weighted means over the batches, as every full-data quantity here.
+    total_loss = total_correct = 0.0
+    for inputs, targets in batches:
+        metrics = evaluate(model, inputs, targets, loss_fn)
+        total_loss += metrics["loss"] * len(targets)
+        total_correct += metrics["accuracy"] * len(targets)
+    num_train = batches.num_samples
     l1, optimizer = card_training(card)
     if isinstance(epsilon_source, dict):
         epsilon_source = str(epsilon_source.get("kind", UNKNOWN))
@@ -305,13 +305,13 @@ def measure_regime(
     norm = float(np.linalg.norm(weights))
     ratio = float(pruned_norm(weights, p)) / norm if norm > 0 else 0.0
     return Regime(
-        train_accuracy=float(metrics["accuracy"]) if classification else None,
-        train_loss=float(metrics["loss"]),
+        train_accuracy=total_correct / num_train if classification else None,
+        train_loss=total_loss / num_train,
         l1=l1,
         optimizer=optimizer,
         small_weight_share=small_weight_share(weights),
         dimension=int(weights.size),
-        num_train=int(len(targets)),
+        num_train=int(num_train),
         removal_fraction=p,
         removal_fraction_method=removal_fraction_method,
         pruned_norm_ratio=ratio,

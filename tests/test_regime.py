@@ -117,5 +117,15 @@ def test_bad_input_is_refused():
     model = _linear(WEIGHTS)
     with pytest.raises(ValueError, match="removal_fraction"):
         measure_regime(model, None, (X, Y), removal_fraction=1.5)
-    with pytest.raises(TypeError, match="pair of tensors"):
-        measure_regime(model, None, X, removal_fraction=0.5)
+    with pytest.raises(TypeError, match="data must be"):
+        measure_regime(model, None, 3, removal_fraction=0.5)
+
+
+def test_batches_give_the_sample_weighted_means():
+    model = _linear(WEIGHTS)
+    whole = measure_regime(model, None, (X, Y), removal_fraction=0.5)
+    loader = [(X[:2], Y[:2]), (X[2:], Y[2:])]  # unequal batches
+    batched = measure_regime(model, None, loader, removal_fraction=0.5)
+    assert batched.num_train == 3
+    assert batched.train_loss == pytest.approx(whole.train_loss, rel=1e-12)
+    assert batched.train_accuracy == whole.train_accuracy
