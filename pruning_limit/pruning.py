@@ -21,7 +21,11 @@ the first broken p. The actual limit is
 
 the largest amount before the first break. With the accuracy criterion, broken
 means acc(p) < acc(0) - tolerance; with the loss-budget criterion (the quantity
-the theory speaks of), L_train(p) > L_train(0) + eps.
+the theory speaks of), L_train(p) > L_train(0) + eps. A sweep can continue an
+earlier one (``known``), and :func:`sweep_down` evaluates a grid from the top
+down for rules that ask for the largest p with a property. The readings of the
+collapse (centre, width, the reference code's rule) are in
+:mod:`pruning_limit.transition`.
 
 Pruning happens in place inside the :func:`pruned` context, which saves only the
 values it overwrites and writes them back on exit, so the model's state is
@@ -337,6 +341,48 @@ def _as_metrics(result, amount: float) -> dict[str, float]:
     return metrics
 
 
+class _Evaluations:
+    """Metrics of the pruned network by count of weights removed: each count once.
+
+    Seeded with points evaluated before (on the same model and ``evaluate_fn``), whose
+    metrics are reused for their counts.
+    """
+
+    def __init__(self, model, evaluate_fn, params, known, bar) -> None:
+        self.model, self.evaluate_fn, self.params, self.bar = model, evaluate_fn, params, bar
+        self.dimension = sum(p.numel() for _, p in resolve_parameters(model, params))
+        self.by_count: dict[int, dict[str, float]] = {}
+        self.points: dict[float, SweepPoint] = {}
+        for point in known:
+            if not isinstance(point, SweepPoint):
+                raise TypeError(f"known must hold SweepPoints, got {type(point).__name__}")
+            if point.dimension != self.dimension:
+                raise ValueError(
+                    f"a known point was evaluated on D = {point.dimension} prunable weights, "
+                    f"this model has D = {self.dimension}: it comes from another model or "
+                    "another choice of params"
+                )
+            self.by_count.setdefault(point.removed, dict(point.metrics))
+            self.points[point.amount] = point
+
+    def at(self, amount: float) -> SweepPoint:
+        if amount in self.points:
+            self.bar.update()
+            return self.points[amount]
+        removed = number_to_prune(amount, self.dimension)
+        if removed not in self.by_count:
+            with pruned(self.model, amount, self.params), eval_mode(self.model):
+                self.by_count[removed] = _as_metrics(self.evaluate_fn(self.model), amount)
+        point = SweepPoint(amount, removed, self.dimension, dict(self.by_count[removed]))
+        self.points[amount] = point
+        self.bar.set_postfix(amount=f"{amount:.4f}")
+        self.bar.update()
+        return point
+
+    def sorted(self) -> list[SweepPoint]:
+        return sorted(self.points.values(), key=lambda point: point.amount)
+
+
 def sweep(
     model: nn.Module,
     evaluate_fn: Callable[[nn.Module], Metrics],
@@ -346,6 +392,7 @@ def sweep(
     resolution: float = 0.005,
     params: Iterable | None = None,
     progress: bool = True,
+    known: Sequence[SweepPoint] = (),
 ) -> list[SweepPoint]:
     """Evaluate the magnitude-pruned network on a grid of amounts, refined at the break.
 
@@ -381,36 +428,28 @@ def sweep(
         The tensors pruned jointly; default: every Linear/Conv ``weight``.
     progress
         Show a tqdm progress bar.
+    known
+        Points evaluated before on the same model, ``evaluate_fn`` and ``params``
+        (e.g. an earlier sweep, to refine it for criteria that needed its results).
+        They are part of the sweep, and their metrics are reused for every amount
+        that removes the same count of weights.
 
     Returns
     -------
     list of SweepPoint
-        Every evaluated amount, sorted by amount.
+        Every evaluated amount and every known point, sorted by amount.
     """
     criteria = _validated_criteria(is_broken)
     grid = _validated_amounts(DEFAULT_AMOUNTS if amounts is None else amounts)
     if not (isinstance(resolution, numbers.Real) and 0 < resolution < 1):
         raise ValueError(f"resolution must be a number in (0, 1), got {resolution!r}")
-    dimension = sum(p.numel() for _, p in resolve_parameters(model, params))
-
-    by_count: dict[int, dict[str, float]] = {}
-    points: dict[float, SweepPoint] = {}
     bar = tqdm(total=len(grid), desc="pruning sweep", unit="eval", disable=not progress)
-
-    def evaluate_at(amount: float) -> None:
-        removed = number_to_prune(amount, dimension)
-        if removed not in by_count:
-            with pruned(model, amount, params), eval_mode(model):
-                by_count[removed] = _as_metrics(evaluate_fn(model), amount)
-        points[amount] = SweepPoint(amount, removed, dimension, dict(by_count[removed]))
-        bar.set_postfix(amount=f"{amount:.4f}")
-        bar.update()
-
     with bar:
+        evaluations = _Evaluations(model, evaluate_fn, params, known, bar)
         for amount in grid:
-            evaluate_at(amount)
+            evaluations.at(amount)
         for criterion in criteria:
-            while (gap := _break_gap(list(points.values()), criterion)) is not None:
+            while (gap := _break_gap(evaluations.sorted(), criterion)) is not None:
                 last_unbroken, first_broken = gap
                 if (
                     first_broken.amount - last_unbroken.amount <= resolution
@@ -418,8 +457,54 @@ def sweep(
                 ):
                     break
                 bar.total += 1
-                evaluate_at(0.5 * (last_unbroken.amount + first_broken.amount))
-    return sorted(points.values(), key=lambda point: point.amount)
+                evaluations.at(0.5 * (last_unbroken.amount + first_broken.amount))
+    return evaluations.sorted()
+
+
+def sweep_down(
+    model: nn.Module,
+    evaluate_fn: Callable[[nn.Module], Metrics],
+    *,
+    amounts: Iterable[float],
+    until: BreakCriterion,
+    params: Iterable | None = None,
+    progress: bool = True,
+    known: Sequence[SweepPoint] = (),
+) -> list[SweepPoint]:
+    """Evaluate amounts from the largest down, stopping at the first that satisfies ``until``.
+
+    For rules that ask for the *largest* p with a property (the reference code's
+    "largest p whose accuracy is above the dense accuracy"): every amount above
+    the answer must be evaluated to know it is the largest, and nothing below it
+    is needed. With the amounts p_1 > p_2 > ..., it evaluates p_1, p_2, ... and
+    stops after the first p_i with ``until(metrics(p_i))``, or at the end of the
+    list. As in :func:`sweep`, each count of weights removed is evaluated once, in
+    eval mode, with the model restored bit-identically afterwards.
+
+    Parameters
+    ----------
+    model, evaluate_fn, params, progress, known
+        As in :func:`sweep`.
+    amounts
+        The fractions removed, e.g. a uniform grid; any order.
+    until
+        ``until(metrics) -> bool``: the property whose largest amount is sought.
+
+    Returns
+    -------
+    list of SweepPoint
+        Every evaluated amount and every known point, sorted by amount.
+    """
+    if not callable(until):
+        raise TypeError(f"until must be a callable metrics -> bool, got {type(until).__name__}")
+    grid = _validated_amounts(amounts)
+    bar = tqdm(total=len(grid), desc="pruning sweep, top down", unit="eval", disable=not progress)
+    with bar:
+        evaluations = _Evaluations(model, evaluate_fn, params, known, bar)
+        for amount in reversed(grid):
+            if until(evaluations.at(amount).metrics):
+                break
+    return evaluations.sorted()
 
 
 def _break_gap(

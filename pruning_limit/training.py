@@ -4,13 +4,31 @@
 
     J(w) = L(w) + l1 * sum_j |w_j|,    L(w) = (1/N) sum_i CE(f(x_i; w), y_i),
 
-the mean cross-entropy over the training set plus an optional L1 penalty on the
-prunable weights (the ``weight`` of every Linear and Conv layer,
-:func:`pruning_limit.parameters.prunable_parameters`; biases and normalisation
-parameters are not penalised). ``weight_decay`` is the optimizer's own (coupled)
-L2 term on every parameter. The L1 penalty pulls weights towards zero, so more of
-them are near zero at the end; it is a subgradient term, so they hover at about
-the step size rather than reaching exactly zero.
+the mean cross-entropy over the training set plus an optional L1 penalty. The
+penalty covers the prunable weights (the ``weight`` of every Linear and Conv layer,
+:func:`pruning_limit.parameters.prunable_parameters`) or, with ``l1_biases=True``,
+every parameter named ``weight`` or ``bias`` (biases and normalisation parameters
+too), as the reference code of Zhang et al. does. ``weight_decay`` is the
+optimizer's own (coupled) L2 term on every parameter. The L1 penalty pulls weights
+towards zero, so more of them are near zero at the end; it is a subgradient term,
+so they hover at about the step size rather than reaching exactly zero.
+
+A *recipe* names a full set of training fields (:data:`RECIPES`); any argument
+given explicitly overrides its field, and the card records every field and the
+recipe's name:
+
+``"default"``  Adam, lr 1e-3, 50 epochs, batch 128, no penalty (this module's
+               historical defaults).
+``"paper"``    The setting in which the reference code (Global-One-shot-Pruning,
+               ``configs/*_l1.yml``, ``trainer.py``, ``utils.py``) checks the theory:
+               SGD with momentum 0.9, constant lr 0.01 without warm-up, batch 128,
+               no weight decay, L1 strength 5e-5 on every weight and bias, 78,200
+               steps (200 epochs of CIFAR-10's 391 mini-batches), Kaiming-normal
+               (fan-in) weights and zero biases at initialisation.
+
+The length of a run is ``epochs`` passes or ``steps`` optimizer steps (mini-batches,
+the short last one of an epoch included), whichever the call or else the recipe
+gives; a run of ``steps`` may end inside an epoch.
 
 A run is a pure function of its arguments on the CPU: the initialisation and the
 order of the mini-batches are drawn from ``seed`` through private generators, so
@@ -61,6 +79,20 @@ from .models import build_model, count_parameters
 from .parameters import eval_mode, prunable_parameters
 
 OPTIMIZERS = ("adam", "sgd")
+INITIALISATIONS = ("default", "kaiming_normal")
+RECIPES: dict[str, dict] = {
+    "default": {
+        "optimizer": "adam", "lr": 1e-3, "epochs": 50, "steps": None, "batch_size": 128,
+        "momentum": 0.9, "l1": 0.0, "l1_biases": False, "weight_decay": 0.0,
+        "warmup_steps": 0, "init": "default",
+    },
+    # Global-One-shot-Pruning, configs/FC_CIFAR10_l1.yml with trainer.py and utils.py.
+    "paper": {
+        "optimizer": "sgd", "lr": 0.01, "epochs": None, "steps": 78_200, "batch_size": 128,
+        "momentum": 0.9, "l1": 5e-5, "l1_biases": True, "weight_decay": 0.0,
+        "warmup_steps": 0, "init": "kaiming_normal",
+    },
+}  # fmt: skip
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.pt"
@@ -143,13 +175,18 @@ def train(
     model_spec: dict,
     dataset: Dataset,
     *,
-    optimizer: str = "adam",
-    lr: float = 1e-3,
-    epochs: int = 50,
-    batch_size: int = 128,
-    momentum: float = 0.9,
-    l1: float = 0.0,
-    weight_decay: float = 0.0,
+    recipe: str = "default",
+    optimizer: str | None = None,
+    lr: float | None = None,
+    epochs: int | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    momentum: float | None = None,
+    l1: float | None = None,
+    l1_biases: bool | None = None,
+    weight_decay: float | None = None,
+    warmup_steps: int | None = None,
+    init: str | None = None,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     target_train_loss: float | None = None,
@@ -158,6 +195,9 @@ def train(
 ) -> TrainResult:
     """Train the network ``model_spec`` describes on ``dataset`` (see the module docstring).
 
+    Every training field left at ``None`` takes the value of ``recipe``
+    (:data:`RECIPES`); a value given here overrides it.
+
     Parameters
     ----------
     model_spec
@@ -165,15 +205,27 @@ def train(
         and ``classes`` must match the dataset.
     dataset
         A :class:`pruning_limit.datasets.Dataset`.
+    recipe
+        ``"default"`` (Adam) or ``"paper"`` (the reference code's SGD + L1 setting).
     optimizer
         ``"adam"`` or ``"sgd"`` (with ``momentum``; ignored by Adam).
-    lr, epochs, batch_size
-        Step size, number of passes over the training set, mini-batch size (the last
-        mini-batch of an epoch may be smaller).
+    lr, batch_size
+        Step size and mini-batch size (the last mini-batch of an epoch may be smaller).
+    epochs, steps
+        The length of the run: passes over the training set, or optimizer steps.
+        Give at most one; the one given replaces the recipe's.
     l1
-        Weight of the L1 penalty on the prunable weights.
+        Weight of the L1 penalty.
+    l1_biases
+        ``False``: the penalty covers the prunable weights; ``True``: every parameter
+        named ``weight`` or ``bias`` (the reference code's choice).
     weight_decay
         The optimizer's L2 weight decay.
+    warmup_steps
+        Linear warm-up: step t (from 1) uses lr * min(1, t / warmup_steps); 0 for none.
+    init
+        ``"default"`` (PyTorch's initialisation) or ``"kaiming_normal"`` (the
+        reference code's: N(0, 2 / fan_in) for Linear and Conv weights, zero biases).
     dtype
         ``torch.float32`` or ``torch.float64``, for the weights and the inputs.
     seed
@@ -201,18 +253,34 @@ def train(
 
     Example
     -------
-    >>> from pruning_limit.datasets import manifold
+    >>> from pruning_limit.datasets import digits
     >>> from pruning_limit.models import model_spec
-    >>> data = manifold(d=2, n=4, n_train=64, n_test=32, seed=0)
-    >>> spec = model_spec("mlp", input_dim=4, classes=data.num_classes, hidden=[8])
-    >>> result = train(spec, data, epochs=2, progress=False)
-    >>> result.card["training"]["epochs_run"], result.model.training
-    (2, False)
+    >>> data = digits()
+    >>> spec = model_spec("mlp", input_dim=64, classes=10, hidden=[16])
+    >>> result = train(spec, data, recipe="paper", steps=20, progress=False)
+    >>> fields = result.card["training"]
+    >>> fields["recipe"], fields["optimizer"], fields["l1"], fields["l1_biases"]
+    ('paper', 'sgd', 5e-05, True)
+    >>> fields["steps"], fields["steps_run"]
+    (20, 20)
     """
-    _check_training_arguments(
-        optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum,
-        l1=l1, weight_decay=weight_decay, dtype=dtype, target_train_loss=target_train_loss,
-    )  # fmt: skip
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    if epochs is not None and steps is not None:
+        raise ValueError(
+            f"give the length of the run as epochs or as steps, not both (got epochs={epochs!r}, "
+            f"steps={steps!r})"
+        )
+    given = {
+        "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "momentum": momentum,
+        "l1": l1, "l1_biases": l1_biases, "weight_decay": weight_decay,
+        "warmup_steps": warmup_steps, "init": init,
+    }  # fmt: skip
+    fields = dict(RECIPES[recipe])
+    fields.update({name: value for name, value in given.items() if value is not None})
+    if epochs is not None or steps is not None:
+        fields.update(epochs=epochs, steps=steps)
+    _check_training_arguments(**fields, dtype=dtype, target_train_loss=target_train_loss)
     if not isinstance(dataset, Dataset):
         raise ValueError(f"dataset must be a pruning_limit Dataset, got {type(dataset).__name__}")
     if not isinstance(model_spec, dict):
@@ -226,6 +294,7 @@ def train(
             f"classes={model_spec.get('classes')}) does not fit dataset {dataset.name!r} "
             f"(ambient_dimension={dataset.ambient_dimension}, classes={dataset.num_classes})"
         )
+    batch_size = fields["batch_size"]
     if model_spec.get("batchnorm") and 1 in (batch_size, len(dataset.y_train) % batch_size):
         raise ValueError(
             f"with batchnorm, no mini-batch may hold a single sample, but {len(dataset.y_train)} "
@@ -236,34 +305,58 @@ def train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(model_spec).to(dtype)
+        if fields["init"] == "kaiming_normal":
+            _kaiming_normal(model)
     batch_order = torch.Generator().manual_seed(seed)
     prunable = [weight for _, weight in prunable_parameters(model)]
-    if optimizer == "adam":
-        step = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    penalised = (
+        [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in ("weight", "bias")]
+        if fields["l1_biases"]
+        else prunable
+    )
+    lr, l1, warmup = fields["lr"], fields["l1"], fields["warmup_steps"]
+    if fields["optimizer"] == "adam":
+        step = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=fields["weight_decay"])
     else:
         step = torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
-        )
+            model.parameters(), lr=lr, momentum=fields["momentum"],
+            weight_decay=fields["weight_decay"],
+        )  # fmt: skip
     loss_fn = nn.CrossEntropyLoss()
     X_train, y_train = dataset.X_train.to(dtype), dataset.y_train
     num_train = len(y_train)
+    batches_per_epoch = math.ceil(num_train / batch_size)
+    total_steps = (
+        fields["steps"] if fields["steps"] is not None else fields["epochs"] * batches_per_epoch
+    )
 
     loss_history: list[float] = []
+    steps_run = 0
     target_reached = None if target_train_loss is None else False
-    bar = tqdm(range(1, epochs + 1), desc="train", unit="epoch", disable=not progress)
+    bar = tqdm(
+        range(1, math.ceil(total_steps / batches_per_epoch) + 1),
+        desc="train", unit="epoch", disable=not progress,
+    )  # fmt: skip
     for epoch in bar:
         model.train()
-        epoch_loss = 0.0
+        epoch_loss, epoch_samples = 0.0, 0
         for batch in torch.randperm(num_train, generator=batch_order).split(batch_size):
+            if steps_run == total_steps:
+                break
+            steps_run += 1
+            if warmup:
+                for group in step.param_groups:
+                    group["lr"] = lr * min(1.0, steps_run / warmup)
             data_loss = loss_fn(model(X_train[batch]), y_train[batch])
             objective = data_loss
             if l1 > 0:
-                objective = objective + l1 * sum(weight.abs().sum() for weight in prunable)
+                objective = objective + l1 * sum(weight.abs().sum() for weight in penalised)
             step.zero_grad(set_to_none=True)
             objective.backward()
             step.step()
             epoch_loss += data_loss.item() * len(batch)
-        loss_history.append(epoch_loss / num_train)
+            epoch_samples += len(batch)
+        loss_history.append(epoch_loss / epoch_samples)
         if not math.isfinite(loss_history[-1]):
             raise FloatingPointError(
                 f"training diverged: mean mini-batch loss {loss_history[-1]} in epoch {epoch}; "
@@ -287,18 +380,22 @@ def train(
             key: value for key, value in dataset.metadata().items() if key not in ("name", "spec")
         },
         "training": {
+            "recipe": recipe,
             "loss": "cross_entropy (mean over samples)",
-            "optimizer": optimizer,
-            "lr": lr,
-            "momentum": momentum if optimizer == "sgd" else None,
-            "epochs": epochs,
+            **fields,
+            "momentum": fields["momentum"] if fields["optimizer"] == "sgd" else None,
             "epochs_run": len(loss_history),
+            "steps_run": steps_run,
             "target_train_loss": target_train_loss,
             "target_reached": target_reached,
-            "batch_size": batch_size,
-            "l1": l1,
-            "l1_on": "weight of every Linear and Conv layer",
-            "weight_decay": weight_decay,
+            "l1_on": (
+                "every parameter named weight or bias"
+                if fields["l1_biases"]
+                else "weight of every Linear and Conv layer"
+            ),
+            "lr_schedule": (
+                f"linear warm-up over {warmup} steps, then constant" if warmup else "constant"
+            ),
             "seed": seed,
             "device": "cpu",
             "mean_minibatch_loss_per_epoch": loss_history,
@@ -313,6 +410,20 @@ def train(
     }
     path = save_checkpoint(model, card, out) if out is not None else None
     return TrainResult(model=model, card=card, path=path)
+
+
+def _kaiming_normal(model: nn.Module) -> None:
+    """The reference code's initialisation: N(0, 2 / fan_in) weights, zero biases."""
+    for _, weight in prunable_parameters(model):
+        nn.init.kaiming_normal_(weight, a=0, mode="fan_in", nonlinearity="leaky_relu")
+    for name, parameter in model.named_parameters():
+        if name.rsplit(".", 1)[-1] == "bias" and not _is_normalisation(model, name):
+            nn.init.zeros_(parameter)
+
+
+def _is_normalisation(model: nn.Module, name: str) -> bool:
+    module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
 def save_checkpoint(model: nn.Module, card: dict, directory: str | Path) -> Path:
@@ -435,15 +546,24 @@ def _state_dict_mismatches(expected: dict, found: dict) -> list[str]:
 
 
 def _check_training_arguments(
-    *, optimizer, lr, epochs, batch_size, momentum, l1, weight_decay, dtype, target_train_loss
+    *, optimizer, lr, epochs, steps, batch_size, momentum, l1, l1_biases, weight_decay,
+    warmup_steps, init, dtype, target_train_loss,
 ) -> None:
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if init not in INITIALISATIONS:
+        raise ValueError(f"init must be one of {', '.join(INITIALISATIONS)}, got {init!r}")
     if dtype not in DTYPES.values():
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+    for name, value in (("epochs", epochs), ("steps", steps), ("batch_size", batch_size)):
+        if value is None and name != "batch_size":
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be a non-negative integer, got {warmup_steps!r}")
+    if not isinstance(l1_biases, bool):
+        raise ValueError(f"l1_biases must be True or False, got {l1_biases!r}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}")
     for name, value in (("momentum", momentum), ("l1", l1), ("weight_decay", weight_decay)):

@@ -1,0 +1,649 @@
+"""Prediction intervals calibrated on measured errors: split-conformal, per regime.
+
+A predictor's own interval covers the spectrum's error only. Against real pruning its
+error is the residual
+
+    r = actual - predicted        (fraction REMOVED, for one method, variant, criterion),
+
+which is large and biased, and whose size depends on the network's regime
+(:mod:`pruning_limit.regime`). This module turns the residuals of calibration runs
+(networks that were predicted *and* pruned) into intervals that contain the actual
+limit of a new network as often as they claim, if that network is exchangeable with
+the calibration networks of its regime.
+
+Split-conformal, per regime (Mondrian)
+--------------------------------------
+Calibration is done within the network's regime class only: the +4 points of a sparse
+network that fits its data and the +45 of a dense one are never mixed. With n
+calibration residuals r_(1) <= ... <= r_(n) of that class and alpha = 1 - coverage:
+
+- ``"asymmetric"`` (signed residuals):
+      [predicted + r_(k_lo), predicted + r_(k_hi)],
+      k_lo = floor((n + 1) alpha / 2),  k_hi = ceil((n + 1) (1 - alpha / 2)).
+  The new residual falls below r_(k_lo) with probability k_lo / (n + 1) <= alpha/2 and
+  above r_(k_hi) with probability (n + 1 - k_hi) / (n + 1) <= alpha/2, so the
+  coverage is >= 1 - alpha. It needs 1 <= k_lo and k_hi <= n, i.e. n >= 2/alpha - 1
+  (19 runs at 90 %).
+- ``"symmetric"`` (absolute residuals): predicted +- |r|_(k), k = ceil((n + 1)(1 - alpha)),
+  coverage >= 1 - alpha; it needs k <= n, i.e. n >= 1/alpha - 1 (9 runs at 90 %).
+
+Why asymmetric first: the residuals are strongly biased (every predictor errs on one
+side in most regimes), and an interval centred on the prediction must then reach as
+far on the empty side as on the full one, about twice the width. The asymmetric
+interval follows the residuals' own location. ``rule="auto"`` (the default) takes the
+asymmetric rule when the class has enough runs for it and the symmetric one
+otherwise; the choice depends on n only, never on the residuals' values, so the
+guarantee holds for whichever rule is taken. Both are clipped to [0, 1] (the actual
+limit lies there, so clipping loses no coverage).
+
+Fallback: there is no pooling across regimes. A class with too few runs for either rule
+gives no interval, with the reason; so does a network whose features lie outside the
+range spanned by its class's calibration runs (a false interval is worse than none).
+
+Calibration units: runs that are the same network trained twice (same data, seed and
+penalty, float32 and float64: the same ``group``) are not independent; within a class
+they count as one unit whose residual is the mean of theirs, and leave-one-out leaves
+out the whole unit.
+
+Example
+-------
+>>> import numpy as np
+>>> residuals = np.arange(1, 20) / 100             # 19 residuals, 0.01 .. 0.19
+>>> conformal_offsets(residuals, coverage=0.9)     # r_(1), r_(19)
+(0.01, 0.19)
+>>> conformal_offsets(residuals[:9], coverage=0.9, rule="symmetric")  # |r|_(9)
+(-0.09, 0.09)
+>>> required_runs(0.9, "asymmetric"), required_runs(0.9, "symmetric")
+(19, 9)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .regime import CONTINUOUS_FEATURES, Regime
+from .serialization import plain, read_json, write_json
+
+FORMAT = "pruning-limit calibration set v1"
+DATA_FILE = "calibration.json"  # in pruning_limit/data/, built by benchmarks/calibration_set.py
+RULES = ("auto", "asymmetric", "symmetric")
+# The categorical features a network must share with its calibration runs.
+CATEGORICAL_FEATURES = ("curvature", "epsilon_source")
+POOLED = "all regimes (pooled)"
+
+
+# -- the conformal quantiles ------------------------------------------------------------------
+
+
+def _alpha(coverage: float) -> float:
+    if not 0.0 < float(coverage) < 1.0:
+        raise ValueError(f"coverage must lie in (0, 1), got {coverage}")
+    return 1.0 - float(coverage)
+
+
+def _ranks(n: int, coverage: float, rule: str) -> tuple[int, int]:
+    """1-based order statistics (low, high) of the rule; out of 1..n when n is too small."""
+    alpha = _alpha(coverage)
+    # The rounding guard keeps (n + 1)(1 - alpha) = 19.000000000000004 from becoming 20.
+    if rule == "asymmetric":
+        low = math.floor(round((n + 1) * alpha / 2, 9))
+        high = math.ceil(round((n + 1) * (1 - alpha / 2), 9))
+        return low, high
+    if rule == "symmetric":
+        k = math.ceil(round((n + 1) * (1 - alpha), 9))
+        return k, k
+    raise ValueError(f"rule must be 'asymmetric' or 'symmetric', got {rule!r}")
+
+
+def required_runs(coverage: float, rule: str) -> int:
+    """The smallest n for which ``rule`` attains ``coverage`` (see the module docstring)."""
+    n = 1
+    while True:
+        low, high = _ranks(n, coverage, rule)
+        if 1 <= low and high <= n:
+            return n
+        n += 1
+
+
+def choose_rule(n: int, coverage: float, rule: str = "auto") -> str | None:
+    """The rule used with n calibration units: ``rule`` itself, or for ``"auto"`` the
+    asymmetric one if n allows it, else the symmetric one; ``None`` if n is too small."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    candidates = ("asymmetric", "symmetric") if rule == "auto" else (rule,)
+    for candidate in candidates:
+        if n >= required_runs(coverage, candidate):
+            return candidate
+    return None
+
+
+def conformal_offsets(
+    residuals: Iterable[float], coverage: float = 0.9, rule: str = "asymmetric"
+) -> tuple[float, float]:
+    """(low, high) offsets such that [predicted + low, predicted + high] has the coverage.
+
+    Parameters
+    ----------
+    residuals
+        Calibration residuals r = actual - predicted.
+    coverage
+        1 - alpha, the nominal probability that a new residual lies in [low, high].
+    rule
+        ``"asymmetric"`` (order statistics of the signed residuals) or ``"symmetric"``
+        (of their absolute values); see the module docstring.
+
+    Raises
+    ------
+    ValueError
+        If there are too few residuals for the coverage (:func:`required_runs`), or a
+        residual is not finite.
+    """
+    r = np.sort(np.asarray(list(residuals), dtype=np.float64))
+    if not np.all(np.isfinite(r)):
+        raise ValueError("residuals must be finite")
+    n = r.size
+    low, high = _ranks(n, coverage, rule)
+    if low < 1 or high > n:
+        raise ValueError(
+            f"{n} calibration residuals are too few for {coverage:.0%} coverage with the "
+            f"{rule} rule (it needs {required_runs(coverage, rule)})"
+        )
+    if rule == "symmetric":
+        q = float(np.sort(np.abs(r))[high - 1])
+        return -q, q
+    return float(r[low - 1]), float(r[high - 1])
+
+
+# -- the calibration set ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CalibrationRun:
+    """One network that was both predicted and pruned.
+
+    Attributes
+    ----------
+    run
+        Its name in the source study.
+    group
+        Runs of the same network trained again (another dtype) share a group.
+    regime
+        Its :class:`~pruning_limit.regime.Regime`.
+    predicted
+        Method -> p* (fraction REMOVED).
+    actual
+        Variant -> criterion -> the actual limit (``None`` where the criterion has no value).
+    source
+        The key of its source file in the set's provenance.
+    """
+
+    run: str
+    group: str
+    regime: Regime
+    predicted: dict
+    actual: dict
+    source: str = ""
+
+    def residual(self, method: str, variant: str, criterion: str) -> float | None:
+        """actual - predicted, or ``None`` when either is missing."""
+        predicted = self.predicted.get(method)
+        actual = self.actual.get(variant, {}).get(criterion)
+        if predicted is None or actual is None:
+            return None
+        return float(actual) - float(predicted)
+
+    def to_dict(self) -> dict:
+        return plain(
+            {
+                "run": self.run,
+                "group": self.group,
+                "regime": self.regime.to_dict(),
+                "predicted": self.predicted,
+                "actual": self.actual,
+                "source": self.source,
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CalibrationRun:
+        return cls(
+            run=data["run"],
+            group=data.get("group", data["run"]),
+            regime=Regime.from_dict(data["regime"]),
+            predicted=dict(data["predicted"]),
+            actual={variant: dict(values) for variant, values in data["actual"].items()},
+            source=data.get("source", ""),
+        )
+
+
+@dataclass(frozen=True)
+class CalibratedInterval:
+    """A calibrated interval on the actual limit, or the reason there is none.
+
+    Attributes
+    ----------
+    low, high
+        The interval on the actual limit (fraction REMOVED), clipped to [0, 1];
+        ``None`` when no interval is given.
+    reason
+        Why no interval is given (``None`` when one is).
+    method, variant, criterion
+        What the interval is for.
+    predicted
+        The prediction it is built around.
+    coverage
+        The nominal coverage asked for.
+    regime
+        The regime class calibrated within.
+    runs
+        Calibration units of that class with a residual for this method, variant
+        and criterion.
+    rule
+        ``"asymmetric"`` or ``"symmetric"`` (``None`` without an interval).
+    """
+
+    low: float | None
+    high: float | None
+    reason: str | None
+    method: str
+    variant: str
+    criterion: str
+    predicted: float
+    coverage: float
+    regime: str | None
+    runs: int
+    rule: str | None = None
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        """``(low, high)``, or ``None`` when no interval is given."""
+        return None if self.low is None else (self.low, self.high)
+
+    @property
+    def width(self) -> float | None:
+        return None if self.low is None else self.high - self.low
+
+    def to_dict(self) -> dict:
+        return plain(
+            {
+                "low": self.low,
+                "high": self.high,
+                "reason": self.reason,
+                "method": self.method,
+                "variant": self.variant,
+                "criterion": self.criterion,
+                "predicted": self.predicted,
+                "coverage": self.coverage,
+                "regime": self.regime,
+                "runs": self.runs,
+                "rule": self.rule,
+            }
+        )
+
+    def __str__(self) -> str:
+        what = f"{self.method} vs {self.variant} {self.criterion}"
+        if self.low is None:
+            return f"{what}: no calibrated interval ({self.reason})"
+        return (
+            f"{what}: [{self.low:.3f}, {self.high:.3f}] at {self.coverage:.0%} "
+            f"({self.rule} split-conformal, {self.runs} calibration units, regime {self.regime!r})"
+        )
+
+
+@dataclass
+class CalibrationSet:
+    """Calibration runs with their provenance; intervals and leave-one-out coverage.
+
+    Load the shipped set with :meth:`load` (no argument), or any file written by
+    ``benchmarks/calibration_set.py``.
+    """
+
+    runs: list
+    provenance: dict = field(default_factory=dict)
+    criteria: dict = field(default_factory=dict)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def methods(self) -> list[str]:
+        return sorted({m for run in self.runs for m in run.predicted})
+
+    def targets(self) -> list[tuple[str, str]]:
+        """Every (variant, criterion) with at least one actual value."""
+        return sorted(
+            {
+                (variant, criterion)
+                for run in self.runs
+                for variant, values in run.actual.items()
+                for criterion, value in values.items()
+                if value is not None
+            }
+        )
+
+    def regime_classes(self) -> list[str]:
+        return sorted({run.regime.name for run in self.runs})
+
+    def units(
+        self, method: str, variant: str, criterion: str, regime_class: str | None = None
+    ) -> list[tuple[str, float, list[CalibrationRun]]]:
+        """Calibration units ``(group, residual, runs)`` of a class (``None``: every class).
+
+        A unit is the runs of one group in one class that have a residual; its residual
+        is their mean (see the module docstring).
+        """
+        by_group: dict[tuple[str, str], list] = {}
+        for run in self.runs:
+            if regime_class is not None and run.regime.name != regime_class:
+                continue
+            if run.residual(method, variant, criterion) is None:
+                continue
+            by_group.setdefault((run.group, run.regime.name), []).append(run)
+        return [
+            (
+                group,
+                float(np.mean([r.residual(method, variant, criterion) for r in members])),
+                members,
+            )
+            for (group, _), members in sorted(by_group.items())
+        ]
+
+    # -- the interval ---------------------------------------------------------------------
+
+    def interval(
+        self,
+        method: str,
+        variant: str,
+        criterion: str,
+        regime: Regime | None,
+        predicted: float,
+        coverage: float = 0.9,
+        rule: str = "auto",
+        *,
+        mondrian: bool = True,
+        check_range: bool = True,
+        exclude_group: str | None = None,
+    ) -> CalibratedInterval:
+        """The calibrated interval on the actual limit, or the reason there is none.
+
+        Parameters
+        ----------
+        method, variant, criterion
+            The predictor, the kind of pruning (``"one_shot"``, ``"refit"``,
+            ``"finetune"``) and the reading of "actual" (``"accuracy"``,
+            ``"loss_budget"``, ``"collapse"``, ...; see :attr:`criteria`).
+        regime
+            The network's :class:`~pruning_limit.regime.Regime`.
+        predicted
+            The method's p* for the network (fraction REMOVED).
+        coverage
+            Nominal coverage, in (0, 1).
+        rule
+            ``"auto"``, ``"asymmetric"`` or ``"symmetric"`` (module docstring).
+        mondrian
+            Calibrate within the network's regime class (the default). ``False``
+            pools every class: the coverage then holds on average over the
+            calibration set's mix of regimes, not for a network of a given regime.
+        check_range
+            Refuse networks outside the calibration range (the default). ``False``
+            is for diagnostics of the conformal step alone (leave-one-out).
+        exclude_group
+            Leave this group's runs out (leave-one-out).
+
+        Returns
+        -------
+        CalibratedInterval
+            ``bounds`` is ``None``, with ``reason``, when the method, variant or
+            criterion was never calibrated; when the regime is unknown; when the
+            network's curvature or eps source differs from every calibration run of
+            its class, or one of its features lies outside their range; or when the
+            class has too few units for the coverage.
+        """
+        _alpha(coverage)
+        predicted = float(predicted)
+
+        def none(reason: str, runs: int = 0, name: str | None = None) -> CalibratedInterval:
+            return CalibratedInterval(
+                None, None, reason, method, variant, criterion, predicted, coverage, name, runs
+            )
+
+        if method not in self.methods():
+            return none(f"method {method!r} is not in the calibration set ({self.methods()})")
+        if (variant, criterion) not in self.targets():
+            known = ", ".join(f"{v}/{c}" for v, c in self.targets())
+            return none(f"{variant}/{criterion} is not in the calibration set ({known})")
+        if regime is None and (mondrian or check_range):
+            return none("the network's regime is unknown; intervals are calibrated per regime")
+        name = regime.name if mondrian else POOLED
+        units = [
+            unit
+            for unit in self.units(method, variant, criterion, name if mondrian else None)
+            if unit[0] != exclude_group
+        ]
+        if not units:
+            return none(
+                f"no calibration run of regime {name!r} for {method} vs {variant}/{criterion}",
+                0,
+                name,
+            )
+        if check_range:
+            members = [run for _, _, group in units for run in group]
+            outside = _outside_range(regime, [run.regime for run in members])
+            if outside:
+                return none(
+                    f"outside the calibration range of regime {name!r}: " + "; ".join(outside),
+                    len(units),
+                    name,
+                )
+        chosen = choose_rule(len(units), coverage, rule)
+        if chosen is None:
+            needed = required_runs(coverage, "symmetric" if rule == "auto" else rule)
+            return none(
+                f"too few calibration runs: {len(units)} unit(s) of regime {name!r} for "
+                f"{method} vs {variant}/{criterion}, {coverage:.0%} coverage needs {needed}",
+                len(units),
+                name,
+            )
+        low, high = conformal_offsets([r for _, r, _ in units], coverage, chosen)
+        return CalibratedInterval(
+            low=float(np.clip(predicted + low, 0.0, 1.0)),
+            high=float(np.clip(predicted + high, 0.0, 1.0)),
+            reason=None,
+            method=method,
+            variant=variant,
+            criterion=criterion,
+            predicted=predicted,
+            coverage=coverage,
+            regime=name,
+            runs=len(units),
+            rule=chosen,
+        )
+
+    # -- leave-one-out ---------------------------------------------------------------------
+
+    def leave_one_out(
+        self,
+        method: str,
+        variant: str,
+        criterion: str,
+        regime_class: str | None,
+        coverage: float = 0.9,
+        rule: str = "auto",
+        check_range: bool = True,
+    ) -> dict:
+        """Coverage and mean width, leaving each calibration unit of a class out in turn.
+
+        Each unit is predicted from the other units of its class (``regime_class=None``:
+        from every other unit, pooled); it is covered when its mean actual limit lies
+        in the interval built around its mean prediction (the quantity its residual is
+        calibrated on). With ``check_range`` the range check applies as for a new
+        network; without it only the conformal step is measured.
+
+        Returns
+        -------
+        dict
+            ``units`` (n), ``answered`` (units given an interval), ``coverage`` (share
+            of answered units covered; ``None`` if none was answered), ``mean_width``,
+            ``rules`` (rule -> count) and ``reasons`` (reason -> count) for the rest.
+        """
+        units = self.units(method, variant, criterion, regime_class)
+        covered, widths, rules, reasons = [], [], {}, {}
+        for group, residual, members in units:
+            predicted = float(np.mean([run.predicted[method] for run in members]))
+            result = self.interval(
+                method, variant, criterion, members[0].regime, predicted, coverage, rule,
+                mondrian=regime_class is not None, check_range=check_range, exclude_group=group,
+            )  # fmt: skip
+            if result.bounds is None:
+                key = result.reason.split(":")[0]
+                reasons[key] = reasons.get(key, 0) + 1
+                continue
+            actual = predicted + residual
+            covered.append(result.low - 1e-12 <= actual <= result.high + 1e-12)
+            widths.append(result.width)
+            rules[result.rule] = rules.get(result.rule, 0) + 1
+        return {
+            "method": method,
+            "variant": variant,
+            "criterion": criterion,
+            "regime": POOLED if regime_class is None else regime_class,
+            "nominal": coverage,
+            "check_range": check_range,
+            "units": len(units),
+            "answered": len(covered),
+            "coverage": float(np.mean(covered)) if covered else None,
+            "mean_width": float(np.mean(widths)) if widths else None,
+            "rules": rules,
+            "reasons": reasons,
+        }
+
+    def leave_one_out_table(
+        self,
+        coverage: float = 0.9,
+        rule: str = "auto",
+        check_range: bool = True,
+        pooled: bool = False,
+    ) -> list[dict]:
+        """:meth:`leave_one_out` for every method, variant, criterion and regime class
+        (and, with ``pooled``, for all classes pooled)."""
+        classes = [*self.regime_classes(), *([None] if pooled else [])]
+        return [
+            self.leave_one_out(method, variant, criterion, name, coverage, rule, check_range)
+            for method in self.methods()
+            for variant, criterion in self.targets()
+            for name in classes
+            if self.units(method, variant, criterion, name)
+        ]
+
+    # -- serialisation ------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return plain(
+            {
+                "format": FORMAT,
+                "residual": "actual - predicted, fraction of prunable weights REMOVED",
+                "provenance": self.provenance,
+                "criteria": self.criteria,
+                "runs": [run.to_dict() for run in self.runs],
+            }
+        )
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CalibrationSet:
+        if data.get("format") != FORMAT:
+            raise ValueError(
+                f"not a calibration set: format {data.get('format')!r}, expected {FORMAT!r}"
+            )
+        return cls(
+            runs=[CalibrationRun.from_dict(run) for run in data["runs"]],
+            provenance=dict(data.get("provenance", {})),
+            criteria=dict(data.get("criteria", {})),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> CalibrationSet:
+        """Read a calibration set; default: the one shipped in ``pruning_limit/data/``."""
+        if path is None:
+            text = resources.files("pruning_limit").joinpath("data", DATA_FILE).read_text()
+            return cls.from_dict(json.loads(text))
+        return cls.from_dict(read_json(path, "calibration set"))
+
+
+def _outside_range(regime: Regime, calibration: list[Regime]) -> list[str]:
+    """Why ``regime`` lies outside what ``calibration`` spans (empty list: inside)."""
+    problems = []
+    for name in CATEGORICAL_FEATURES:
+        seen = sorted({getattr(r, name) for r in calibration})
+        if getattr(regime, name) not in seen:
+            problems.append(f"{name} {getattr(regime, name)!r} not among {seen}")
+    methods = sorted({str(r.removal_fraction_method) for r in calibration})
+    same_method = str(regime.removal_fraction_method) in methods
+    for name in CONTINUOUS_FEATURES:
+        if name == "pruned_norm_ratio" and not same_method:
+            problems.append(
+                f"R(p*)/||w|| is measured at p* of {regime.removal_fraction_method!r}, "
+                f"the calibration runs at p* of {methods}"
+            )
+            continue
+        values = [r.feature(name) for r in calibration if r.feature(name) is not None]
+        value = regime.feature(name)
+        if value is None or not values:
+            if value is None and values:
+                problems.append(f"{name} unknown")
+            continue
+        low, high = min(values), max(values)
+        if not low <= value <= high:
+            problems.append(f"{name} = {value:.4g} not in [{low:.4g}, {high:.4g}]")
+    return problems
+
+
+_SHIPPED: list[CalibrationSet] = []
+
+
+def shipped() -> CalibrationSet:
+    """The calibration set shipped with the package (read once)."""
+    if not _SHIPPED:
+        _SHIPPED.append(CalibrationSet.load())
+    return _SHIPPED[0]
+
+
+def interval(
+    method: str,
+    variant: str,
+    criterion: str,
+    regime: Regime | None,
+    predicted: float,
+    coverage: float = 0.9,
+    calibration: CalibrationSet | None = None,
+) -> CalibratedInterval:
+    """:meth:`CalibrationSet.interval` on the shipped set (or ``calibration``)."""
+    calibration = shipped() if calibration is None else calibration
+    return calibration.interval(method, variant, criterion, regime, predicted, coverage)
+
+
+def leave_one_out_markdown(rows: list[dict]) -> str:
+    """A markdown table of :meth:`CalibrationSet.leave_one_out` rows (widths in points)."""
+    lines = [
+        "| method | variant | criterion | regime | units | answered | LOO coverage "
+        "| mean width (points) | refused because |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        coverage = "-" if row["coverage"] is None else f"{100 * row['coverage']:.0f} %"
+        width = "-" if row["mean_width"] is None else f"{100 * row['mean_width']:.1f}"
+        refused = ", ".join(
+            f"{count} {reason.split(' of regime')[0]}" for reason, count in row["reasons"].items()
+        )
+        lines.append(
+            f"| {row['method']} | {row['variant']} | {row['criterion']} | {row['regime']} "
+            f"| {row['units']} | {row['answered']} | {coverage} | {width} | {refused or '-'} |"
+        )
+    return "\n".join(lines)
