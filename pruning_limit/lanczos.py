@@ -21,7 +21,11 @@ tr g(C)/D. Here:
   Spectrum, which adds z * g(0);
 - probes run as a block: each Lanczos step multiplies all K current vectors at once;
 - the state is written atomically to a file while running, so an interrupted run
-  resumes (same seed -> same result, bit for bit).
+  resumes (same seed -> same result, bit for bit);
+- under ``torch.distributed`` the products are all-reduced over the ranks' shards
+  (:mod:`~pruning_limit.distributed`); every rank runs the same recurrences on the same
+  bits, rank 0 alone writes the state file and shows progress, and a state to resume
+  from is read by rank 0 and broadcast.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import scipy.sparse.linalg
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._version import __version__
 from .curvature import EXACT_LIMIT, CurvatureOperator
 from .quadrature import gauss_rule
@@ -138,6 +143,7 @@ class _LanczosBlock:
         self.done = j + 1
 
 
+@distributed.collective
 def slq(
     operator: CurvatureOperator,
     *,
@@ -207,7 +213,11 @@ def slq(
         "zero_row_probes": zero_row_probes,
         "num_samples": operator.provenance().get("num_samples"),
     }
-    state = _load_state(state_path, config) if (resume and state_path) else None
+    state = None
+    if resume and state_path:
+        state = distributed.broadcast_object(
+            _load_state(state_path, config) if distributed.is_main() else None, "the SLQ state"
+        )
 
     if state is not None:
         active = state["active"]
@@ -234,7 +244,7 @@ def slq(
     product_seconds = 0.0 if state is None else state["product_seconds"]
 
     def save_state() -> None:
-        if state_path is None:
+        if state_path is None or not distributed.is_main():
             return
         _write_state(
             state_path,
@@ -257,7 +267,7 @@ def slq(
         initial=done_steps,
         desc="SLQ (probes x steps)",
         unit="step",
-        disable=not progress,
+        disable=not (progress and distributed.is_main()),
         leave=False,
     )
     last_save = time.perf_counter()
@@ -302,7 +312,7 @@ def slq(
     alphas = torch.stack(finished_alphas).numpy()
     betas = torch.stack(finished_betas).numpy()
     rules = [gauss_rule(a, b) for a, b in zip(alphas, betas)]
-    if state_path is not None:
+    if state_path is not None and distributed.is_main():
         Path(state_path).unlink(missing_ok=True)
     return Spectrum(
         nodes=np.stack([r[0] for r in rules]),
@@ -334,6 +344,7 @@ def slq(
     )
 
 
+@distributed.collective
 def exact_spectrum_of(
     operator: CurvatureOperator, *, max_dimension: int = EXACT_LIMIT, started=None
 ) -> Spectrum:
