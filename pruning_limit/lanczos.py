@@ -83,14 +83,112 @@ def _orthogonalize(vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return torch.stack(cleaned)
 
 
+BASIS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Rows of a stored basis moved to the compute device and dtype at a time.
+BASIS_CHUNK = 16
+
+
+class _Basis:
+    """Where and how the Lanczos basis (K x m x D numbers) is kept.
+
+    ``device``/``dtype``: its storage (default: the operator's); the Gram-Schmidt
+    arithmetic always runs on the operator's device in its dtype, the stored rows
+    brought over ``BASIS_CHUNK`` at a time. ``sharded``: each rank keeps the
+    coordinates ``[start, stop)`` of every vector, and each dot product is a partial
+    sum plus one all-reduce (one per Gram-Schmidt pass of a block).
+    """
+
+    def __init__(self, dimension: int, operator, device=None, dtype=None, sharded=False):
+        self.compute_dtype, self.compute_device = operator.dtype, operator.device
+        self.device = torch.device(operator.device if device is None else device)
+        self.dtype = operator.dtype if dtype is None else dtype
+        self.sharded = bool(sharded) and distributed.is_distributed()
+        if self.sharded:
+            size, extra = divmod(dimension, distributed.world_size())
+            index = distributed.rank()
+            self.start = index * size + min(index, extra)
+            self.stop = self.start + size + (1 if index < extra else 0)
+        else:
+            self.start, self.stop = 0, dimension
+        # The original arithmetic, bit for bit, when nothing is moved, cast or sharded.
+        self.plain = not self.sharded and (self.device, self.dtype) == (
+            self.compute_device,
+            self.compute_dtype,
+        )
+
+    @property
+    def width(self) -> int:
+        return self.stop - self.start
+
+    def local(self, vectors: torch.Tensor) -> torch.Tensor:
+        """This rank's coordinates of full vectors (K, D), in the compute dtype."""
+        return vectors[:, self.start : self.stop]
+
+    def full(self, rows: torch.Tensor) -> torch.Tensor:
+        """Full vectors (K, D) from stored rows (K, width): gathered over ranks if sharded."""
+        rows = rows.to(device=self.compute_device, dtype=self.compute_dtype)
+        if not self.sharded:
+            return rows
+        gathered = distributed.gather_rows(rows.T.contiguous().reshape(-1), "the Lanczos vectors")
+        return gathered.reshape(-1, rows.shape[0]).T.contiguous()
+
+    def norms(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Euclidean norms of the rows of (K, width) blocks, over all coordinates, float64."""
+        if not self.sharded:
+            return vectors.double().norm(dim=1)
+        squares = torch.einsum("kd,kd->k", vectors.double(), vectors.double())
+        return distributed.all_reduce_sum(squares, "the Lanczos norms").sqrt()
+
+    def orthogonalize(self, vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+        """``_orthogonalize`` against stored rows ``basis`` (K, j, width), twice."""
+        if self.plain:
+            return _orthogonalize(vectors, basis)
+        for _ in range(2):
+            coefficients = torch.stack(
+                [
+                    torch.cat(
+                        [self._rows(rows, i) @ vector for i in range(0, rows.shape[0], BASIS_CHUNK)]
+                    )
+                    for vector, rows in zip(vectors, basis)
+                ]
+            )
+            if self.sharded:
+                coefficients = distributed.all_reduce_sum(coefficients, "the Lanczos dot products")
+            cleaned = []
+            for vector, rows, c in zip(vectors, basis, coefficients):
+                for i in range(0, rows.shape[0], BASIS_CHUNK):
+                    vector = vector - self._rows(rows, i).T @ c[i : i + BASIS_CHUNK]
+                cleaned.append(vector)
+            vectors = torch.stack(cleaned)
+        return vectors
+
+    def _rows(self, rows: torch.Tensor, first: int) -> torch.Tensor:
+        return rows[first : first + BASIS_CHUNK].to(
+            device=self.compute_device, dtype=self.compute_dtype
+        )
+
+    def record(self, count: int, steps: int) -> dict:
+        return {
+            "basis_device": str(self.device),
+            "basis_dtype": str(self.dtype).replace("torch.", ""),
+            "basis_sharded": self.sharded,
+            "basis_coordinates_per_rank": self.width,
+            "basis_mib_per_rank": count * steps * self.width * self.dtype.itemsize / 2**20,
+        }
+
+
 class _LanczosBlock:
     """K independent Lanczos recurrences advanced together, one product per step."""
 
-    def __init__(self, start: torch.Tensor, steps: int, dtype, device) -> None:
+    def __init__(self, start: torch.Tensor, steps: int, layout: _Basis) -> None:
         count, dimension = start.shape
         self.steps = steps
-        self.basis = torch.zeros(count, steps, dimension, dtype=dtype, device=device)
-        self.basis[:, 0] = (start / start.norm(dim=1, keepdim=True)).to(dtype=dtype, device=device)
+        self.layout = layout
+        self.basis = torch.zeros(
+            count, steps, layout.width, dtype=layout.dtype, device=layout.device
+        )
+        first = (start / start.norm(dim=1, keepdim=True)).to(dtype=layout.compute_dtype)
+        self.basis[:, 0] = layout.local(first).to(dtype=layout.dtype, device=layout.device)
         self.alphas = torch.zeros(count, steps, dtype=torch.float64)
         self.betas = torch.zeros(count, max(steps - 1, 0), dtype=torch.float64)
         self.done = 0
@@ -105,10 +203,11 @@ class _LanczosBlock:
         }
 
     @classmethod
-    def from_state(cls, state: dict, dtype, device) -> _LanczosBlock:
+    def from_state(cls, state: dict, layout: _Basis) -> _LanczosBlock:
         """Rebuild a block written by :meth:`state`."""
         block = cls.__new__(cls)
-        block.basis = state["basis"].to(dtype=dtype, device=device)
+        block.layout = layout
+        block.basis = state["basis"].to(dtype=layout.dtype, device=layout.device)
         block.steps = block.basis.shape[1]
         block.alphas = state["alphas"]
         block.betas = state["betas"]
@@ -121,25 +220,30 @@ class _LanczosBlock:
         ``restart(j)`` gives fresh vectors for recurrences that break down.
         """
         j = self.done
-        current = self.basis[:, j]
+        layout = self.layout
+        current = layout.full(self.basis[:, j])
         product = operator.apply(current) * active
         self.alphas[:, j] = torch.einsum("kd,kd->k", current.double(), product.double()).cpu()
         if j + 1 < self.steps:
-            residual = _orthogonalize(product, self.basis[:, : j + 1])
-            norms = residual.double().norm(dim=1).cpu()
+            previous = self.basis[:, : j + 1]
+            residual = layout.orthogonalize(layout.local(product), previous)
+            norms = layout.norms(residual).cpu()
             scale = torch.maximum(self.alphas[:, : j + 1].abs().max(dim=1).values, norms)
             tolerance = 1e3 * torch.finfo(operator.dtype).eps * torch.clamp(scale, min=1e-300)
             broken = norms <= tolerance
             if broken.any():
                 fresh = restart(j).to(dtype=residual.dtype, device=residual.device)
-                fresh = _orthogonalize(fresh, self.basis[:, : j + 1])
-                fresh = _orthogonalize(fresh, self.basis[:, : j + 1])
+                fresh = layout.orthogonalize(layout.local(fresh), previous)
+                fresh = layout.orthogonalize(fresh, previous)
                 replace = broken.to(residual.device)[:, None]
                 residual = torch.where(replace, fresh, residual)
                 norms = torch.where(broken, torch.zeros_like(norms), norms)
             self.betas[:, j] = norms
-            lengths = residual.norm(dim=1, keepdim=True)
-            self.basis[:, j + 1] = residual / lengths
+            if layout.sharded:
+                lengths = layout.norms(residual).to(residual)[:, None]
+            else:
+                lengths = residual.norm(dim=1, keepdim=True)
+            self.basis[:, j + 1] = (residual / lengths).to(dtype=layout.dtype, device=layout.device)
         self.done = j + 1
 
 
@@ -158,6 +262,9 @@ def slq(
     checkpoint_every: int | None = None,
     checkpoint_seconds: float = 60.0,
     progress: bool = True,
+    basis_device: str | torch.device | None = None,
+    basis_dtype: str | torch.dtype | None = None,
+    basis_shard: bool = False,
 ) -> Spectrum:
     """Stochastic Lanczos quadrature of a :class:`CurvatureOperator`.
 
@@ -177,7 +284,20 @@ def slq(
         Write the run's state to ``state_path`` every ``checkpoint_every`` steps
         (or every ``checkpoint_seconds``) and after each block; with
         ``resume=True`` an existing state file for the same configuration is
-        continued. The file is removed when the run completes.
+        continued. The file is removed when the run completes. Under
+        ``torch.distributed`` rank 0 writes it and broadcasts it on resume.
+    basis_device
+        Where the Lanczos basis is stored (default: the operator's device); ``"cpu"``
+        offloads it when the products run on a GPU (its rows then travel to the GPU,
+        16 at a time, for each re-orthogonalisation).
+    basis_dtype
+        Storage dtype of the basis: ``"float32"`` or ``"bfloat16"`` (default: the
+        operator's dtype). Re-orthogonalisation runs in the operator's dtype.
+    basis_shard
+        With more than one rank: each rank keeps 1/N of the coordinates of every
+        basis vector, and every dot product is a partial sum plus an all-reduce
+        (memory per rank falls as 1/N). The state is then written after each block
+        of probes only (a resumed run repeats the interrupted block).
 
     Returns
     -------
@@ -197,6 +317,13 @@ def slq(
     block_size = probes if block_size is None else block_size
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
+    layout = _Basis(
+        operator.dimension,
+        operator,
+        device=basis_device,
+        dtype=_basis_dtype(basis_dtype),
+        sharded=basis_shard,
+    )
     started = time.perf_counter()
 
     config = {
@@ -212,6 +339,8 @@ def slq(
         "deflate_zero_rows": deflate_zero_rows,
         "zero_row_probes": zero_row_probes,
         "num_samples": operator.provenance().get("num_samples"),
+        "basis_dtype": str(layout.dtype),
+        "basis_sharded": layout.sharded,
     }
     state = None
     if resume and state_path:
@@ -240,7 +369,7 @@ def slq(
     finished_betas = [] if state is None else list(state["betas"])
     block = None
     if state is not None and state["block"] is not None:
-        block = _LanczosBlock.from_state(state["block"], operator.dtype, operator.device)
+        block = _LanczosBlock.from_state(state["block"], layout)
     product_seconds = 0.0 if state is None else state["product_seconds"]
 
     def save_state() -> None:
@@ -254,7 +383,7 @@ def slq(
                 "zero_seconds": zero_seconds,
                 "alphas": finished_alphas,
                 "betas": finished_betas,
-                "block": None if block is None else block.state(),
+                "block": None if block is None else block.state(),  # never when sharded
                 "product_seconds": product_seconds,
             },
         )
@@ -279,7 +408,7 @@ def slq(
                 start = torch.cat(
                     [_random_rows(1, active, seed, ("probe", first + k)) for k in range(count)]
                 )
-                block = _LanczosBlock(start, effective_steps, operator.dtype, operator.device)
+                block = _LanczosBlock(start, effective_steps, layout)
 
             def restart(j: int, first=first, count=count) -> torch.Tensor:
                 return torch.cat(
@@ -299,7 +428,7 @@ def slq(
                     if checkpoint_every
                     else time.perf_counter() - last_save > checkpoint_seconds
                 )
-                if due and block.done < effective_steps:
+                if due and block.done < effective_steps and not layout.sharded:
                     save_state()
                     last_save = time.perf_counter()
             finished_alphas.extend(block.alphas.unbind(0))
@@ -336,6 +465,7 @@ def slq(
             "zero_row_detection": (
                 f"{zero_row_probes} Gaussian probes, exact zeros" if deflate_zero_rows else "off"
             ),
+            **layout.record(block_size, effective_steps),
             "seconds_total": time.perf_counter() - started,
             "seconds_products": product_seconds,
             "seconds_zero_rows": zero_seconds,
@@ -381,6 +511,14 @@ def exact_spectrum_of(
             "seconds_total": time.perf_counter() - started,
         },
     )
+
+
+def _basis_dtype(value) -> torch.dtype | None:
+    if value is None or value in BASIS_DTYPES.values() or value == torch.float64:
+        return value
+    if isinstance(value, str) and value in (*BASIS_DTYPES, "float64"):
+        return BASIS_DTYPES.get(value, torch.float64)
+    raise ValueError(f"basis_dtype must be 'float32' or 'bfloat16' (or None), got {value!r}")
 
 
 def hutchinson_trace(

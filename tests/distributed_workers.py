@@ -66,6 +66,11 @@ def compute(pl, model, loss_fn, train, test, block, state_path) -> dict:
         results[f"{curvature}_slq_nodes"] = spectrum.nodes
         results[f"{curvature}_slq_weights"] = spectrum.weights
         results[f"{curvature}_provenance"] = spectrum.provenance
+        sharded = pl.estimate_spectrum(model, loss_fn, train, curvature=curvature,
+                                       batch_size=BATCH, device="cpu", basis_shard=True,
+                                       **SLQ)  # fmt: skip
+        results[f"{curvature}_sharded_nodes"] = sharded.nodes
+        results[f"{curvature}_sharded_provenance"] = sharded.provenance
     results["loss"] = operator.loss()
     results["gradient"] = operator.gradient()
     results["epsilon"] = pl.loss_budget(operator)[0]

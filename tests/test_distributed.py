@@ -82,6 +82,36 @@ def test_curvature_products_and_spectra_equal_one_process(ranks, single, curvatu
     assert single[f"{curvature}_provenance"]["world_size"] == 1
 
 
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+def test_basis_sharded_by_coordinate_gives_the_same_spectrum_at_half_the_memory(
+    ranks, single, curvature
+):
+    for result in ranks:
+        assert close(result[f"{curvature}_sharded_nodes"], single[f"{curvature}_slq_nodes"])
+    ours = [r[f"{curvature}_sharded_provenance"] for r in ranks]
+    theirs = single[f"{curvature}_sharded_provenance"]
+    assert [p["basis_coordinates_per_rank"] for p in ours] == [24, 24]
+    assert theirs["basis_coordinates_per_rank"] == 48 and not theirs["basis_sharded"]
+    assert ours[0]["basis_sharded"]
+    assert ours[0]["basis_mib_per_rank"] == pytest.approx(theirs["basis_mib_per_rank"] / 2)
+
+
+def test_basis_stored_in_float32_or_bfloat16_stays_close_to_the_full_basis():
+    model, loss_fn, train, _, _ = problem()
+    operator = pl.CurvatureOperator(model, loss_fn, train, batch_size=BATCH, device="cpu")
+    options = dict(steps=20, probes=2, progress=False)
+    full = pl.slq(operator, **options)
+    c = 1e3 / float(np.abs(full.nodes).max())  # c lambda_max = 1e3, the regime of c*
+    reference = full.trace_function(lambda x: 1 / (1 + c * np.abs(x)))[0]
+    for dtype, tolerance in (("float32", 1e-6), ("bfloat16", 2e-2)):
+        stored = pl.slq(operator, basis_dtype=dtype, basis_device="cpu", **options)
+        estimate = stored.trace_function(lambda x: 1 / (1 + c * np.abs(x)))[0]
+        assert abs(estimate - reference) <= tolerance, dtype
+        assert stored.provenance["basis_dtype"] == dtype
+    with pytest.raises(ValueError, match="basis_dtype must be"):
+        pl.slq(operator, basis_dtype="float16", **options)
+
+
 def test_loss_gradient_eps_and_prediction_equal_one_process(ranks, single):
     result = ranks[0]
     assert close(result["loss"], single["loss"])
