@@ -128,8 +128,10 @@ class ModelLoss:
         self.batches = as_batches(data, batch_size).to(self.device, self.dtype)
         # Under torch.distributed, data is this rank's shard: weights n_b / N with N the
         # count over all ranks, so that one all-reduce of the ranks' sums is the mean.
-        self.num_samples = distributed.sum_over_ranks(self.batches.num_samples)
-        self.num_batches = distributed.sum_over_ranks(len(self.batches))
+        counts = torch.tensor([self.batches.num_samples, len(self.batches)])
+        self.num_samples, self.num_batches = distributed.all_reduce_sum(
+            counts, "the sample counts"
+        ).tolist()
         self._weights = [n / self.num_samples for n in self.batches.sizes]
         self.loss()  # fails early, and clearly, on a NaN or infinite loss
 
