@@ -3,6 +3,11 @@
 Exit codes: 0 on success, 2 on a user error (one line on stderr saying what is
 wrong, no traceback), 1 on an internal error (``--debug`` shows the traceback).
 With ``--json`` the result goes to stdout as JSON and everything else to stderr.
+
+Under ``torchrun --nproc_per_node=N -m pruning_limit spectrum|predict|validate ...`` the
+command joins the process group that torchrun's variables describe, each rank takes
+its shard of the data (whole batches, contiguous: :func:`~pruning_limit.distributed.shard`),
+and rank 0 alone prints and writes files; a failure on one rank ends every rank.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from ._version import __version__
 from .batches import DEFAULT_BATCH_SIZE, EmptyDataError
 from .budget import check_epsilon
@@ -164,6 +170,19 @@ def split(data: Dataset | dict) -> tuple[tuple, tuple | None]:
     return (data["X"], data["y"]), test
 
 
+def rank_shards(data: Dataset | dict, batch_size: int) -> tuple[tuple, tuple | None]:
+    """This rank's shards of (train pair, test pair or None); all of it in one process.
+
+    The training shard is whole batches of ``batch_size``, so that the ranks' batches
+    are the ones a single process forms (eps = batch_std is the same).
+    """
+    train_pair, test_pair = split(data)
+    if not distributed.is_distributed():
+        return train_pair, test_pair
+    train_pair = distributed.shard(train_pair, batch_size)
+    return train_pair, (None if test_pair is None else distributed.shard(test_pair))
+
+
 def parse_model_spec(text: str, input_dim: int, classes: int) -> dict:
     """``"mlp:64x64"``, ``"mlp:64x64,activation=tanh"``, ``"cnn1d"``, ``"cnn2d:8x16"``."""
     kind, _, rest = text.partition(":")
@@ -294,10 +313,12 @@ class Output:
         self.json = args.json
 
     def log(self, text: str) -> None:
-        if not self.quiet:
+        if not self.quiet and distributed.is_main():
             print(text, file=sys.stderr if self.json else sys.stdout)
 
     def result(self, payload: dict, human: str) -> None:
+        if not distributed.is_main():
+            return
         if self.json:
             print(json.dumps(payload, indent=2, default=_json_default))
         else:
@@ -315,8 +336,12 @@ def _json_default(value):
 
 
 def writable_folder(path_text: str) -> Path:
-    """Create ``path_text`` if needed and check it can be written, before any long work."""
+    """Create ``path_text`` if needed and check it can be written, before any long work.
+
+    Under torch.distributed only rank 0 writes, so only rank 0 checks."""
     path = Path(path_text)
+    if not distributed.is_main():
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".pruning-limit-write-test"
@@ -373,7 +398,7 @@ def command_spectrum(args, out: Output) -> int:
     if target.suffix != ".npz":
         target = target.with_suffix(".npz")
     model, _, data = load_model_and_data(args)
-    train_pair, _ = split(data)
+    train_pair, _ = rank_shards(data, args.batch_size)
     loss_fn = LOSSES[args.loss]()
     dtype = DTYPES[args.dtype] if args.dtype else None
     if args.exact:
@@ -404,7 +429,8 @@ def command_spectrum(args, out: Output) -> int:
             checkpoint_every=args.checkpoint_every,
             progress=not args.quiet,
         )
-    spectrum.save(target)
+    if distributed.is_main():
+        spectrum.save(target)
     trace, trace_error = spectrum.trace_function(lambda x: x)
     out.result(
         {
@@ -432,7 +458,7 @@ def parse_epsilon(text: str) -> str | float:
 def command_predict(args, out: Output) -> int:
     target = writable_file(args.out) if args.out else None
     model, _, data = load_model_and_data(args)
-    train_pair, _ = split(data)
+    train_pair, _ = rank_shards(data, args.batch_size)
     spectrum = Spectrum.load(args.spectrum) if args.spectrum else None
     prediction = predict_limit(
         model,
@@ -447,7 +473,7 @@ def command_predict(args, out: Output) -> int:
         device=args.device,
         batch_size=args.batch_size,
     )
-    if target is not None:
+    if target is not None and distributed.is_main():
         prediction.save(target)
     out.result(
         json.loads(prediction.to_json()),
@@ -459,7 +485,7 @@ def command_predict(args, out: Output) -> int:
 def command_validate(args, out: Output) -> int:
     folder = writable_folder(args.out)
     model, _, data = load_model_and_data(args)
-    train_pair, test_pair = split(data)
+    train_pair, test_pair = rank_shards(data, args.batch_size)
     if test_pair is None:
         raise UserError("validate needs test data: give X_test and y_test, or built-in data")
     prediction = None
@@ -485,6 +511,8 @@ def command_validate(args, out: Output) -> int:
         progress=not args.quiet,
     )
     comparison = compare(prediction, validation) if prediction is not None else None
+    if not distributed.is_main():
+        return 0
     validation.save(folder / "validation.json")
     figure = plot_validation(validation, folder / "validation.png", prediction=prediction)
     human = [validation.summary()]
@@ -542,6 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     common.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     common.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    common.add_argument(
+        "--backend",
+        choices=("gloo", "nccl"),
+        default=None,
+        help="under torchrun: the torch.distributed backend (default: nccl with CUDA, else gloo)",
+    )
 
     checkpoint = argparse.ArgumentParser(add_help=False)
     checkpoint.add_argument(
@@ -699,12 +733,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DISTRIBUTED_COMMANDS = ("spectrum", "predict", "validate")
+
+
+def run_command(args, out: Output) -> int:
+    """The subcommand, across the ranks of torchrun when its variables are set."""
+    if not distributed.init_from_environment(args.backend):
+        return args.handler(args, out)
+    if args.command not in DISTRIBUTED_COMMANDS:
+        raise UserError(
+            f"{args.command} runs in one process; under torchrun only "
+            + ", ".join(DISTRIBUTED_COMMANDS)
+            + " are spread over the ranks"
+        )
+    with distributed.failure_barrier(f"pruning-limit {args.command}"):
+        code = args.handler(args, out)
+    torch.distributed.destroy_process_group()
+    return code
+
+
+def _where() -> str:
+    """``[rank r/N] `` under torch.distributed, else nothing."""
+    if not distributed.is_distributed():
+        return ""
+    return f"[rank {distributed.rank()}/{distributed.world_size()}] "
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Output(args)
     try:
-        return args.handler(args, out)
+        return run_command(args, out)
+    except distributed.RankFailedError as error:
+        print(f"pruning-limit: error: {_where()}{error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("pruning-limit: interrupted", file=sys.stderr)
         return 130
@@ -712,13 +775,13 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"pruning-limit: error: {message}", file=sys.stderr)
+        print(f"pruning-limit: error: {_where()}{message}", file=sys.stderr)
         return 2
     except Exception as error:  # an internal error: say so, and how to see more
         if getattr(args, "debug", False):
             raise
         print(
-            f"pruning-limit: internal error ({type(error).__name__}: {error}); "
+            f"pruning-limit: {_where()}internal error ({type(error).__name__}: {error}); "
             "rerun with --debug for the traceback",
             file=sys.stderr,
         )

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from ._checks import check_mean_reduction
 from .batches import DEFAULT_BATCH_SIZE, as_batches
 from .parameters import call_with, eval_mode, has_convolution, resolve_device, resolve_parameters
@@ -125,7 +126,13 @@ class ModelLoss:
         self._fixed.update({n: cast(t) for n, t in model.named_buffers()})
         self._point = [cast(p) for _, p in selected]
         self.batches = as_batches(data, batch_size).to(self.device, self.dtype)
-        self._weights = [n / self.batches.num_samples for n in self.batches.sizes]
+        # Under torch.distributed, data is this rank's shard: weights n_b / N with N the
+        # count over all ranks, so that one all-reduce of the ranks' sums is the mean.
+        counts = torch.tensor([self.batches.num_samples, len(self.batches)])
+        self.num_samples, self.num_batches = distributed.all_reduce_sum(
+            counts, "the sample counts"
+        ).tolist()
+        self._weights = [n / self.num_samples for n in self.batches.sizes]
         self.loss()  # fails early, and clearly, on a NaN or infinite loss
 
     def _outputs(self, point: Sequence[torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
@@ -158,16 +165,18 @@ class ModelLoss:
                 w * self._batch_loss(self._point, x, y)
                 for w, (x, y) in zip(self._weights, self.batches)
             )
-        value = float(total)
+        value = float(distributed.all_reduce_sum(total, "the loss"))
         if not np.isfinite(value):
             raise FloatingPointError("the loss at the given weights is NaN or infinite")
         return value
 
     def batch_losses(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each batch's mean loss at w* and its sample count."""
+        """Each batch's mean loss at w* and its sample count (every rank's, in rank order)."""
         with torch.no_grad():
             losses = torch.stack([self._batch_loss(self._point, x, y) for x, y in self.batches])
-        return losses.double().cpu().numpy(), np.asarray(self.batches.sizes)
+        losses = distributed.gather_rows(losses.double().cpu(), "the batch losses")
+        sizes = distributed.gather_rows(torch.tensor(self.batches.sizes), "the batch sizes")
+        return losses.numpy(), sizes.numpy()
 
     def gradient(self) -> torch.Tensor:
         """Gradient of the full-data mean loss with respect to the selected weights."""
@@ -178,7 +187,7 @@ class ModelLoss:
             for total, grad in zip(totals, grads):
                 if grad is not None:
                     total.add_(grad, alpha=w)
-        return self.flatten(totals)
+        return distributed.all_reduce_sum(self.flatten(totals), "the gradient")
 
 
 class CurvatureOperator(ModelLoss):
@@ -312,6 +321,7 @@ class CurvatureOperator(ModelLoss):
                     if piece is not None:  # None: the loss does not depend on this tensor
                         (total if k is None else total[k]).add_(piece, alpha=w)
         result = torch.cat([t.reshape(count, -1) for t in totals], dim=1)
+        result = distributed.all_reduce_sum(result, f"the {self.curvature} products")
         if not torch.isfinite(result).all():
             raise FloatingPointError(
                 f"the {self.curvature} product is NaN or infinite: check the loss and weights"
@@ -360,9 +370,10 @@ class CurvatureOperator(ModelLoss):
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
             "hvp_method": self.hvp_method,
-            "num_samples": self.batches.num_samples,
-            "num_batches": len(self.batches),
+            "num_samples": self.num_samples,
+            "num_batches": self.num_batches,
             "model": type(self.model).__name__,
+            **distributed.record(),
         }
 
 

@@ -21,7 +21,11 @@ tr g(C)/D. Here:
   Spectrum, which adds z * g(0);
 - probes run as a block: each Lanczos step multiplies all K current vectors at once;
 - the state is written atomically to a file while running, so an interrupted run
-  resumes (same seed -> same result, bit for bit).
+  resumes (same seed -> same result, bit for bit);
+- under ``torch.distributed`` the products are all-reduced over the ranks' shards
+  (:mod:`~pruning_limit.distributed`); every rank runs the same recurrences on the same
+  bits, rank 0 alone writes the state file and shows progress, and a state to resume
+  from is read by rank 0 and broadcast.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import scipy.sparse.linalg
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._version import __version__
 from .curvature import EXACT_LIMIT, CurvatureOperator
 from .quadrature import gauss_rule
@@ -78,14 +83,112 @@ def _orthogonalize(vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return torch.stack(cleaned)
 
 
+BASIS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Rows of a stored basis moved to the compute device and dtype at a time.
+BASIS_CHUNK = 16
+
+
+class _Basis:
+    """Where and how the Lanczos basis (K x m x D numbers) is kept.
+
+    ``device``/``dtype``: its storage (default: the operator's); the Gram-Schmidt
+    arithmetic always runs on the operator's device in its dtype, the stored rows
+    brought over ``BASIS_CHUNK`` at a time. ``sharded``: each rank keeps the
+    coordinates ``[start, stop)`` of every vector, and each dot product is a partial
+    sum plus one all-reduce (one per Gram-Schmidt pass of a block).
+    """
+
+    def __init__(self, dimension: int, operator, device=None, dtype=None, sharded=False):
+        self.compute_dtype, self.compute_device = operator.dtype, operator.device
+        self.device = torch.device(operator.device if device is None else device)
+        self.dtype = operator.dtype if dtype is None else dtype
+        self.sharded = bool(sharded) and distributed.is_distributed()
+        if self.sharded:
+            size, extra = divmod(dimension, distributed.world_size())
+            index = distributed.rank()
+            self.start = index * size + min(index, extra)
+            self.stop = self.start + size + (1 if index < extra else 0)
+        else:
+            self.start, self.stop = 0, dimension
+        # The original arithmetic, bit for bit, when nothing is moved, cast or sharded.
+        self.plain = not self.sharded and (self.device, self.dtype) == (
+            self.compute_device,
+            self.compute_dtype,
+        )
+
+    @property
+    def width(self) -> int:
+        return self.stop - self.start
+
+    def local(self, vectors: torch.Tensor) -> torch.Tensor:
+        """This rank's coordinates of full vectors (K, D), in the compute dtype."""
+        return vectors[:, self.start : self.stop]
+
+    def full(self, rows: torch.Tensor) -> torch.Tensor:
+        """Full vectors (K, D) from stored rows (K, width): gathered over ranks if sharded."""
+        rows = rows.to(device=self.compute_device, dtype=self.compute_dtype)
+        if not self.sharded:
+            return rows
+        gathered = distributed.gather_rows(rows.T.contiguous().reshape(-1), "the Lanczos vectors")
+        return gathered.reshape(-1, rows.shape[0]).T.contiguous()
+
+    def norms(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Euclidean norms of the rows of (K, width) blocks, over all coordinates, float64."""
+        if not self.sharded:
+            return vectors.double().norm(dim=1)
+        squares = torch.einsum("kd,kd->k", vectors.double(), vectors.double())
+        return distributed.all_reduce_sum(squares, "the Lanczos norms").sqrt()
+
+    def orthogonalize(self, vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+        """``_orthogonalize`` against stored rows ``basis`` (K, j, width), twice."""
+        if self.plain:
+            return _orthogonalize(vectors, basis)
+        for _ in range(2):
+            coefficients = torch.stack(
+                [
+                    torch.cat(
+                        [self._rows(rows, i) @ vector for i in range(0, rows.shape[0], BASIS_CHUNK)]
+                    )
+                    for vector, rows in zip(vectors, basis)
+                ]
+            )
+            if self.sharded:
+                coefficients = distributed.all_reduce_sum(coefficients, "the Lanczos dot products")
+            cleaned = []
+            for vector, rows, c in zip(vectors, basis, coefficients):
+                for i in range(0, rows.shape[0], BASIS_CHUNK):
+                    vector = vector - self._rows(rows, i).T @ c[i : i + BASIS_CHUNK]
+                cleaned.append(vector)
+            vectors = torch.stack(cleaned)
+        return vectors
+
+    def _rows(self, rows: torch.Tensor, first: int) -> torch.Tensor:
+        return rows[first : first + BASIS_CHUNK].to(
+            device=self.compute_device, dtype=self.compute_dtype
+        )
+
+    def record(self, count: int, steps: int) -> dict:
+        return {
+            "basis_device": str(self.device),
+            "basis_dtype": str(self.dtype).replace("torch.", ""),
+            "basis_sharded": self.sharded,
+            "basis_coordinates_per_rank": self.width,
+            "basis_mib_per_rank": count * steps * self.width * self.dtype.itemsize / 2**20,
+        }
+
+
 class _LanczosBlock:
     """K independent Lanczos recurrences advanced together, one product per step."""
 
-    def __init__(self, start: torch.Tensor, steps: int, dtype, device) -> None:
+    def __init__(self, start: torch.Tensor, steps: int, layout: _Basis) -> None:
         count, dimension = start.shape
         self.steps = steps
-        self.basis = torch.zeros(count, steps, dimension, dtype=dtype, device=device)
-        self.basis[:, 0] = (start / start.norm(dim=1, keepdim=True)).to(dtype=dtype, device=device)
+        self.layout = layout
+        self.basis = torch.zeros(
+            count, steps, layout.width, dtype=layout.dtype, device=layout.device
+        )
+        first = (start / start.norm(dim=1, keepdim=True)).to(dtype=layout.compute_dtype)
+        self.basis[:, 0] = layout.local(first).to(dtype=layout.dtype, device=layout.device)
         self.alphas = torch.zeros(count, steps, dtype=torch.float64)
         self.betas = torch.zeros(count, max(steps - 1, 0), dtype=torch.float64)
         self.done = 0
@@ -100,10 +203,11 @@ class _LanczosBlock:
         }
 
     @classmethod
-    def from_state(cls, state: dict, dtype, device) -> _LanczosBlock:
+    def from_state(cls, state: dict, layout: _Basis) -> _LanczosBlock:
         """Rebuild a block written by :meth:`state`."""
         block = cls.__new__(cls)
-        block.basis = state["basis"].to(dtype=dtype, device=device)
+        block.layout = layout
+        block.basis = state["basis"].to(dtype=layout.dtype, device=layout.device)
         block.steps = block.basis.shape[1]
         block.alphas = state["alphas"]
         block.betas = state["betas"]
@@ -116,28 +220,34 @@ class _LanczosBlock:
         ``restart(j)`` gives fresh vectors for recurrences that break down.
         """
         j = self.done
-        current = self.basis[:, j]
+        layout = self.layout
+        current = layout.full(self.basis[:, j])
         product = operator.apply(current) * active
         self.alphas[:, j] = torch.einsum("kd,kd->k", current.double(), product.double()).cpu()
         if j + 1 < self.steps:
-            residual = _orthogonalize(product, self.basis[:, : j + 1])
-            norms = residual.double().norm(dim=1).cpu()
+            previous = self.basis[:, : j + 1]
+            residual = layout.orthogonalize(layout.local(product), previous)
+            norms = layout.norms(residual).cpu()
             scale = torch.maximum(self.alphas[:, : j + 1].abs().max(dim=1).values, norms)
             tolerance = 1e3 * torch.finfo(operator.dtype).eps * torch.clamp(scale, min=1e-300)
             broken = norms <= tolerance
             if broken.any():
                 fresh = restart(j).to(dtype=residual.dtype, device=residual.device)
-                fresh = _orthogonalize(fresh, self.basis[:, : j + 1])
-                fresh = _orthogonalize(fresh, self.basis[:, : j + 1])
+                fresh = layout.orthogonalize(layout.local(fresh), previous)
+                fresh = layout.orthogonalize(fresh, previous)
                 replace = broken.to(residual.device)[:, None]
                 residual = torch.where(replace, fresh, residual)
                 norms = torch.where(broken, torch.zeros_like(norms), norms)
             self.betas[:, j] = norms
-            lengths = residual.norm(dim=1, keepdim=True)
-            self.basis[:, j + 1] = residual / lengths
+            if layout.sharded:
+                lengths = layout.norms(residual).to(residual)[:, None]
+            else:
+                lengths = residual.norm(dim=1, keepdim=True)
+            self.basis[:, j + 1] = (residual / lengths).to(dtype=layout.dtype, device=layout.device)
         self.done = j + 1
 
 
+@distributed.collective
 def slq(
     operator: CurvatureOperator,
     *,
@@ -152,6 +262,9 @@ def slq(
     checkpoint_every: int | None = None,
     checkpoint_seconds: float = 60.0,
     progress: bool = True,
+    basis_device: str | torch.device | None = None,
+    basis_dtype: str | torch.dtype | None = None,
+    basis_shard: bool = False,
 ) -> Spectrum:
     """Stochastic Lanczos quadrature of a :class:`CurvatureOperator`.
 
@@ -171,7 +284,20 @@ def slq(
         Write the run's state to ``state_path`` every ``checkpoint_every`` steps
         (or every ``checkpoint_seconds``) and after each block; with
         ``resume=True`` an existing state file for the same configuration is
-        continued. The file is removed when the run completes.
+        continued. The file is removed when the run completes. Under
+        ``torch.distributed`` rank 0 writes it and broadcasts it on resume.
+    basis_device
+        Where the Lanczos basis is stored (default: the operator's device); ``"cpu"``
+        offloads it when the products run on a GPU (its rows then travel to the GPU,
+        16 at a time, for each re-orthogonalisation).
+    basis_dtype
+        Storage dtype of the basis: ``"float32"`` or ``"bfloat16"`` (default: the
+        operator's dtype). Re-orthogonalisation runs in the operator's dtype.
+    basis_shard
+        With more than one rank: each rank keeps 1/N of the coordinates of every
+        basis vector, and every dot product is a partial sum plus an all-reduce
+        (memory per rank falls as 1/N). The state is then written after each block
+        of probes only (a resumed run repeats the interrupted block).
 
     Returns
     -------
@@ -191,6 +317,13 @@ def slq(
     block_size = probes if block_size is None else block_size
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
+    layout = _Basis(
+        operator.dimension,
+        operator,
+        device=basis_device,
+        dtype=_basis_dtype(basis_dtype),
+        sharded=basis_shard,
+    )
     started = time.perf_counter()
 
     config = {
@@ -206,8 +339,14 @@ def slq(
         "deflate_zero_rows": deflate_zero_rows,
         "zero_row_probes": zero_row_probes,
         "num_samples": operator.provenance().get("num_samples"),
+        "basis_dtype": str(layout.dtype),
+        "basis_sharded": layout.sharded,
     }
-    state = _load_state(state_path, config) if (resume and state_path) else None
+    state = None
+    if resume and state_path:
+        state = distributed.broadcast_object(
+            _load_state(state_path, config) if distributed.is_main() else None, "the SLQ state"
+        )
 
     if state is not None:
         active = state["active"]
@@ -230,11 +369,11 @@ def slq(
     finished_betas = [] if state is None else list(state["betas"])
     block = None
     if state is not None and state["block"] is not None:
-        block = _LanczosBlock.from_state(state["block"], operator.dtype, operator.device)
+        block = _LanczosBlock.from_state(state["block"], layout)
     product_seconds = 0.0 if state is None else state["product_seconds"]
 
     def save_state() -> None:
-        if state_path is None:
+        if state_path is None or not distributed.is_main():
             return
         _write_state(
             state_path,
@@ -244,7 +383,7 @@ def slq(
                 "zero_seconds": zero_seconds,
                 "alphas": finished_alphas,
                 "betas": finished_betas,
-                "block": None if block is None else block.state(),
+                "block": None if block is None else block.state(),  # never when sharded
                 "product_seconds": product_seconds,
             },
         )
@@ -257,7 +396,7 @@ def slq(
         initial=done_steps,
         desc="SLQ (probes x steps)",
         unit="step",
-        disable=not progress,
+        disable=not (progress and distributed.is_main()),
         leave=False,
     )
     last_save = time.perf_counter()
@@ -269,7 +408,7 @@ def slq(
                 start = torch.cat(
                     [_random_rows(1, active, seed, ("probe", first + k)) for k in range(count)]
                 )
-                block = _LanczosBlock(start, effective_steps, operator.dtype, operator.device)
+                block = _LanczosBlock(start, effective_steps, layout)
 
             def restart(j: int, first=first, count=count) -> torch.Tensor:
                 return torch.cat(
@@ -289,7 +428,7 @@ def slq(
                     if checkpoint_every
                     else time.perf_counter() - last_save > checkpoint_seconds
                 )
-                if due and block.done < effective_steps:
+                if due and block.done < effective_steps and not layout.sharded:
                     save_state()
                     last_save = time.perf_counter()
             finished_alphas.extend(block.alphas.unbind(0))
@@ -302,7 +441,7 @@ def slq(
     alphas = torch.stack(finished_alphas).numpy()
     betas = torch.stack(finished_betas).numpy()
     rules = [gauss_rule(a, b) for a, b in zip(alphas, betas)]
-    if state_path is not None:
+    if state_path is not None and distributed.is_main():
         Path(state_path).unlink(missing_ok=True)
     return Spectrum(
         nodes=np.stack([r[0] for r in rules]),
@@ -326,6 +465,7 @@ def slq(
             "zero_row_detection": (
                 f"{zero_row_probes} Gaussian probes, exact zeros" if deflate_zero_rows else "off"
             ),
+            **layout.record(block_size, effective_steps),
             "seconds_total": time.perf_counter() - started,
             "seconds_products": product_seconds,
             "seconds_zero_rows": zero_seconds,
@@ -334,6 +474,7 @@ def slq(
     )
 
 
+@distributed.collective
 def exact_spectrum_of(
     operator: CurvatureOperator, *, max_dimension: int = EXACT_LIMIT, started=None
 ) -> Spectrum:
@@ -370,6 +511,14 @@ def exact_spectrum_of(
             "seconds_total": time.perf_counter() - started,
         },
     )
+
+
+def _basis_dtype(value) -> torch.dtype | None:
+    if value is None or value in BASIS_DTYPES.values() or value == torch.float64:
+        return value
+    if isinstance(value, str) and value in (*BASIS_DTYPES, "float64"):
+        return BASIS_DTYPES.get(value, torch.float64)
+    raise ValueError(f"basis_dtype must be 'float32' or 'bfloat16' (or None), got {value!r}")
 
 
 def hutchinson_trace(

@@ -6,7 +6,9 @@ batch's mean loss weighted by its size,
     loss = (1/N) sum_i loss_fn(f(x_i), y_i),
     accuracy = (1/N) #{i : argmax_k f(x_i)_k = y_i}   (integer class labels only),
 
-in the dtype and on the device of the model's parameters, without gradients. The
+in the dtype and on the device of the model's parameters, without gradients. Under
+``torch.distributed``, :func:`metrics_function` reads each split as this rank's shard
+and adds the ranks' sums (N is the count over all ranks). The
 model's train/eval mode is the caller's: :func:`~pruning_limit.training.evaluate`
 and the sweeps of :mod:`~pruning_limit.validation` set eval mode around it.
 """
@@ -17,6 +19,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from . import distributed
 
 EVALUATION_BATCH_SIZE = 4096
 
@@ -48,6 +52,12 @@ def split_metrics(
     >>> loss > 0 and 0.0 <= accuracy <= 1.0
     True
     """
+    total, correct, count = _split_sums(model, inputs, targets, loss_fn, classification)
+    return total / count, (correct / count if classification else None)
+
+
+def _split_sums(model, inputs, targets, loss_fn, classification) -> tuple[float, int, int]:
+    """(sum of the samples' losses, number correct, number of samples)."""
     reference = next(model.parameters())
     total, correct = 0.0, 0
     with torch.no_grad():
@@ -58,8 +68,7 @@ def split_metrics(
             total += float(loss_fn(outputs, t)) * len(t)
             if classification:
                 correct += int((outputs.argmax(dim=1) == t).sum())
-    count = int(inputs.shape[0])
-    return total / count, (correct / count if classification else None)
+    return total, correct, int(inputs.shape[0])
 
 
 def metrics_function(splits: dict, loss_fn, classification: bool) -> Callable:
@@ -73,13 +82,20 @@ def metrics_function(splits: dict, loss_fn, classification: bool) -> Callable:
     """
 
     def metrics_of(model: nn.Module) -> dict[str, float]:
+        sums = torch.tensor(
+            [
+                _split_sums(model, inputs, targets, loss_fn, classification)
+                for inputs, targets in splits.values()
+            ],
+            dtype=torch.float64,
+        )
+        sums = distributed.all_reduce_sum(sums, "the metrics")  # one per call, all splits
         metrics: dict[str, float] = {}
-        for split, (inputs, targets) in splits.items():
-            loss, accuracy = split_metrics(model, inputs, targets, loss_fn, classification)
-            metrics[f"{split}_loss"] = loss
+        for split, (total, correct, count) in zip(splits, sums.tolist()):
+            metrics[f"{split}_loss"] = total / count
             if classification:
-                metrics[f"{split}_accuracy"] = accuracy
-            metrics[f"n_{split}"] = int(inputs.shape[0])
+                metrics[f"{split}_accuracy"] = correct / count
+            metrics[f"n_{split}"] = int(count)
         return metrics
 
     return metrics_of

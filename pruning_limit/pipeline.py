@@ -19,6 +19,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from . import distributed
 from .batches import DEFAULT_BATCH_SIZE
 from .budget import BATCH_STD, check_epsilon, loss_budget
 from .curvature import CURVATURES, DEFAULT_CURVATURE, EXACT_LIMIT, CurvatureOperator, ModelLoss
@@ -215,7 +216,7 @@ class Pipeline:
         self.check_spectrum(spectrum)
         eps, source = self.budget(epsilon)
         needs_curvature = set(NEEDS_CURVATURE) & set(methods)
-        return predict_from_spectrum(
+        prediction = predict_from_spectrum(
             spectrum,
             self.weights,
             eps,
@@ -228,6 +229,8 @@ class Pipeline:
             parameters=self.parameters,
             **options,
         )
+        prediction.distributed = distributed.record()
+        return prediction
 
 
 class _WithMatrix:
@@ -243,6 +246,7 @@ class _WithMatrix:
         return self._pipeline.matrix(max_dimension, block)
 
 
+@distributed.collective
 def predict_limit(
     model,
     spectrum: Spectrum | None = None,
@@ -363,6 +367,7 @@ def predict_limit(
     return pipeline.predict(spectrum, epsilon=epsilon, methods=methods, **options)
 
 
+@distributed.collective
 def estimate_spectrum(
     model: torch.nn.Module,
     loss_fn,
@@ -403,6 +408,7 @@ def estimate_spectrum(
     return slq(pipeline.operator, steps=steps, probes=probes, seed=seed, **slq_options)
 
 
+@distributed.collective
 def exact_spectrum(
     model: torch.nn.Module,
     loss_fn,

@@ -140,6 +140,9 @@ class Prediction:
         Arrays for plotting, keyed ``removal_fraction`` (the grid p), ``radius`` R(p),
         ``paper`` / ``orthogonal`` / ``trace_bound`` (delta/D at each p; the limits are
         where they cross p), ``paper_standard_error``.
+    distributed
+        ``world_size`` and ``backend`` of the process group the data passes (eps, the
+        quadratic model) ran in (the spectrum's own are in its provenance).
     """
 
     estimates: dict
@@ -158,6 +161,7 @@ class Prediction:
     fraction: str = "removed"
     convention: str = CONVENTION
     version: str = ""
+    distributed: dict = field(default_factory=dict)
 
     def removal_fraction(self, method: str | None = None) -> float:
         """p* (fraction REMOVED) of ``method`` (default: the first one computed)."""

@@ -72,6 +72,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from ._checks import check_mean_reduction
 from ._version import __version__
 from .batches import DEFAULT_BATCH_SIZE, tensor_pair
@@ -435,6 +436,7 @@ def _check_tolerance(tolerance) -> float:
 # -- the validator ------------------------------------------------------------------------------
 
 
+@distributed.collective
 def validate(
     model: nn.Module,
     *,
@@ -466,7 +468,9 @@ def validate(
         The trained network. It is pruned in place and restored bit-identically.
     train_data, test_data
         ``(X, y)`` pairs of tensors. Integer class labels (1-d) give accuracies; any
-        other targets (e.g. float regression targets) give losses only.
+        other targets (e.g. float regression targets) give losses only. Under
+        ``torch.distributed``: this rank's shards (the ``one_shot`` and ``refit``
+        variants; ``finetune`` runs in one process).
     loss_fn
         A batch-mean loss, ``loss_fn(outputs, targets)``: the loss the model was
         trained on and the prediction used (e.g. ``nn.CrossEntropyLoss()``).
@@ -544,6 +548,12 @@ def validate(
             f"curvature must be a string or a QuadraticModel, got {type(curvature).__name__}"
         )
     budget = FinetuneBudget.of(finetune) if "finetune" in variants else None
+    if budget is not None and distributed.is_distributed():
+        raise ValueError(
+            f"the finetune variant runs in one process (its mini-batches are drawn from all "
+            f"the data), not over {distributed.world_size()} ranks: validate it without "
+            "torch.distributed, or ask for one_shot and refit"
+        )
     check_mean_reduction(loss_fn)
     grid = sorted({0.0, *(DEFAULT_AMOUNTS if amounts is None else map(float, amounts))})
 
@@ -658,7 +668,7 @@ def validate(
             amounts=grid,
             resolution=resolution,
             params=[name for name, _ in selected],
-            progress=progress,
+            progress=progress and distributed.is_main(),
         )
         results[variant] = _read_limits(
             variant,

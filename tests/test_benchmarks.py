@@ -245,3 +245,30 @@ def test_prediction_vs_actual_quick(tmp_path):
     assert "| paper | one_shot | accuracy |" in markdown
     for dtype in ("float32", "float64"):
         assert (tmp_path / f"prediction_vs_actual-cpu-{dtype}.png").stat().st_size > 0
+
+
+def test_distributed(tmp_path):
+    record = run_benchmark("distributed", tmp_path, "--rounds", "1")
+    assert record["backend"] == "gloo" and record["nccl"] == "not measured"
+    one, two = record["results"]["1"], record["results"]["2"]
+    assert two["samples_per_rank"] == [1024, 1024] and one["samples_per_rank"] == [2048]
+    for key in ("gradient_seconds", "products_seconds", "slq_seconds"):
+        assert positive(one[key]) and positive(two[key]), key
+    for key in ("slq_speedup", "slq_efficiency", "products_speedup"):
+        assert positive(two[key]), key
+    assert all(non_negative(m) for m in two["slq_peak_mib_per_rank"])
+    assert two["alphas_relative_difference_to_first"] < 1e-4  # float32, rounding only
+
+
+def test_basis_options(tmp_path):
+    record = run_benchmark("basis_options", tmp_path)
+    results = record["results"]
+    assert set(results) == {"float32", "bfloat16", "offload", "sharded2"}
+    assert results["float32"]["difference_to_float32_basis"] == 0
+    assert abs(results["sharded2"]["difference_to_float32_basis"]) < 1e-4
+    assert results["sharded2"]["basis_mib_per_rank"] == pytest.approx(
+        results["float32"]["basis_mib_per_rank"] / 2, rel=0.01
+    )
+    assert results["bfloat16"]["basis_mib_per_rank"] == pytest.approx(
+        results["float32"]["basis_mib_per_rank"] / 2
+    )
