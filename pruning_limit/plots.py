@@ -113,7 +113,14 @@ def plot_validation(validation, path, prediction=None) -> Path:
                  for p in result.points]
             )  # fmt: skip
             axis.fill_between(amounts, bands[:, 0], bands[:, 1], color=colour, alpha=0.15)
-            axis.plot(amounts, accuracy, marker=".", markersize=3, color=colour, label=variant)
+            axis.plot(amounts, accuracy, marker=".", color=colour, label=variant)
+            scan = getattr(result, "reference_points", [])
+            if scan:
+                axis.plot(
+                    [p.amount for p in scan],
+                    [p.metrics["test_accuracy"] for p in scan],
+                    linestyle="none", marker=".", markersize=1.5, color=colour, alpha=0.5,
+                )  # fmt: skip
             axis.axvline(result.accuracy_limit, color=colour, linestyle=":", linewidth=1.5)
             _mark_transition(axis, result, colour)
         axis.axhline(
@@ -132,10 +139,8 @@ def plot_validation(validation, path, prediction=None) -> Path:
     axis = axes[-1]
     for variant, result in validation.variants.items():
         colour = _variant_colour(variant)
-        # The points of the above-dense grid scan measure the test set alone.
-        measured = [p for p in result.points if "train_loss" in p.metrics]
-        amounts = np.array([p.amount for p in measured])
-        losses = np.array([p.metrics["train_loss"] for p in measured])
+        amounts = np.array([p.amount for p in result.points])
+        losses = np.array([p.metrics["train_loss"] for p in result.points])
         axis.plot(amounts, losses, marker=".", color=colour, label=variant)
         axis.axvline(result.loss_budget_limit, color=colour, linestyle=":", linewidth=1.5)
         loss_collapse = result.limit("loss_collapse")

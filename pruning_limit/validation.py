@@ -153,7 +153,14 @@ class VariantSweep:
     loss_budget_limit, loss_budget_bracket
         The same for L_train(p) <= L_train(0) + eps.
     evaluations
-        How many distinct supports were evaluated.
+        How many distinct supports were evaluated (the reference grid's included).
+    transition
+        The readings of the transition (:class:`~pruning_limit.transition.Transition`):
+        collapse centre, 10-90 % width, above-dense rule, log-loss collapse; None in
+        files written before they were read (format 1).
+    reference_points
+        The points of the ``above_dense`` grid scan that are not in ``points``: test
+        metrics only (the rule reads nothing else).
     seconds
         Wall time of the sweep.
     reference
@@ -174,25 +181,28 @@ class VariantSweep:
     notes: list = field(default_factory=list)
     reference: dict | None = None
     transition: Transition | None = None
+    reference_points: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["points"] = [_point_dict(point) for point in self.points]
+        data["reference_points"] = [_point_dict(point) for point in self.reference_points]
         data["transition"] = None if self.transition is None else self.transition.to_dict()
         return plain(data)
 
     @classmethod
     def from_dict(cls, data: dict) -> VariantSweep:
         data = dict(data)
-        data["points"] = [
-            SweepPoint(
-                amount=float(p["amount"]),
-                removed=int(p["removed"]),
-                dimension=int(p["dimension"]),
-                metrics=dict(p["metrics"]),
-            )
-            for p in data["points"]
-        ]
+        for key in ("points", "reference_points"):
+            data[key] = [
+                SweepPoint(
+                    amount=float(p["amount"]),
+                    removed=int(p["removed"]),
+                    dimension=int(p["dimension"]),
+                    metrics=dict(p["metrics"]),
+                )
+                for p in data.get(key, [])
+            ]
         for key in ("accuracy_interval", "accuracy_bracket", "loss_budget_bracket"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
@@ -560,6 +570,7 @@ def validate(
     seed: int = 0,
     reference_grid: float | None = DEFAULT_REFERENCE_GRID,
     reference_variants: Iterable[str] = DEFAULT_REFERENCE_VARIANTS,
+    certify_above_dense: bool = False,
     progress: bool = True,
 ) -> Validation:
     """Prune ``model`` for real, over a sweep of p, and read its actual pruning limits.
@@ -614,6 +625,16 @@ def validate(
         The variants whose ``above_dense`` is read (default ``one_shot`` only: the
         grid costs up to 1/g evaluations, each a quadratic re-fit or a fine-tune on
         the other variants). Elsewhere it is None, with the reason.
+    certify_above_dense
+        Scan the reference grid on down to the largest p whose accuracy is certainly
+        above dense (the lower end of the rule's interval; on a small test set often
+        no p, and then the whole grid is evaluated). Default False: the scan stops at
+        the rule's answer and the interval falls back to its grid bracket.
+
+    The transition's crossings are bisected to ``resolution``: every crossing on
+    ``one_shot``, the collapse centre and the loss-collapse centre only on
+    ``refit`` and ``finetune`` (each evaluation a re-fit or a fine-tune), whose
+    width and intervals are read from the points evaluated anyway.
     progress
         A progress bar per sweep.
 
@@ -786,6 +807,8 @@ def validate(
             confidence=confidence,
             interval_method=interval_method,
             reference_evaluate_fn=test_only if variant == "one_shot" else None,
+            certify_above_dense=certify_above_dense,
+            refine="all" if variant == "one_shot" else "centres",
             params=names,
             progress=progress,
         )
@@ -849,9 +872,10 @@ def _read_limits(
     notes = []
     accuracy_limit = accuracy_bracket = accuracy_limits_interval = None
     every_point = points
-    # The onsets from the sweep's own points (those of the above-dense grid scan
-    # measure the test set alone).
-    points = [point for point in points if budget_criterion.key in point.metrics]
+    # The sweep's own points carry every metric; those of the above-dense grid scan
+    # measure the test set alone and are kept apart.
+    points = [point for point in every_point if budget_criterion.key in point.metrics]
+    scan = [point for point in every_point if budget_criterion.key not in point.metrics]
     if drop is not None:
         for point in every_point:
             low, high = accuracy_interval(
@@ -870,7 +894,8 @@ def _read_limits(
         notes.append("the loss budget was never exceeded: the limit is a lower bound")
     return VariantSweep(
         variant=variant,
-        points=every_point,
+        reference_points=scan,
+        points=points,
         accuracy_limit=accuracy_limit,
         accuracy_interval=accuracy_limits_interval,
         accuracy_bracket=accuracy_bracket,
