@@ -452,6 +452,7 @@ class StudyResult:
             cells += [_cell(row["predicted"].get(m, {}).get("p")) for m in methods]
             cells += [_cell(row["actual"].get(v, {}).get(c)) for v, c in columns]
             lines.append("| " + " | ".join(cells) + " |")
+        lines += _collapse_band(self.rows, methods)
         lines += [
             "",
             "## Predictors against each meaning of actual (over all runs)",
@@ -483,6 +484,46 @@ class StudyResult:
             f"StudyResult({self.name!r}, {len(self.rows)} runs, {len(self.skipped)} resumed, "
             f"out={self.out!r})"
         )
+
+
+def _collapse_band(rows: list, methods: list, variant: str = "one_shot") -> list:
+    """Markdown: per run, the one-shot collapse (centre, 10-90 % band) and who lands in it."""
+    chosen = [r for r in rows if r["actual"].get(variant, {}).get("collapse") is not None]
+    if not chosen:
+        return []
+    lines = [
+        "",
+        f"## Where {variant} pruning collapses, and which predictors land there",
+        "",
+        "Collapse: test accuracy half-way from dense to every weight removed; band: from "
+        "10 % to 90 % of that drop. In band: predictors whose p lies inside it; nearest: "
+        "the predictor closest to the centre.",
+        "",
+        "| run | collapse | band | width | in band | nearest (error, pp) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in chosen:
+        actual = row["actual"][variant]
+        centre, low, high = (
+            actual["collapse"], actual.get("collapse_start"), actual.get("collapse_end")
+        )
+        predicted = {m: row["predicted"][m]["p"] for m in methods if m in row["predicted"]}
+        inside = [
+            m for m, p in predicted.items() if low is not None and high is not None
+            and low <= p <= high
+        ]  # fmt: skip
+        nearest = min(predicted, key=lambda m: abs(predicted[m] - centre)) if predicted else None
+        lines.append(
+            f"| {row['run']} | {centre:.3f} | [{_cell(low)}, {_cell(high)}] | "
+            f"{_cell(actual.get('collapse_width'))} | {', '.join(inside) or 'none'} | "
+            + (
+                "-"
+                if nearest is None
+                else f"{nearest} ({100 * (predicted[nearest] - centre):+.1f})"
+            )
+            + " |"
+        )
+    return lines
 
 
 def _against_baseline(summary: list, baseline: str = "emp") -> list:
@@ -707,9 +748,11 @@ def _run_config(run: StudyRun, config: dict) -> dict:
 def _run_line(index: int, total: int, row: dict) -> str:
     predicted = ", ".join(f"{m} {v['p']:.3f}" for m, v in row["predicted"].items())
     actual = ", ".join(
-        f"{v} {_cell(a['accuracy'])}/{_cell(a['loss_budget'])}" for v, a in row["actual"].items()
+        f"{v} {_cell(a['accuracy'])}/{_cell(a['loss_budget'])}/{_cell(a.get('collapse'))}"
+        for v, a in row["actual"].items()
     )
     return (
         f"[{index}/{total}] {row['run']}: D={row['dimension']}, "
-        f"{row['seconds']['total']:.1f} s; predicted {predicted}; actual (acc/loss) {actual}"
+        f"{row['seconds']['total']:.1f} s; predicted {predicted}; actual "
+        f"(accuracy onset/loss-budget onset/collapse centre) {actual}"
     )
