@@ -545,17 +545,19 @@ def command_demo(args, out: Output) -> int:
     writable_folder(args.out)
     config = load_config(str(resources.files("pruning_limit") / "data" / "demo.toml"))
     config["study"]["seed"] = args.seed
-    if args.quick:  # a first look in seconds: two small datasets, a smaller model
+    if args.quick:  # a first look in seconds: one small dataset, plain and L1, a smaller model
         config["model"]["hidden"] = [16]
         config["training"]["epochs"] = 20
         config["validation"]["variants"] = ["one_shot", "refit"]
         config["datasets"] = [
-            {**config["datasets"][0], "d": [2, 8], "n": 16, "n_train": 400, "n_test": 400}
+            {**config["datasets"][0], "d": [8], "n": 16, "n_train": 400, "n_test": 400}
         ]
         config = load_config(config)
     out.log(
-        "demo: small MLPs on hidden-manifold data of intrinsic dimension 2, 8 and 32; "
-        "exact GGN spectra, every predictor, one-shot / refit / fine-tune pruning sweeps"
+        "demo: small MLPs, plain and L1-trained, on hidden-manifold data of intrinsic "
+        "dimension 2, 8 and 32; exact GGN spectra, every predictor (emp: a baseline without "
+        "curvature), one-shot / refit / fine-tune pruning sweeps, read as the onset of damage "
+        "and as the transition (collapse centre and 10-90 % width)"
     )
     return report_study(run_study(config, out=args.out, log=None if args.quiet else out.log), out)
 

@@ -1,4 +1,11 @@
-"""Predicted against actual: one row per predictor and meaning of actual."""
+"""Predicted against actual: one row per predictor, meaning of actual and criterion.
+
+A criterion is one reading of "actual" (:data:`~pruning_limit.validation.CRITERIA`):
+the onsets ``accuracy`` and ``loss_budget``, and the transition's ``collapse``,
+``above_dense`` and ``loss_collapse`` (:mod:`~pruning_limit.transition`). Every
+predictor of the Prediction, the curvature-free baseline ``emp`` included, is set
+against each of them.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from .prediction import Prediction
 from .serialization import plain
-from .validation import CRITERIA, Validation
+from .validation import CRITERIA, CRITERION_LABELS, ONSET_CRITERIA, Validation
 
 # An actual limit on an interval's end, up to round-off, is inside it.
 INSIDE_SLACK = 1e-12
@@ -20,7 +27,10 @@ class ComparisonRow:
     ``error_pp`` = 100 (predicted - actual): positive means the predictor promised
     more than pruning delivered. ``inside``: the actual limit lies in the predictor's
     interval; ``overlap``: the predictor's interval meets the actual one (the binomial
-    interval for accuracy, the sweep bracket for the loss budget).
+    interval for accuracy, the sweep bracket for the loss budget; see
+    :meth:`~pruning_limit.validation.VariantSweep.interval` for the transition's).
+    A criterion whose limit is None (e.g. ``above_dense`` when no p is above dense)
+    gives no row; the comparison's notes carry the reason.
     """
 
     method: str
@@ -74,6 +84,9 @@ class Comparison:
                 f"{r.actual_interval[1]:.4f}] | {r.error_pp:+.1f} | "
                 f"{'yes' if r.inside else 'no'} | {'yes' if r.overlap else 'no'} |"
             )
+        criteria = [c for c in CRITERIA if any(r.criterion == c for r in self.rows)]
+        lines += ["", "criteria (readings of actual):"]
+        lines += [f"- `{c}`: {CRITERION_LABELS[c]}" for c in criteria]
         lines += [f"\nnote: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -85,10 +98,11 @@ class Comparison:
 def compare(prediction: Prediction, validation: Validation) -> Comparison:
     """Every predictor of ``prediction`` against every actual limit of ``validation``.
 
-    For each method, variant and criterion (``"accuracy"`` when the task has labels,
-    and ``"loss_budget"``), the predicted p (fraction removed) and its interval, the
-    actual limit and its interval, the error in percentage points and whether the
-    actual lies inside the predicted interval.
+    For each method, variant and criterion (every one of
+    :data:`~pruning_limit.validation.CRITERIA` when the task has class labels;
+    ``"loss_budget"`` and ``"loss_collapse"`` otherwise), the predicted p (fraction
+    removed) and its interval, the actual limit and its interval, the error in
+    percentage points and whether the actual lies inside the predicted interval.
 
     Raises
     ------
@@ -137,19 +151,28 @@ def compare(prediction: Prediction, validation: Validation) -> Comparison:
             f"the prediction's eps ({prediction.epsilon:.6g}) differs from the validation's "
             f"({validation.epsilon:.6g}): the loss-budget rows compare different budgets"
         )
-    criteria = ["loss_budget"] if validation.task != "classification" else list(CRITERIA)
+    criteria = (
+        list(CRITERIA)
+        if validation.task == "classification"
+        else ["loss_budget", "loss_collapse"]
+    )
+    for variant, result in validation.variants.items():
+        for criterion in criteria:
+            if result.limit(criterion) is None:
+                notes.append(
+                    f"no {variant} {criterion} limit, so no row: {result.reason(criterion)}"
+                )
     rows = []
     for method, estimate in prediction.estimates.items():
         low, high = (float(x) for x in estimate.interval)
         for variant, result in validation.variants.items():
             for criterion in criteria:
+                if result.limit(criterion) is None:
+                    continue
                 actual = float(result.limit(criterion))
                 actual_low, actual_high = (float(x) for x in result.interval(criterion))
-                bracket = (
-                    result.accuracy_bracket
-                    if criterion == "accuracy"
-                    else result.loss_budget_bracket
-                )
+                bracket = result.bracket(criterion)
+                lower_bound = criterion in ONSET_CRITERIA and bracket[1] is None
                 rows.append(
                     ComparisonRow(
                         method=method,
@@ -163,7 +186,7 @@ def compare(prediction: Prediction, validation: Validation) -> Comparison:
                         inside=low - INSIDE_SLACK <= actual <= high + INSIDE_SLACK,
                         overlap=low - INSIDE_SLACK <= actual_high
                         and actual_low <= high + INSIDE_SLACK,
-                        actual_is_lower_bound=bracket[1] is None,
+                        actual_is_lower_bound=lower_bound,
                     )
                 )
     return Comparison(

@@ -55,6 +55,7 @@ from scipy.optimize import brentq
 from scipy.stats import t as student_t
 
 from ._version import __version__
+from .baselines import EMP_LABEL, emp_removal_fraction
 from .budget import check_epsilon, loss_budget
 from .curvature import EXACT_LIMIT
 from .descent_cone import statdim_exact
@@ -284,6 +285,23 @@ def statistical_dimension_curve(
 
 
 
+def _emp_estimate(norm: PrunedNorm, epsilon: float) -> MethodEstimate:
+    """The curvature-free baseline: p = 1 - N_eff / N of the weights (baselines.py)."""
+    p = emp_removal_fraction(norm.weights)
+    radius = float(norm(p))
+    return MethodEstimate(
+        method="emp",
+        removal_fraction=p,
+        interval=(p, p),
+        radius=radius,
+        scale=curvature_scale(radius, epsilon),
+        notes=[
+            f"{EMP_LABEL}: 1 - N_eff/N, N_eff the inverse Simpson index of |w|/sum|w| "
+            "(Effective Model Pruning, arXiv 2509.25606); the spectrum and eps are not used"
+        ],
+    )
+
+
 def predict_from_spectrum(
     spectrum: Spectrum,
     weights,
@@ -401,6 +419,8 @@ def predict_from_spectrum(
             estimates[method] = _closed_form_estimate(
                 method, full, half, rules, norm, epsilon, quantile, sensitivity, spectrum
             )
+        elif method == "emp":
+            estimates[method] = _emp_estimate(norm, epsilon)
         elif method == "quadratic":
             quadratic_model = quadratic_model or _quadratic_model(
                 curvature, norm.weights, policy, damping, dense_limit

@@ -35,6 +35,7 @@ METHOD_STYLES = {
     "quadratic": ("#ff7f0e", "D"),
     "trace_bound": ("#7f7f7f", "v"),
     "statdim_exact": ("#e377c2", "^"),
+    "emp": ("#17becf", "P"),
 }
 REMOVED = "p, fraction of prunable weights removed"
 DPI = 120
@@ -113,7 +114,15 @@ def plot_validation(validation, path, prediction=None) -> Path:
             )  # fmt: skip
             axis.fill_between(amounts, bands[:, 0], bands[:, 1], color=colour, alpha=0.15)
             axis.plot(amounts, accuracy, marker=".", color=colour, label=variant)
+            scan = getattr(result, "reference_points", [])
+            if scan:
+                axis.plot(
+                    [p.amount for p in scan],
+                    [p.metrics["test_accuracy"] for p in scan],
+                    linestyle="none", marker=".", markersize=1.5, color=colour, alpha=0.5,
+                )  # fmt: skip
             axis.axvline(result.accuracy_limit, color=colour, linestyle=":", linewidth=1.5)
+            _mark_transition(axis, result, colour)
         axis.axhline(
             dense["test_accuracy"] - validation.tolerance / 100.0,
             color="black",
@@ -122,7 +131,11 @@ def plot_validation(validation, path, prediction=None) -> Path:
             label=f"dense - {validation.tolerance:g} pp",
         )
         axis.set_ylabel("test accuracy")
-        axis.set_title("accuracy (dotted: actual limits)")
+        axis.set_title(
+            "accuracy (dotted: onset; dash-dot: collapse centre, band: 10-90 % width;\n"
+            "triangle: reference code's above-dense rule)",
+            fontsize=8,
+        )
     axis = axes[-1]
     for variant, result in validation.variants.items():
         colour = _variant_colour(variant)
@@ -130,6 +143,9 @@ def plot_validation(validation, path, prediction=None) -> Path:
         losses = np.array([p.metrics["train_loss"] for p in result.points])
         axis.plot(amounts, losses, marker=".", color=colour, label=variant)
         axis.axvline(result.loss_budget_limit, color=colour, linestyle=":", linewidth=1.5)
+        loss_collapse = result.limit("loss_collapse")
+        if loss_collapse is not None:
+            axis.axvline(loss_collapse, color=colour, linestyle="-.", linewidth=1.2)
     axis.axhline(
         dense["train_loss"] + validation.epsilon,
         color="black",
@@ -139,7 +155,9 @@ def plot_validation(validation, path, prediction=None) -> Path:
     )
     axis.set_yscale("log")
     axis.set_ylabel("train loss")
-    axis.set_title("loss budget (dotted: actual limits)")
+    axis.set_title(
+        "loss (dotted: loss-budget onset; dash-dot: log-loss collapse centre)", fontsize=8
+    )
     for index, axis in enumerate(axes):
         if prediction is not None:
             _mark_predictions(axis, prediction, label=index == len(axes) - 1)
@@ -151,6 +169,30 @@ def plot_validation(validation, path, prediction=None) -> Path:
         f"Pruning sweep, D = {validation.dimension}, dtype {validation.dtype}", fontsize=10
     )
     return _save(figure, path)
+
+
+def _mark_transition(axis, result, colour) -> None:
+    """The collapse centre (dash-dot), its 10-90 % band, the above-dense rule (triangle)."""
+    transition = getattr(result, "transition", None)
+    if transition is None:
+        return
+    start, end = transition.limit("collapse_start"), transition.limit("collapse_end")
+    if start is not None and end is not None:
+        axis.axvspan(start, end, color=colour, alpha=0.10, linewidth=0, hatch="//")
+    centre = transition.limit("collapse")
+    if centre is not None:
+        axis.axvline(centre, color=colour, linestyle="-.", linewidth=1.5)
+        axis.annotate(
+            f"collapse {centre:.3f}\nwidth {transition.collapse_width:.3f}",
+            (centre, transition.reading("collapse").level),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=6,
+            color=colour,
+        )
+    above = transition.limit("above_dense")
+    if above is not None and transition.dense_accuracy is not None:
+        axis.plot([above], [transition.dense_accuracy], marker="v", color=colour, markersize=7)
 
 
 def plot_statistical_dimension(prediction, path) -> Path:
@@ -239,15 +281,22 @@ def plot_spectral_density(spectrum, path, points: int = 600) -> Path:
     return _save(figure, path)
 
 
-def plot_study(study, path, criterion: str = "accuracy") -> Path:
-    """Predicted and actual limits against the intrinsic dimension, per dataset family.
+def plot_study(study, path, criterion: str = "collapse") -> Path:
+    """Predicted and actual limits against the intrinsic dimension, and predicted
+    against actual under every criterion.
 
-    One panel per dataset family (columns) and regularisation and dtype (rows); x is
-    the intrinsic-dimension knob of each run (the latent d of manifold data, the PCA
-    rank of the real sets), log scale. Dashed lines with markers: the predictors;
-    solid: the actual limits of each variant under ``criterion`` (``"accuracy"``,
-    with the intervals the binomial intervals imply as bars); dotted: the actual
-    loss-budget limits.
+    Top rows: one panel per dataset family (columns) and regularisation and dtype
+    (rows); x is the intrinsic-dimension knob of each run (the latent d of
+    manifold data, the PCA rank of the real sets), log scale. Dashed lines with
+    markers: the predictors; solid: the actual limits of each variant under
+    ``criterion`` (default the collapse centre, with the 10-90 % collapse band
+    shaded; ``"accuracy"`` with the binomial intervals as bars); dotted: the
+    onset of accuracy damage.
+
+    Bottom row: one panel per criterion (every reading of "actual" in
+    :data:`~pruning_limit.validation.CRITERIA`), one-shot pruning: predicted p
+    against actual p for every predictor, the diagonal drawn; ``emp`` is the
+    curvature-free baseline.
 
     Parameters
     ----------
@@ -256,13 +305,21 @@ def plot_study(study, path, criterion: str = "accuracy") -> Path:
     path
         Where to write the PNG.
     criterion
-        ``"accuracy"`` or ``"loss_budget"`` for the solid lines.
+        The criterion of the solid lines (one of ``CRITERIA``).
     """
+    from .validation import CRITERIA
+
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     rows = study.rows
     families = list(dict.fromkeys(row["dataset"] for row in rows))
     settings = list(dict.fromkeys((row["regularisation"], row["dtype"]) for row in rows))
-    figure = _figure(max(len(settings), 1), max(len(families), 1), 4.4, 3.6)
-    axes = figure.subplots(max(len(settings), 1), max(len(families), 1), squeeze=False)
+    columns = max(len(families), len(CRITERIA), 1)
+    figure = _figure(max(len(settings), 1) + 1, columns, 4.0, 3.4)
+    axes = figure.subplots(max(len(settings), 1) + 1, columns, squeeze=False)
+    for i in range(len(settings)):
+        for j in range(len(families), columns):
+            axes[i][j].set_visible(False)
     for i, setting in enumerate(settings):
         for j, family in enumerate(families):
             axis = axes[i][j]
@@ -285,8 +342,14 @@ def plot_study(study, path, criterion: str = "accuracy") -> Path:
                 colour = _variant_colour(variant)
                 actual = [r["actual"].get(variant, {}) for r in chosen]
                 y = np.array([_number(a.get(criterion)) for a in actual])
-                axis.plot(x, y, marker="o", color=colour, linewidth=2, label=f"actual {variant}")
-                if criterion == "accuracy":
+                axis.plot(
+                    x, y, marker="o", color=colour, linewidth=2, label=f"{variant} {criterion}"
+                )
+                if criterion == "collapse":
+                    low = np.array([_number(a.get("collapse_start")) for a in actual])
+                    high = np.array([_number(a.get("collapse_end")) for a in actual])
+                    axis.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
+                elif criterion == "accuracy":
                     interval = np.array(
                         [a.get("accuracy_interval") or [np.nan, np.nan] for a in actual],
                         dtype=float,
@@ -300,8 +363,8 @@ def plot_study(study, path, criterion: str = "accuracy") -> Path:
                         alpha=0.35,
                         capsize=3,
                     )
-                if criterion != "loss_budget":
-                    y = np.array([_number(a.get("loss_budget")) for a in actual])
+                if criterion != "accuracy":
+                    y = np.array([_number(a.get("accuracy")) for a in actual])
                     axis.plot(x, y, linestyle=":", marker=".", color=colour)
             axis.set_xscale("log", base=2)
             axis.set_ylim(0, 1.02)
@@ -311,9 +374,43 @@ def plot_study(study, path, criterion: str = "accuracy") -> Path:
             axis.grid(alpha=0.3)
             if i == 0 and j == 0:
                 axis.legend(fontsize=6, loc="lower left")
+    bottom = axes[-1]
+    methods = list(dict.fromkeys(m for r in rows for m in r["predicted"]))
+    for j in range(columns):
+        axis = bottom[j]
+        if j >= len(CRITERIA):
+            axis.set_visible(False)
+            continue
+        name = CRITERIA[j]
+        for method in methods:
+            colour, marker = _method_colour(method)
+            pairs = np.array(
+                [
+                    [_number(r["actual"].get("one_shot", {}).get(name)),
+                     _number(r["predicted"].get(method, {}).get("p"))]
+                    for r in rows
+                ],
+                dtype=float,
+            ).reshape(-1, 2)  # fmt: skip
+            label = f"{method} (baseline)" if method == "emp" else method
+            axis.plot(
+                pairs[:, 0], pairs[:, 1], linestyle="none", marker=marker, color=colour,
+                markersize=4, alpha=0.8, label=label,
+            )  # fmt: skip
+        axis.plot([0, 1], [0, 1], color="black", linewidth=0.8)
+        axis.set_xlim(0, 1.02)
+        axis.set_ylim(0, 1.02)
+        axis.set_xlabel(f"actual p, one_shot {name}", fontsize=8)
+        axis.set_ylabel("predicted p")
+        axis.set_title(f"every predictor vs {name}", fontsize=9)
+        axis.grid(alpha=0.3)
+        if j == 0:
+            axis.legend(fontsize=6, loc="upper left")
     figure.suptitle(
-        f"Study {study.name}: predicted (dashed) vs actual\n{criterion} limit (solid, "
-        "bars: 95% interval; dotted: loss budget)",
+        f"Study {study.name}: predicted (dashed) vs actual {criterion} (solid"
+        + (", band: 10-90 % collapse width" if criterion == "collapse" else "")
+        + "; dotted: accuracy onset)\nbottom: predicted vs actual under every criterion "
+        "(one-shot pruning)",
         fontsize=9,
     )
     return _save(figure, path)

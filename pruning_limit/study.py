@@ -100,12 +100,19 @@ from .comparison import compare
 from .datasets import load_dataset
 from .models import model_spec
 from .pipeline import Pipeline
-from .prediction import METHODS, STATDIM_EXACT_LIMIT, Prediction
+from .prediction import BASELINES, METHODS, STATDIM_EXACT_LIMIT, Prediction
 from .serialization import write_json
 from .spectrum import Spectrum
 from .study_config import StudyRun, expand_runs, load_config, without_keys
 from .training import DTYPES, load_checkpoint, train
-from .validation import CRITERIA, VARIANTS, Validation, validate
+from .validation import (
+    CRITERIA,
+    CRITERION_LABELS,
+    TRANSITION_CRITERIA,
+    VARIANTS,
+    Validation,
+    validate,
+)
 
 FORMAT_VERSION = 1
 
@@ -303,6 +310,18 @@ def _execute(run: StudyRun, config: dict, run_dir: Path, datasets: dict) -> dict
                 "accuracy_interval": result.accuracy_interval,
                 "loss_budget": result.loss_budget_limit,
                 "loss_budget_bracket": result.loss_budget_bracket,
+                **{
+                    key: value
+                    for criterion in TRANSITION_CRITERIA
+                    for key, value in (
+                        (criterion, result.limit(criterion)),
+                        (f"{criterion}_interval", result.interval(criterion)),
+                        (f"{criterion}_reason", result.reason(criterion)),
+                    )
+                },
+                "collapse_start": _reading(result, "collapse_start"),
+                "collapse_end": _reading(result, "collapse_end"),
+                "collapse_width": result.collapse_width,
             }
             for variant, result in validation.variants.items()
         },
@@ -311,6 +330,10 @@ def _execute(run: StudyRun, config: dict, run_dir: Path, datasets: dict) -> dict
         "seconds": timings,
     }
     return json.loads(json.dumps(row))  # as it reads back from run.json
+
+
+def _reading(result, name: str) -> float | None:
+    return None if result.transition is None else result.transition.limit(name)
 
 
 def _refit_curvature(validation: Validation, prediction: Prediction) -> str | None:
@@ -388,21 +411,33 @@ class StudyResult:
             "",
             "p = fraction of prunable weights REMOVED (torch.nn.utils.prune `amount`); "
             "kept = 1 - p.",
-            f"Accuracy limit: largest p with test accuracy within "
-            f"{self.config['validation']['tolerance']:g} percentage points of the dense model; "
-            "loss-budget limit: largest p with train loss <= L(w*) + eps. "
-            f"Curvature: {self.config['prediction']['curvature']}.",
+            f"Criteria, each a reading of \"actual\" (the accuracy tolerance is "
+            f"{self.config['validation']['tolerance']:g} percentage points; "
+            f"curvature: {self.config['prediction']['curvature']}):",
+            "",
+            *(f"- `{name}`: {CRITERION_LABELS[name]}" for name in CRITERIA),
+            "- `width`: collapse width, from 10 % to 90 % of the accuracy drop a(0) - a(1)",
+            "",
+            "`emp` is a baseline: it reads the weights alone (1 - N_eff/N, Effective Model "
+            "Pruning), no loss, data or curvature.",
             "",
             "## Runs",
             "",
+        ]
+        columns = [(v, c) for v in variants for c in (*CRITERIA, "collapse_width")]
+        columns = [
+            (v, c)
+            for v, c in columns
+            if any(row["actual"].get(v, {}).get(c) is not None for row in self.rows)
+        ]
+        names = {"collapse_width": "width"}
+        lines += [
             "| run | ID knob | TwoNN | D | test acc | eps | "
             + " | ".join(f"pred {m}" for m in methods)
             + " | "
-            + " | ".join(f"{v} acc" for v in variants)
-            + " | "
-            + " | ".join(f"{v} loss" for v in variants)
+            + " | ".join(f"{v} {names.get(c, c)}" for v, c in columns)
             + " |",
-            "|" + "---|" * (6 + len(methods) + 2 * len(variants)),
+            "|" + "---|" * (6 + len(methods) + len(columns)),
         ]
         for row in self.rows:
             accuracy = row["dense"]["test_accuracy"]
@@ -415,9 +450,9 @@ class StudyResult:
                 f"{row['epsilon']:.3g}",
             ]
             cells += [_cell(row["predicted"].get(m, {}).get("p")) for m in methods]
-            cells += [_cell(row["actual"].get(v, {}).get("accuracy")) for v in variants]
-            cells += [_cell(row["actual"].get(v, {}).get("loss_budget")) for v in variants]
+            cells += [_cell(row["actual"].get(v, {}).get(c)) for v, c in columns]
             lines.append("| " + " | ".join(cells) + " |")
+        lines += _collapse_band(self.rows, methods)
         lines += [
             "",
             "## Predictors against each meaning of actual (over all runs)",
@@ -425,7 +460,7 @@ class StudyResult:
             "Error = predicted - actual in percentage points (positive: the predictor "
             "promised more than pruning delivered). Inside: the actual limit lies in the "
             "predictor's interval. Spearman: rank correlation of predicted and actual "
-            "across runs.",
+            "across runs. Runs: those where the criterion has a limit.",
             "",
             "| method | variant | criterion | runs | mean error (pp) | mean abs error (pp) | "
             "inside | Spearman |",
@@ -433,11 +468,13 @@ class StudyResult:
         ]
         for entry in self.summary:
             lines.append(
-                f"| {entry['method']} | {entry['variant']} | {entry['criterion']} | "
+                f"| {entry['method']}{' (baseline)' if entry['method'] in BASELINES else ''} | "
+                f"{entry['variant']} | {entry['criterion']} | "
                 f"{entry['runs']} | {entry['mean_error_pp']:+.1f} | "
                 f"{entry['mean_abs_error_pp']:.1f} | {entry['inside_fraction']:.0%} | "
                 f"{_cell(entry['spearman'], '{:+.2f}')} |"
             )
+        lines += _against_baseline(self.summary)
         if self.skipped:
             lines += ["", f"Resumed (already computed): {len(self.skipped)} run(s)."]
         return "\n".join(lines) + "\n"
@@ -447,6 +484,88 @@ class StudyResult:
             f"StudyResult({self.name!r}, {len(self.rows)} runs, {len(self.skipped)} resumed, "
             f"out={self.out!r})"
         )
+
+
+def _collapse_band(rows: list, methods: list, variant: str = "one_shot") -> list:
+    """Markdown: per run, the one-shot collapse (centre, 10-90 % band) and who lands in it."""
+    chosen = [r for r in rows if r["actual"].get(variant, {}).get("collapse") is not None]
+    if not chosen:
+        return []
+    lines = [
+        "",
+        f"## Where {variant} pruning collapses, and which predictors land there",
+        "",
+        "Collapse: test accuracy half-way from dense to every weight removed; band: from "
+        "10 % to 90 % of that drop. In band: predictors whose p lies inside it; nearest: "
+        "the predictor closest to the centre.",
+        "",
+        "| run | collapse | band | width | in band | nearest (error, pp) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in chosen:
+        actual = row["actual"][variant]
+        centre, low, high = (
+            actual["collapse"], actual.get("collapse_start"), actual.get("collapse_end")
+        )
+        predicted = {m: row["predicted"][m]["p"] for m in methods if m in row["predicted"]}
+        inside = [
+            m for m, p in predicted.items() if low is not None and high is not None
+            and low <= p <= high
+        ]  # fmt: skip
+        nearest = min(predicted, key=lambda m: abs(predicted[m] - centre)) if predicted else None
+        lines.append(
+            f"| {row['run']} | {centre:.3f} | [{_cell(low)}, {_cell(high)}] | "
+            f"{_cell(actual.get('collapse_width'))} | {', '.join(inside) or 'none'} | "
+            + (
+                "-"
+                if nearest is None
+                else f"{nearest} ({100 * (predicted[nearest] - centre):+.1f})"
+            )
+            + " |"
+        )
+    return lines
+
+
+def _against_baseline(summary: list, baseline: str = "emp") -> list:
+    """Markdown: per (variant, criterion), which predictors beat the baseline, and how."""
+    by_key: dict = {}
+    for entry in summary:
+        by_key.setdefault((entry["variant"], entry["criterion"]), {})[entry["method"]] = entry
+    keys = [key for key, entries in by_key.items() if baseline in entries]
+    if not keys:
+        return []
+    lines = [
+        "",
+        f"## Against the baseline `{baseline}` (weights only, no curvature)",
+        "",
+        f"A predictor beats `{baseline}` on a criterion when its mean |error| is smaller "
+        "and its Spearman larger. Cells: mean |error| (pp) / Spearman.",
+        "",
+        f"| variant | criterion | {baseline} | beaten by | not beaten by |",
+        "|---|---|---|---|---|",
+    ]
+    for variant, criterion in keys:
+        entries = by_key[(variant, criterion)]
+        base = entries[baseline]
+        beaten, not_beaten = [], []
+        for method, entry in entries.items():
+            if method == baseline:
+                continue
+            cell = (
+                f"{method} ({entry['mean_abs_error_pp']:.1f} / "
+                f"{_cell(entry['spearman'], '{:+.2f}')})"
+            )
+            wins = entry["mean_abs_error_pp"] < base["mean_abs_error_pp"] and (
+                entry["spearman"] is not None
+                and (base["spearman"] is None or entry["spearman"] > base["spearman"])
+            )
+            (beaten if wins else not_beaten).append(cell)
+        lines.append(
+            f"| {variant} | {criterion} | {base['mean_abs_error_pp']:.1f} / "
+            f"{_cell(base['spearman'], '{:+.2f}')} | {', '.join(beaten) or '-'} | "
+            f"{', '.join(not_beaten) or '-'} |"
+        )
+    return lines
 
 
 def _ordered(names: set, order: tuple) -> list:
@@ -629,9 +748,11 @@ def _run_config(run: StudyRun, config: dict) -> dict:
 def _run_line(index: int, total: int, row: dict) -> str:
     predicted = ", ".join(f"{m} {v['p']:.3f}" for m, v in row["predicted"].items())
     actual = ", ".join(
-        f"{v} {_cell(a['accuracy'])}/{_cell(a['loss_budget'])}" for v, a in row["actual"].items()
+        f"{v} {_cell(a['accuracy'])}/{_cell(a['loss_budget'])}/{_cell(a.get('collapse'))}"
+        for v, a in row["actual"].items()
     )
     return (
         f"[{index}/{total}] {row['run']}: D={row['dimension']}, "
-        f"{row['seconds']['total']:.1f} s; predicted {predicted}; actual (acc/loss) {actual}"
+        f"{row['seconds']['total']:.1f} s; predicted {predicted}; actual "
+        f"(accuracy onset/loss-budget onset/collapse centre) {actual}"
     )

@@ -497,6 +497,7 @@ def measure_transition(
     accuracy_key: str = "test_accuracy",
     loss_key: str = "train_loss",
     certify_above_dense: bool = True,
+    refine: str = "all",
     reference_evaluate_fn: Callable[[nn.Module], Metrics] | None = None,
     params: Iterable | None = None,
     progress: bool = True,
@@ -527,6 +528,13 @@ def measure_transition(
         ``AccuracyDrop``, ``LossBudget``).
     reference_grid, n, confidence, interval_method, accuracy_key, loss_key
         As in :func:`read_transition`.
+    refine
+        ``"all"``: bisect every crossing of :func:`transition_criteria` (the three
+        collapse levels, the ends of their intervals, the loss level);
+        ``"centres"``: only the collapse centre and the loss level, for evaluations
+        that cost a re-fit or a fine-tune each. The other readings are then read
+        from the points evaluated anyway (the grid and the bisections), to within
+        their brackets.
     certify_above_dense
         Scan the reference grid down to the lower end of the ``above_dense``
         interval (see step 3); False: stop at the rule's answer, and that end is
@@ -547,7 +555,19 @@ def measure_transition(
     points = sweep(model, evaluate_fn, is_broken=_never, amounts=[0.0, 1.0], **options)
     keys = dict(accuracy_key=accuracy_key, loss_key=loss_key)
     readers = dict(n=n, confidence=confidence, interval_method=interval_method, **keys)
-    criteria = [*extra, *transition_criteria(points, **readers)] or [_never]
+    if refine not in ("all", "centres"):
+        raise ValueError(f"refine must be 'all' or 'centres', got {refine!r}")
+    transition = transition_criteria(points, **readers)
+    if refine == "centres":
+        ends = _Ends(points, accuracy_key, loss_key, n)
+        half = COLLAPSE_FRACTIONS["collapse"]
+        centre = ends.accuracy_level(half) if ends.accuracy_falls else None
+        transition = [
+            c
+            for c in transition
+            if isinstance(c, RisesAbove) or (isinstance(c, FallsBelow) and c.level == centre)
+        ]
+    criteria = [*extra, *transition] or [_never]
     grid = {0.0, 1.0, *(DEFAULT_AMOUNTS if amounts is None else amounts)}
     points = sweep(
         model,

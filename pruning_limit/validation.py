@@ -91,10 +91,10 @@ from .pruning import (
     accuracy_interval,
     limit_from_sweep,
     limit_interval,
-    sweep,
 )
 from .quadratic import QuadraticModel
 from .serialization import plain, read_json, write_json
+from .transition import DEFAULT_REFERENCE_GRID, Transition, measure_transition
 from .variants import FinetuneBudget, PrunedWeights, finetune_evaluator, refit_evaluator
 
 VARIANTS = ("one_shot", "refit", "finetune")
@@ -102,8 +102,25 @@ DEFAULT_VARIANTS = ("one_shot", "refit")
 # The curvature of the refit's quadratic model: "auto" (exact Hessian up to dense_limit,
 # else the GGN), or one of CURVATURES.
 VALIDATION_CURVATURES = ("auto", *CURVATURES)
-CRITERIA = ("accuracy", "loss_budget")
-FORMAT_VERSION = 1
+# The readings of "actual" (DESIGN.md, "What actual means"). The onsets of damage:
+ONSET_CRITERIA = ("accuracy", "loss_budget")
+# The measured transition (transition.py): the centre of the accuracy collapse, the
+# reference code's above-dense rule, the centre of the train-loss rise on a log scale.
+TRANSITION_CRITERIA = ("collapse", "above_dense", "loss_collapse")
+CRITERIA = ONSET_CRITERIA + TRANSITION_CRITERIA
+# What each criterion's limit is, in words (tables and plots name them so).
+CRITERION_LABELS = {
+    "accuracy": "onset: last p with test accuracy within the tolerance of dense",
+    "loss_budget": "onset: last p with train loss <= L(w*) + eps",
+    "collapse": "collapse centre: test accuracy half-way from dense to p = 1",
+    "above_dense": "reference code's rule: largest grid p with test accuracy > dense",
+    "loss_collapse": "loss-collapse centre: log train loss half-way from L(w*) to L(p = 1)",
+}
+# The variants whose above_dense is read by default: a 0.001 grid is one evaluation
+# per grid point, cheap for one-shot pruning, a refit or a fine-tune each for the others.
+DEFAULT_REFERENCE_VARIANTS = ("one_shot",)
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)  # 1: onset limits only (no transition)
 
 
 # -- configuration --------------------------------------------------------------------------
@@ -137,7 +154,14 @@ class VariantSweep:
     loss_budget_limit, loss_budget_bracket
         The same for L_train(p) <= L_train(0) + eps.
     evaluations
-        How many distinct supports were evaluated.
+        How many distinct supports were evaluated (the reference grid's included).
+    transition
+        The readings of the transition (:class:`~pruning_limit.transition.Transition`):
+        collapse centre, 10-90 % width, above-dense rule, log-loss collapse; None in
+        files written before they were read (format 1).
+    reference_points
+        The points of the ``above_dense`` grid scan that are not in ``points``: test
+        metrics only (the rule reads nothing else).
     seconds
         Wall time of the sweep.
     reference
@@ -157,40 +181,95 @@ class VariantSweep:
     seconds: float
     notes: list = field(default_factory=list)
     reference: dict | None = None
+    transition: Transition | None = None
+    reference_points: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["points"] = [_point_dict(point) for point in self.points]
+        data["reference_points"] = [_point_dict(point) for point in self.reference_points]
+        data["transition"] = None if self.transition is None else self.transition.to_dict()
         return plain(data)
 
     @classmethod
     def from_dict(cls, data: dict) -> VariantSweep:
         data = dict(data)
-        data["points"] = [
-            SweepPoint(
-                amount=float(p["amount"]),
-                removed=int(p["removed"]),
-                dimension=int(p["dimension"]),
-                metrics=dict(p["metrics"]),
-            )
-            for p in data["points"]
-        ]
+        for key in ("points", "reference_points"):
+            data[key] = [
+                SweepPoint(
+                    amount=float(p["amount"]),
+                    removed=int(p["removed"]),
+                    dimension=int(p["dimension"]),
+                    metrics=dict(p["metrics"]),
+                )
+                for p in data.get(key, [])
+            ]
         for key in ("accuracy_interval", "accuracy_bracket", "loss_budget_bracket"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
+        if data.get("transition") is not None:
+            data["transition"] = Transition.from_dict(data["transition"])
         return cls(**data)
 
     def limit(self, criterion: str) -> float | None:
+        """The limit (fraction removed) under ``criterion``; None with :meth:`reason`."""
         _check_criterion(criterion)
-        return self.accuracy_limit if criterion == "accuracy" else self.loss_budget_limit
+        if criterion == "accuracy":
+            return self.accuracy_limit
+        if criterion == "loss_budget":
+            return self.loss_budget_limit
+        return None if self.transition is None else self.transition.limit(criterion)
 
     def interval(self, criterion: str) -> tuple | None:
-        """Accuracy: the binomial interval on the limit; loss budget: the sweep bracket."""
+        """The interval on the limit under ``criterion``.
+
+        Accuracy: the binomial interval on the onset; loss budget: the sweep bracket;
+        collapse: the crossings of the ends of the binomial intervals on the
+        accuracies; above_dense: (largest grid p certainly above dense, largest
+        possibly above), or its bracket when an end is undetermined; loss_collapse:
+        the sweep bracket. None when the limit is None.
+        """
         _check_criterion(criterion)
         if criterion == "accuracy":
             return self.accuracy_interval
-        low, high = self.loss_budget_bracket
-        return (low, low if high is None else high)
+        if criterion == "loss_budget":
+            low, high = self.loss_budget_bracket
+            return (low, low if high is None else high)
+        if self.transition is None or self.transition.limit(criterion) is None:
+            return None
+        reading = self.transition.reading(criterion)
+        if reading.interval is not None and None not in reading.interval:
+            return tuple(reading.interval)
+        if reading.bracket is not None:
+            return tuple(reading.bracket)
+        return (reading.value, reading.value)
+
+    def bracket(self, criterion: str) -> tuple | None:
+        """(limit, first p past it) as evaluated; the second entry None: a lower bound."""
+        _check_criterion(criterion)
+        if criterion == "accuracy":
+            return self.accuracy_bracket
+        if criterion == "loss_budget":
+            return self.loss_budget_bracket
+        if self.transition is None:
+            return None
+        return self.transition.bracket(criterion)
+
+    def reason(self, criterion: str) -> str | None:
+        """Why the limit under ``criterion`` is None (or a caveat); None otherwise."""
+        _check_criterion(criterion)
+        if criterion == "accuracy" and self.accuracy_limit is None:
+            return "targets are not class labels: no accuracy"
+        if criterion in ONSET_CRITERIA:
+            return None
+        if self.transition is None:
+            return "not measured (a validation saved before the transition was read)"
+        return self.transition.reading(criterion).reason
+
+    @property
+    def collapse_width(self) -> float | None:
+        """collapse_end - collapse_start: the 10 %-90 % width of the accuracy collapse."""
+        return None if self.transition is None else self.transition.collapse_width
 
 
 @dataclass
@@ -248,13 +327,29 @@ class Validation:
     fraction: str = "removed"
     convention: str = CONVENTION
     version: str = ""
+    reference_grid: float | None = None
+    reference_variants: list = field(default_factory=list)
 
     def limit(self, variant: str = "one_shot", criterion: str = "accuracy") -> float | None:
         """The actual limit (fraction REMOVED) of ``variant`` under ``criterion``."""
         return self._variant(variant).limit(criterion)
 
     def interval(self, variant: str = "one_shot", criterion: str = "accuracy") -> tuple | None:
+        """The interval on :meth:`limit` (see :meth:`VariantSweep.interval`)."""
         return self._variant(variant).interval(criterion)
+
+    def reason(self, variant: str = "one_shot", criterion: str = "accuracy") -> str | None:
+        """Why :meth:`limit` is None, or a caveat."""
+        return self._variant(variant).reason(criterion)
+
+    def collapse_width(self, variant: str = "one_shot") -> float | None:
+        """Width in p of the accuracy collapse of ``variant``: from the first p with
+        10 % of the drop a(0) - a(1) to the first with 90 % of it."""
+        return self._variant(variant).collapse_width
+
+    def transition(self, variant: str = "one_shot") -> Transition | None:
+        """Every reading of the transition of ``variant`` (None: not measured)."""
+        return self._variant(variant).transition
 
     def _variant(self, variant: str) -> VariantSweep:
         if variant not in self.variants:
@@ -280,8 +375,13 @@ class Validation:
     def from_dict(cls, data: dict) -> Validation:
         data = dict(data)
         version = data.pop("format_version", None)
-        if version != FORMAT_VERSION:
-            raise ValueError(f"validation format {version}, this version reads {FORMAT_VERSION}")
+        if version not in READABLE_FORMAT_VERSIONS:
+            raise ValueError(
+                f"validation format {version!r} is unknown to pruning-limit {__version__}, "
+                f"which reads formats {', '.join(map(str, READABLE_FORMAT_VERSIONS))}: written "
+                "by a newer version, or not a validation file"
+            )
+        data.setdefault("reference_grid", None)
         data["variants"] = {
             name: VariantSweep.from_dict(entry) for name, entry in data["variants"].items()
         }
@@ -295,7 +395,7 @@ class Validation:
     # -- reading -----------------------------------------------------------------------
 
     def summary(self) -> str:
-        """A readable table of the actual limits of every variant."""
+        """A readable table of every variant's limit under every criterion, with names."""
         dense = self.dense
         lines = [
             "Actual pruning limit: p = fraction of prunable weights REMOVED "
@@ -307,30 +407,42 @@ class Validation:
             f"{self.epsilon:.4g} ({self.epsilon_source.get('kind', '?')}); resolution "
             f"{self.resolution:g}",
             "",
-            f"{'variant':<10}{'accuracy limit':>16}   {'95% interval':<18}"
-            f"{'loss-budget limit':>18}{'evals':>7}",
+            "criteria (each a reading of \"actual\"):",
+            *(f"  {name:<14}{CRITERION_LABELS[name]}" for name in CRITERIA),
+            "",
+            f"{'variant':<10}"
+            + "".join(f"{name:>14}" for name in CRITERIA)
+            + f"{'width':>9}{'evals':>7}",
         ]
         for name, result in self.variants.items():
-            accuracy = "-" if result.accuracy_limit is None else f"{result.accuracy_limit:.4f}"
-            interval = (
-                "-"
-                if result.accuracy_interval is None
-                else "[{:.4f}, {:.4f}]".format(*result.accuracy_interval)
-            )
+            width = result.collapse_width
             lines.append(
-                f"{name:<10}{accuracy:>16}   {interval:<18}{result.loss_budget_limit:>18.4f}"
-                f"{result.evaluations:>7}"
+                f"{name:<10}"
+                + "".join(f"{_fmt(result.limit(c)):>14}" for c in CRITERIA)
+                + f"{_fmt(width):>9}{result.evaluations:>7}"
             )
+        lines += ["", f"{'variant':<10}{'criterion':<15}{'interval':<20}"]
+        for name, result in self.variants.items():
+            for criterion in CRITERIA:
+                interval = result.interval(criterion)
+                text = "-" if interval is None else "[{}, {}]".format(*map(_fmt, interval))
+                reason = result.reason(criterion)
+                lines.append(
+                    f"{name:<10}{criterion:<15}{text:<20}" + ("" if reason is None else reason)
+                )
         lines += [f"note: {note}" for note in self.notes]
+        for name, result in self.variants.items():
+            lines += [f"note ({name}): {note}" for note in result.notes]
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         parts = ", ".join(
-            f"{name}={_fmt(sweep.accuracy_limit)}/{_fmt(sweep.loss_budget_limit)}"
-            for name, sweep in self.variants.items()
+            f"{name}={_fmt(result.accuracy_limit)}/{_fmt(result.loss_budget_limit)}/"
+            f"{_fmt(result.limit('collapse'))}"
+            for name, result in self.variants.items()
         )
         return (
-            f"Validation(removed, accuracy/loss-budget limits: {parts}; "
+            f"Validation(removed, accuracy/loss-budget/collapse limits: {parts}; "
             f"tolerance={self.tolerance:g}pp, eps={self.epsilon:.3g}, D={self.dimension})"
         )
 
@@ -458,6 +570,9 @@ def validate(
     interval_method: str = "wilson",
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
+    reference_grid: float | None = DEFAULT_REFERENCE_GRID,
+    reference_variants: Iterable[str] = DEFAULT_REFERENCE_VARIANTS,
+    certify_above_dense: bool = False,
     progress: bool = True,
 ) -> Validation:
     """Prune ``model`` for real, over a sweep of p, and read its actual pruning limits.
@@ -505,6 +620,25 @@ def validate(
         Batches of the curvature products and of ``"batch_std"``.
     seed
         Seeds the fine-tune's mini-batch order.
+    reference_grid
+        The step g of the ``above_dense`` rule's grid (0.001 in the reference code);
+        None: the rule is not read. The rule is lenient (one lucky grid point far
+        past the collapse onset decides it) and noisy on small test sets, where one
+        test sample answered differently moves it.
+    reference_variants
+        The variants whose ``above_dense`` is read (default ``one_shot`` only: the
+        grid costs up to 1/g evaluations, each a quadratic re-fit or a fine-tune on
+        the other variants). Elsewhere it is None, with the reason.
+    certify_above_dense
+        Scan the reference grid on down to the largest p whose accuracy is certainly
+        above dense (the lower end of the rule's interval; on a small test set often
+        no p, and then the whole grid is evaluated). Default False: the scan stops at
+        the rule's answer and the interval falls back to its grid bracket.
+
+    The transition's crossings are bisected to ``resolution``: every crossing on
+    ``one_shot``, the collapse centre and the loss-collapse centre only on
+    ``refit`` and ``finetune`` (each evaluation a re-fit or a fine-tune), whose
+    width and intervals are read from the points evaluated anyway.
     progress
         A progress bar per sweep.
 
@@ -547,6 +681,12 @@ def validate(
         raise TypeError(
             f"curvature must be a string or a QuadraticModel, got {type(curvature).__name__}"
         )
+    if isinstance(reference_variants, str):
+        reference_variants = (reference_variants,)
+    reference_variants = tuple(reference_variants)
+    unknown = [v for v in reference_variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown reference variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     budget = FinetuneBudget.of(finetune) if "finetune" in variants else None
     if budget is not None and distributed.is_distributed():
         raise ValueError(
@@ -658,18 +798,37 @@ def validate(
         with eval_mode(model):
             finetuned_dense = finetune_anyway(model)
 
+    # The reference grid's scan reads the test accuracy alone: its points carry no
+    # train metrics, and the onset readings below use the points that have them.
+    test_only = metrics_function({"test": test_pair}, loss_fn, classification)
+    names = [name for name, _ in selected]
     results = {}
     for variant in variants:
         sweep_started = time.perf_counter()
-        points = sweep(
+        grid_here = reference_grid if variant in reference_variants else None
+        points, transition = measure_transition(
             model,
             evaluators[variant],
             is_broken=criteria,
             amounts=grid,
             resolution=resolution,
-            params=[name for name, _ in selected],
+            reference_grid=grid_here,
+            n=dense.get("n_test") if classification else None,
+            confidence=confidence,
+            interval_method=interval_method,
+            reference_evaluate_fn=test_only if variant == "one_shot" else None,
+            certify_above_dense=certify_above_dense,
+            refine="all" if variant == "one_shot" else "centres",
+            params=names,
             progress=progress and distributed.is_main(),
         )
+        if grid_here is None and reference_grid is not None and classification:
+            transition.readings["above_dense"].reason = (
+                f"not read on {variant} (reference_variants = {list(reference_variants)}): "
+                "the 0.001 grid would cost one "
+                + ("quadratic re-fit" if variant == "refit" else "fine-tune")
+                + " per grid point"
+            )
         results[variant] = _read_limits(
             variant,
             points,
@@ -679,6 +838,7 @@ def validate(
             interval_method,
             time.perf_counter() - sweep_started,
         )
+        results[variant].transition = transition
         if variant == "finetune":
             results[variant].reference = finetuned_dense
             results[variant].notes.append(
@@ -705,6 +865,8 @@ def validate(
         seconds=time.perf_counter() - started,
         notes=notes,
         version=__version__,
+        reference_grid=None if reference_grid is None else float(reference_grid),
+        reference_variants=[v for v in reference_variants if v in variants],
     )
 
 
@@ -719,8 +881,13 @@ def _read_limits(
 ) -> VariantSweep:
     notes = []
     accuracy_limit = accuracy_bracket = accuracy_limits_interval = None
+    every_point = points
+    # The sweep's own points carry every metric; those of the above-dense grid scan
+    # measure the test set alone and are kept apart.
+    points = [point for point in every_point if budget_criterion.key in point.metrics]
+    scan = [point for point in every_point if budget_criterion.key not in point.metrics]
     if drop is not None:
-        for point in points:
+        for point in every_point:
             low, high = accuracy_interval(
                 point.metrics["test_accuracy"], point.metrics["n_test"], confidence, interval_method
             )
@@ -737,13 +904,14 @@ def _read_limits(
         notes.append("the loss budget was never exceeded: the limit is a lower bound")
     return VariantSweep(
         variant=variant,
+        reference_points=scan,
         points=points,
         accuracy_limit=accuracy_limit,
         accuracy_interval=accuracy_limits_interval,
         accuracy_bracket=accuracy_bracket,
         loss_budget_limit=loss_bracket[0],
         loss_budget_bracket=loss_bracket,
-        evaluations=len({p.removed for p in points}),
+        evaluations=len({p.removed for p in every_point}),
         seconds=seconds,
         notes=notes,
     )

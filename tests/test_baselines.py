@@ -52,3 +52,35 @@ def test_emp_bad_input():
         emp_removal_fraction([1.0, np.nan])
     with pytest.raises(TypeError, match="weights"):
         emp_removal_fraction(3.0)
+
+
+def test_emp_is_a_method_of_the_predictors():
+    from pruning_limit.limit import predict_from_spectrum
+    from pruning_limit.pipeline import predict_limit
+    from pruning_limit.prediction import BASELINES, DEFAULT_METHODS, METHODS
+    from pruning_limit.spectrum import Spectrum
+
+    assert "emp" in METHODS and "emp" in DEFAULT_METHODS and BASELINES == ("emp",)
+    weights = np.linspace(-1.0, 2.0, 20)
+    spectrum = Spectrum(
+        nodes=np.linspace(0, 1, 20)[None], weights=np.full((1, 20), 1 / 20), dimension=20,
+        zero_rows=0, curvature="ggn", method="exact",
+    )  # fmt: skip
+    prediction = predict_from_spectrum(spectrum, weights, 0.1, methods=("paper", "emp"))
+    estimate = prediction.estimates["emp"]
+    assert estimate.removal_fraction == pytest.approx(emp_removal_fraction(weights), rel=1e-15)
+    assert estimate.interval == (estimate.removal_fraction, estimate.removal_fraction)
+    assert "baseline" in estimate.notes[0]
+    # The eps does not move it; the spectrum does not either.
+    other = predict_from_spectrum(spectrum, weights, 10.0, methods=("emp",))
+    assert other.removal_fraction("emp") == estimate.removal_fraction
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    X = torch.randn(40, 5, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,))
+    prediction = predict_limit(
+        model, data=(X, y), loss_fn=nn.CrossEntropyLoss(), methods=("emp",), batch_size=20
+    )
+    expected = emp_removal_fraction([model[0].weight, model[2].weight])
+    assert prediction.removal_fraction("emp") == pytest.approx(expected, rel=1e-12)

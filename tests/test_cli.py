@@ -419,10 +419,15 @@ def test_validate_rejects_a_negative_tolerance(checkpoint, tmp_path):
 def test_demo_quick_writes_the_results_folder(tmp_path):
     result = run("demo", "--quick", "--out", tmp_path / "demo")
     assert "paper" in result.stdout and "one_shot" in result.stdout
+    # The transition and who locates it, beside the onsets; the baseline named as such.
+    assert "one_shot collapse" in result.stdout and "| width |" in result.stdout
+    assert "which predictors land there" in result.stdout and "emp (baseline)" in result.stdout
     study = json.loads((tmp_path / "demo" / "study.json").read_text())
     assert len(study["rows"]) == 2
+    assert {row["regularisation"] for row in study["rows"]} == {"plain", "l1=0.001"}
     for row in study["rows"]:
         assert 0.0 <= row["predicted"]["paper"]["p"] <= 1.0
+        assert 0.0 <= row["actual"]["one_shot"]["collapse"] <= 1.0
     assert (tmp_path / "demo" / "study.png").stat().st_size > 0
 
 

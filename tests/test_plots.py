@@ -64,6 +64,11 @@ def study_result() -> StudyResult:
                                 "accuracy": 0.5 - 0.01 * knob,
                                 "accuracy_interval": [0.3, 0.6],
                                 "loss_budget": 0.4 - 0.01 * knob,
+                                "collapse": 0.8 - 0.01 * knob,
+                                "collapse_start": 0.7 - 0.01 * knob,
+                                "collapse_end": 0.85 - 0.01 * knob,
+                                "above_dense": None,
+                                "loss_collapse": 0.75,
                             },
                             "refit": {
                                 "accuracy": None,
@@ -108,7 +113,53 @@ def test_spectral_density_figure(results, tmp_path):
     assert no_open_figures()
 
 
-@pytest.mark.parametrize("criterion", ["accuracy", "loss_budget"])
+def test_validation_figure_marks_the_collapse_and_its_band():
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Polygon, Rectangle
+
+    from pruning_limit.plots import _mark_transition
+    from pruning_limit.transition import Reading, Transition
+
+    readings = {
+        "collapse": Reading(0.62, (0.6, 0.65), None, 0.5),
+        "collapse_start": Reading(0.55, (0.5, 0.6), None, 0.8),
+        "collapse_end": Reading(0.71, (0.7, 0.75), None, 0.2),
+        "collapse_width": Reading(0.16),
+        "above_dense": Reading(0.3, (0.3, 0.301), None, 0.9),
+        "loss_collapse": Reading(None, reason="no rise"),
+    }
+    transition = Transition(readings, 0.9, 0.1, 0.1, 1.0, 0.001, None)
+
+    class Result:  # what _mark_transition reads of a VariantSweep
+        pass
+
+    result = Result()
+    result.transition = transition
+    axis = Figure().subplots()
+    _mark_transition(axis, result, "#123456")
+    # x of an axvspan is in data coordinates (y in axes coordinates).
+    to_data = axis.transData.inverted()
+    corners = [
+        to_data.transform(patch.get_verts())[:, 0]
+        for patch in axis.patches
+        if isinstance(patch, (Polygon, Rectangle))
+    ]
+    spans = [(float(x.min()), float(x.max())) for x in corners]
+    assert any(s == pytest.approx((0.55, 0.71)) for s in spans), spans
+    vertical = [line.get_xdata()[0] for line in axis.lines if line.get_linestyle() == "-."]
+    assert vertical == [pytest.approx(0.62)]
+    markers = [line for line in axis.lines if line.get_marker() == "v"]
+    assert list(markers[0].get_xdata()) == [0.3] and list(markers[0].get_ydata()) == [0.9]
+    assert "collapse 0.620" in axis.texts[0].get_text()
+
+
+def test_validation_figure_with_the_transition(results, tmp_path):
+    _, validation, _ = results
+    assert validation.variants["one_shot"].transition is not None
+    check_png(plot_validation(validation, tmp_path / "t.png"), tmp_path / "t.png")
+
+
+@pytest.mark.parametrize("criterion", ["accuracy", "loss_budget", "collapse"])
 def test_study_figure(tmp_path, criterion):
     target = tmp_path / f"study-{criterion}.png"
     check_png(plot_study(study_result(), target, criterion=criterion), target)

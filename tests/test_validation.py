@@ -25,7 +25,8 @@ from pruning_limit.pipeline import predict_limit
 from pruning_limit.prediction import MethodEstimate, Prediction
 from pruning_limit.pruning import SweepPoint, removed_mask
 from pruning_limit.quadratic import QuadraticModel
-from pruning_limit.validation import Validation, VariantSweep, validate
+from pruning_limit.transition import Reading, Transition, read_transition
+from pruning_limit.validation import CRITERIA, Validation, VariantSweep, validate
 from pruning_limit.variants import FinetuneBudget
 
 COARSE = [0.0, 0.2, 0.4, 0.6, 0.8, 0.95]
@@ -293,6 +294,25 @@ def hand_made_prediction(parameters=(("fc.weight", [4, 5]),), dimension=20, epsi
     )  # fmt: skip
 
 
+def hand_made_transition(above_dense=0.45) -> Transition:
+    readings = {
+        "collapse": Reading(0.80, (0.79, 0.81), (0.76, 0.83), 0.5),
+        "collapse_start": Reading(0.70, (0.69, 0.71), (0.66, 0.73), 0.86),
+        "collapse_end": Reading(0.88, (0.87, 0.89), (0.85, 0.91), 0.14),
+        "collapse_width": Reading(0.18, (0.16, 0.20), (0.12, 0.25)),
+        "above_dense": (
+            Reading(above_dense, (above_dense, above_dense + 0.001), (None, 0.47), 0.9)
+            if above_dense is not None
+            else Reading(None, reason="no p on the reference grid has test accuracy above")
+        ),
+        "loss_collapse": Reading(0.75, (0.745, 0.755), None, 0.3),
+    }
+    return Transition(
+        readings=readings, dense_accuracy=0.9, pruned_accuracy=0.1, dense_loss=0.1,
+        pruned_loss=0.9, reference_grid=0.001, n=100,
+    )  # fmt: skip
+
+
 def hand_made_validation(parameters=(("fc.weight", [4, 5]),), dimension=20, epsilon=0.01):
     points = [
         SweepPoint(0.0, 0, dimension, {"test_accuracy": 0.9, "train_loss": 0.1, "n_test": 100}),
@@ -303,6 +323,7 @@ def hand_made_validation(parameters=(("fc.weight", [4, 5]),), dimension=20, epsi
             "one_shot", points, accuracy_limit=0.50, accuracy_interval=(0.40, 0.58),
             accuracy_bracket=(0.50, 0.505), loss_budget_limit=0.62,
             loss_budget_bracket=(0.62, 0.625), evaluations=2, seconds=0.0,
+            transition=hand_made_transition(),
         ),
         "refit": VariantSweep(
             "refit", points, accuracy_limit=0.70, accuracy_interval=(0.60, 0.90),
@@ -321,7 +342,8 @@ def hand_made_validation(parameters=(("fc.weight", [4, 5]),), dimension=20, epsi
 
 def test_compare_errors_and_intervals_by_hand():
     comparison = compare(hand_made_prediction(), hand_made_validation())
-    assert len(comparison.rows) == 2 * 2 * 2
+    # one_shot: five criteria; refit (a format-1 sweep, no transition): the onsets only.
+    assert len(comparison.rows) == 2 * (5 + 2)
     row = comparison.row("paper", "one_shot", "accuracy")
     assert row.error_pp == pytest.approx(10.0)
     assert not row.inside and row.overlap  # 0.5 outside [0.55, 0.65]; [0.40, 0.58] meets it
@@ -333,9 +355,40 @@ def test_compare_errors_and_intervals_by_hand():
     assert not row.inside and not row.overlap
     row = comparison.row("trace_bound", "refit", "accuracy")
     assert row.error_pp == pytest.approx(-40.0) and row.actual_is_lower_bound
-    assert not comparison.notes
+    # The transition's criteria, by hand: predicted - actual, in points.
+    expected = {
+        ("paper", "collapse"): (0.60 - 0.80, (0.76, 0.83), False, False),
+        ("paper", "above_dense"): (0.60 - 0.45, (0.45, 0.451), False, False),
+        ("paper", "loss_collapse"): (0.60 - 0.75, (0.745, 0.755), False, False),
+        ("trace_bound", "collapse"): (0.30 - 0.80, (0.76, 0.83), False, False),
+        ("trace_bound", "above_dense"): (0.30 - 0.45, (0.45, 0.451), False, False),
+        ("trace_bound", "loss_collapse"): (0.30 - 0.75, (0.745, 0.755), False, False),
+    }
+    for (method, criterion), (error, interval, inside, overlap) in expected.items():
+        row = comparison.row(method, "one_shot", criterion)
+        assert row.error_pp == pytest.approx(100 * error), (method, criterion)
+        assert row.actual_interval == pytest.approx(interval), (method, criterion)
+        assert (row.inside, row.overlap) == (inside, overlap)
+        assert not row.actual_is_lower_bound
+    # An interval the prediction meets: paper's [0.55, 0.65] against collapse at 0.62.
+    validation = hand_made_validation()
+    validation.variants["one_shot"].transition.readings["collapse"] = Reading(
+        0.62, (0.61, 0.63), (0.50, 0.70), 0.5
+    )
+    row = compare(hand_made_prediction(), validation).row("paper", "one_shot", "collapse")
+    assert row.error_pp == pytest.approx(-2.0) and row.inside and row.overlap
+    with pytest.raises(KeyError):
+        comparison.row("paper", "refit", "collapse")
+    # Where a reading is None, the note carries its reason.
+    assert any("refit collapse" in n and "not measured" in n for n in comparison.notes)
+    validation.variants["one_shot"].transition = hand_made_transition(above_dense=None)
+    missing = compare(hand_made_prediction(), validation)
+    assert any("above_dense" in n and "reference grid" in n for n in missing.notes)
+    assert not any(r.criterion == "above_dense" for r in missing.rows)
     table = comparison.to_markdown()
     assert "| paper | one_shot | accuracy | 0.6000 |" in table and "+10.0" in table
+    assert "| paper | one_shot | collapse | 0.6000 |" in table and "-20.0" in table
+    assert "`collapse`: collapse centre" in table
     assert json.loads(json.dumps(comparison.to_dict()))["rows"][0]["method"] == "paper"
 
 
@@ -391,8 +444,82 @@ def test_validation_json_round_trip(tmp_path):
     assert record["seed"] == 7 and record["fraction"] == "removed"
     assert "test_accuracy_interval" in record["dense"]
     assert "one_shot" in str(loaded) and "Validation(" in repr(loaded)
-    with pytest.raises(ValueError, match="format"):
+    with pytest.raises(ValueError, match="format 99 is unknown"):
         Validation.from_dict({**record, "format_version": 99})
+
+
+def test_validate_reads_and_saves_every_criterion(tmp_path):
+    model, train_pair, test_pair = classification_problem(seed=3, batchnorm=False)
+    validation = validate(
+        model, train_data=train_pair, test_data=test_pair, loss_fn=nn.CrossEntropyLoss(),
+        variants=("one_shot", "refit"), amounts=COARSE, resolution=0.02, reference_grid=0.01,
+        batch_size=40, progress=False,
+    )  # fmt: skip
+    one_shot = validation.variants["one_shot"]
+    points = one_shot.points + one_shot.reference_points
+    assert all("train_loss" in p.metrics for p in one_shot.points)
+    assert {p.amount for p in points} >= {0.0, 1.0}
+    for variant in ("one_shot", "refit"):
+        for criterion in CRITERIA:
+            value = validation.limit(variant, criterion)
+            if value is None:
+                assert validation.reason(variant, criterion), (variant, criterion)
+            else:
+                assert 0.0 <= value <= 1.0
+                low, high = validation.interval(variant, criterion)
+                assert low <= high
+        transition = validation.transition(variant)
+        start, centre, end = (
+            transition.limit(n) for n in ("collapse_start", "collapse", "collapse_end")
+        )
+        assert start <= centre <= end
+        assert validation.collapse_width(variant) == pytest.approx(end - start)
+    assert validation.limit("refit", "above_dense") is None
+    assert "not read on refit" in validation.reason("refit", "above_dense")
+    # The collapse is where the measured accuracy crosses half-way from a(0) to a(1):
+    # the two points around it straddle the level, at most the resolution apart.
+    by_amount = {p.amount: p.metrics["test_accuracy"] for p in points}
+    a0, a1 = by_amount[0.0], by_amount[1.0]
+    level = a0 - 0.5 * (a0 - a1)
+    before, after = one_shot.transition.bracket("collapse")
+    assert by_amount[before] >= level > by_amount[after] and after - before <= 0.02 + 1e-9
+    assert all(by_amount[p] >= level for p in by_amount if p < before)
+    # The rule: the largest grid p whose accuracy is above dense, every grid p above it not.
+    above = validation.limit("one_shot", "above_dense")
+    if above is not None:
+        assert by_amount[above] > a0
+        grid = [p for p in by_amount if abs(100 * p - round(100 * p)) < 1e-9 and p < 1.0]
+        assert all(by_amount[p] <= a0 for p in grid if p > above + 1e-9)
+    # Reading the stored points again gives the stored readings.
+    again = read_transition(points, reference_grid=0.01)
+    assert again.to_dict()["readings"] == one_shot.transition.to_dict()["readings"]
+    summary = validation.summary()
+    for criterion in CRITERIA:
+        assert criterion in summary
+    assert "width" in summary
+
+    loaded = Validation.load(validation.save(tmp_path / "v.json"))
+    assert loaded.to_dict() == validation.to_dict()
+    for variant in ("one_shot", "refit"):
+        for criterion in CRITERIA:
+            assert loaded.limit(variant, criterion) == validation.limit(variant, criterion)
+            assert loaded.interval(variant, criterion) == validation.interval(variant, criterion)
+        assert loaded.collapse_width(variant) == validation.collapse_width(variant)
+    # A format-1 file (onsets only) still loads; the transition's criteria say why None.
+    old = json.loads((tmp_path / "v.json").read_text())
+    old["format_version"] = 1
+    for key in ("reference_grid", "reference_variants"):
+        old.pop(key)
+    for entry in old["variants"].values():
+        entry.pop("transition")
+        entry.pop("reference_points")
+    legacy = Validation.from_dict(old)
+    assert legacy.limit("one_shot", "accuracy") == validation.limit("one_shot", "accuracy")
+    assert legacy.limit("one_shot", "collapse") is None
+    assert "not measured" in legacy.reason("one_shot", "collapse")
+    assert legacy.collapse_width("one_shot") is None
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        validation.limit("one_shot", "median")
 
 
 # -- bad input ----------------------------------------------------------------------------
@@ -405,7 +532,7 @@ def no_sweep(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("validate reached the pruning sweep")
 
-    monkeypatch.setattr(pruning_limit.validation, "sweep", refuse)
+    monkeypatch.setattr(pruning_limit.validation, "measure_transition", refuse)
 
 
 def call(model, train_pair, test_pair, **options):
