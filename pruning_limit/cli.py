@@ -24,7 +24,7 @@ from torch import nn
 
 from ._version import __version__
 from .batches import DEFAULT_BATCH_SIZE, EmptyDataError
-from .budget import check_epsilon
+from .budget import EPSILON_KINDS, check_epsilon
 from .comparison import compare
 from .curvature import CURVATURES, DEFAULT_CURVATURE, EXACT_LIMIT
 from .datasets import Dataset, load_dataset
@@ -420,12 +420,14 @@ def command_spectrum(args, out: Output) -> int:
 
 
 def parse_epsilon(text: str) -> str | float:
-    if text == "batch_std":
+    if text in EPSILON_KINDS:
         return text
     try:
         value = float(text)
     except ValueError as error:
-        raise UserError(f"--epsilon must be batch_std or a number, got {text!r}") from error
+        raise UserError(
+            f"--epsilon must be batch_std, reference or a number, got {text!r}"
+        ) from error
     return check_epsilon(value)  # the library's check: > 0
 
 
@@ -628,7 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--epsilon",
         default="batch_std",
-        help="loss budget: batch_std (std of mini-batch losses at w*) or a number > 0",
+        help="loss budget: batch_std (std of mini-batch losses at w*), reference (the "
+        "reference code's: np.std, ddof 0, of batch-128 losses in eval mode) or a number > 0",
     )
     p.add_argument(
         "--method",

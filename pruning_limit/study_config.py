@@ -181,7 +181,8 @@ def _checked_section(section: str, given: dict, defaults: dict, source: str) -> 
             check_epsilon(merged["epsilon"])
         except ValueError:
             raise ValueError(
-                f"{source}: [prediction] epsilon must be 'batch_std' or a number > 0, got "
+                f"{source}: [prediction] epsilon must be 'batch_std', 'reference' or a number > 0, "
+                f"got "
                 f"{merged['epsilon']!r}"
             ) from None
         if merged["curvature"] not in CURVATURES:
