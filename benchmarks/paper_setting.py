@@ -42,6 +42,7 @@ Default configuration: ``benchmarks/configs/paper_setting.toml`` (``--quick``:
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -75,8 +76,19 @@ GOAL_METHODS = ("paper", "reference")
 def main() -> None:
     parser = common.argument_parser(__doc__)
     parser.add_argument("--config", type=Path, default=None, help="a paper_setting TOML file")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="combine the runs of result files of this script (e.g. two parts run side by "
+        "side) into one result, without running anything",
+    )
     args = parser.parse_args()
     device = common.configure(args)
+    if args.merge:
+        merge(args, device)
+        return
     path = args.config or CONFIGS / (f"{NAME}-quick.toml" if args.quick else f"{NAME}.toml")
     config = tomllib.loads(path.read_text())
     settings = config["benchmark"]
@@ -100,6 +112,40 @@ def main() -> None:
     result_path, markdown = write(args, device, path, config, runs, seconds, partial=False)
     figure = plot(runs, Path(args.results_dir) / f"{NAME}-{device.type}.png")
     print(f"\nwrote {result_path}, {markdown}, {figure} ({seconds:.0f} s)")
+
+
+def merge(args, device) -> None:
+    """One result from several result files: their runs (a later file's run of the same
+    name replaces an earlier one), the first file's settings, the summed wall time and
+    each part's command, date and commit."""
+    records = [json.loads(path.read_text()) for path in args.merge]
+    runs: dict = {}
+    for record in records:
+        for run in record["runs"]:
+            runs[run["run"]] = run
+    config = dict(records[0]["config"])
+    config["runs"] = [
+        entry for record in records for entry in record["config"]["runs"] if entry["name"] in runs
+    ]
+    config["merged_from"] = [
+        {
+            "file": str(path),
+            "command": record["command"],
+            "date": record["date"],
+            "seconds": record["seconds"],
+            "partial": record.get("partial"),
+            "git_commit": record["versions"].get("git_commit"),
+            "runs": [run["run"] for run in record["runs"]],
+        }
+        for path, record in zip(args.merge, records)
+    ]
+    seconds = sum(record["seconds"] for record in records)
+    path = Path(records[0]["config_file"])
+    result_path, markdown = write(
+        args, device, path, config, list(runs.values()), seconds, partial=False
+    )
+    figure = plot(list(runs.values()), Path(args.results_dir) / f"{NAME}-{device.type}.png")
+    print(f"wrote {result_path}, {markdown}, {figure} from {len(records)} files")
 
 
 def write(args, device, path, config, runs, seconds, *, partial: bool) -> tuple[Path, Path]:
