@@ -253,7 +253,10 @@ def run_one(run: dict, settings: dict, device: torch.device) -> dict:
         )
         spectrum_seconds = time.perf_counter() - t0
         methods = [
-            m for m in METHODS if m != "quadratic" or pipeline.dimension <= settings["exact_limit"]
+            m
+            for m in METHODS
+            if m != "quadratic"
+            or pipeline.dimension <= settings.get("quadratic_limit", settings["exact_limit"])
         ]
         t0 = time.perf_counter()
         prediction = pipeline.predict(
