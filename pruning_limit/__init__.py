@@ -13,6 +13,7 @@ module (``pruning_limit.statdim.statistical_dimension``, ``pruning_limit.pruning
 ['Comparison', 'CurvatureOperator', 'Dataset']
 """
 
+from . import reference
 from ._version import __version__
 from .batches import EmptyDataError
 from .budget import loss_budget
@@ -57,6 +58,7 @@ __all__ = [
     "pruned_norm",
     "Prediction",
     "MethodEstimate",
+    "reference",  # the reference code's eps and pipeline (epsilon="reference", methods)
     # validation
     "kept_mask",
     "sweep",

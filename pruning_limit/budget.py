@@ -7,29 +7,37 @@ import warnings
 import numpy as np
 
 BATCH_STD = "batch_std"
+REFERENCE = "reference"
+EPSILON_KINDS = (BATCH_STD, REFERENCE)
 
 
 def check_epsilon(epsilon) -> str | float:
-    """``"batch_std"``, or eps as a positive float (``inf``: no budget); else ValueError.
+    """``"batch_std"``, ``"reference"``, or eps as a positive float (``inf``: no budget);
+    else ValueError.
 
     The one check of a loss budget as the user gives it, made before any work.
+    ``"reference"`` is the reference code's eps
+    (:func:`~pruning_limit.reference.reference_epsilon`: np.std with ddof 0 of the
+    batch-128 mean losses, eval mode).
 
-    >>> check_epsilon("batch_std"), check_epsilon(0.5)
-    ('batch_std', 0.5)
+    >>> check_epsilon("batch_std"), check_epsilon("reference"), check_epsilon(0.5)
+    ('batch_std', 'reference', 0.5)
     >>> check_epsilon(0)
     Traceback (most recent call last):
     ...
     ValueError: the loss budget epsilon must be positive, got 0.0
     """
     if isinstance(epsilon, str):
-        if epsilon != BATCH_STD:
-            raise ValueError(f"epsilon must be 'batch_std' or a positive number, got {epsilon!r}")
+        if epsilon not in EPSILON_KINDS:
+            raise ValueError(
+                f"epsilon must be 'batch_std', 'reference' or a positive number, got {epsilon!r}"
+            )
         return epsilon
     try:
         value = float(epsilon)
     except (TypeError, ValueError):
         raise ValueError(
-            f"epsilon must be 'batch_std' or a positive number, got {epsilon!r}"
+            f"epsilon must be 'batch_std', 'reference' or a positive number, got {epsilon!r}"
         ) from None
     if not value > 0:  # also NaN
         raise ValueError(f"the loss budget epsilon must be positive, got {value}")
@@ -103,6 +111,11 @@ def loss_budget(
         if loss is None and losses.size:
             loss = float(np.average(losses, weights=sizes))
     epsilon = check_epsilon(epsilon)
+    if epsilon == REFERENCE:
+        raise ValueError(
+            "epsilon='reference' is computed from the model in eval mode: use "
+            "pruning_limit.reference.reference_epsilon, or Pipeline.budget / predict_limit"
+        )
     if epsilon == BATCH_STD:
         if losses is None or losses.size < 2:
             count = 0 if losses is None else losses.size

@@ -30,7 +30,7 @@ from torch import nn
 from . import distributed
 from ._version import __version__
 from .batches import DEFAULT_BATCH_SIZE, EmptyDataError
-from .budget import check_epsilon
+from .budget import EPSILON_KINDS, check_epsilon
 from .comparison import compare
 from .curvature import CURVATURES, DEFAULT_CURVATURE, EXACT_LIMIT
 from .datasets import Dataset, load_dataset
@@ -43,7 +43,7 @@ from .spectrum import Spectrum
 from .statdim import POLICIES
 from .study import run_study
 from .study_config import load_config
-from .training import DTYPES, OPTIMIZERS, load_checkpoint, train
+from .training import DTYPES, INITIALISATIONS, OPTIMIZERS, RECIPES, load_checkpoint, train
 from .validation import DEFAULT_VARIANTS, VALIDATION_CURVATURES, VARIANTS, validate
 
 LOSSES: dict[str, Callable[[], nn.Module]] = {
@@ -373,12 +373,18 @@ def command_train(args, out: Output) -> int:
     result = train(
         spec,
         dataset,
+        recipe=args.recipe,
         optimizer=args.optimizer,
         lr=args.lr,
         epochs=args.epochs,
+        steps=args.steps,
         batch_size=args.batch_size,
+        momentum=args.momentum,
         l1=args.l1,
+        l1_biases=args.l1_biases,
         weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        init=args.init,
         dtype=DTYPES[args.dtype],
         seed=args.seed,
         target_train_loss=args.target_loss,
@@ -446,12 +452,14 @@ def command_spectrum(args, out: Output) -> int:
 
 
 def parse_epsilon(text: str) -> str | float:
-    if text == "batch_std":
+    if text in EPSILON_KINDS:
         return text
     try:
         value = float(text)
     except ValueError as error:
-        raise UserError(f"--epsilon must be batch_std or a number, got {text!r}") from error
+        raise UserError(
+            f"--epsilon must be batch_std, reference or a number, got {text!r}"
+        ) from error
     return check_epsilon(value)  # the library's check: > 0
 
 
@@ -616,12 +624,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="manifold:d=8 | digits:pca=8 | mnist1d")
     p.add_argument("--model", required=True, help="mlp:64x64 | cnn1d:16x32 | cnn2d:8x16")
     p.add_argument("--out", required=True, help="checkpoint folder")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    p.add_argument("--l1", type=float, default=0.0, help="L1 penalty on the prunable weights")
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="default",
+        help="default: Adam, lr 1e-3, 50 epochs; paper: the reference code's SGD (momentum "
+        "0.9, lr 0.01, batch 128) with L1 5e-5 on weights and biases, 78,200 steps, Kaiming "
+        "init. Every option below left out takes the recipe's value",
+    )
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (instead of epochs)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
+    p.add_argument("--momentum", type=float, default=None, help="SGD momentum")
+    p.add_argument("--l1", type=float, default=None, help="L1 penalty strength")
+    p.add_argument(
+        "--l1-biases",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the L1 penalty also on every bias (the paper recipe's choice)",
+    )
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear lr warm-up steps")
+    p.add_argument("--init", choices=INITIALISATIONS, default=None, help="weight initialisation")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--target-loss", type=float, default=None, help="stop at this train loss")
     p.set_defaults(handler=command_train)
@@ -664,7 +690,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--epsilon",
         default="batch_std",
-        help="loss budget: batch_std (std of mini-batch losses at w*) or a number > 0",
+        help="loss budget: batch_std (std of mini-batch losses at w*), reference (the "
+        "reference code's: np.std, ddof 0, of batch-128 losses in eval mode) or a number > 0",
     )
     p.add_argument(
         "--method",

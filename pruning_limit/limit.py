@@ -63,6 +63,7 @@ from .prediction import CLOSED_FORMS, METHODS, STATDIM_EXACT_LIMIT, MethodEstima
 from .pruning import removed_indices
 from .quadratic import QuadraticModel, as_vector
 from .quadrature import bounds_at, bracket_rules, convergence_check
+from .reference import GRID_STEPS, reference_limit
 from .serialization import plain
 from .spectrum import Spectrum
 from .statdim import apply_policy, check_policy, curvature_scale
@@ -421,6 +422,8 @@ def predict_from_spectrum(
             )
         elif method == "emp":
             estimates[method] = _emp_estimate(norm, epsilon)
+        elif method == "reference":
+            estimates[method] = _reference_estimate(spectrum, norm, epsilon, policy)
         elif method == "quadratic":
             quadratic_model = quadratic_model or _quadratic_model(
                 curvature, norm.weights, policy, damping, dense_limit
@@ -450,6 +453,10 @@ def predict_from_spectrum(
                     f"quadrature not converged: p* moves by {spread:.3f} between the "
                     "quadrature estimates (see convergence)"
                 )
+
+    if "reference" in estimates:
+        difference = estimates["reference"].removal_fraction - paper_p
+        notes.append(f"reference - paper = {difference:+.3f} (fraction removed)")
 
     grid = np.linspace(0.0, 1.0, curve_points)
     curves = {"removal_fraction": grid, "radius": norm(grid)}
@@ -555,6 +562,32 @@ def _closed_form_estimate(
         notes=notes,
     )
 
+
+
+def _reference_estimate(spectrum: Spectrum, norm: PrunedNorm, epsilon: float, policy: str):
+    """The authors' pipeline (:func:`~pruning_limit.reference.reference_limit`) on the spectrum."""
+    result = reference_limit(spectrum, norm.weights, epsilon)
+    notes = list(result.notes)
+    notes.append(
+        "the reference code's pipeline: 100,000-bin Gaussian density of |lambda|, R rounded "
+        "to an integer, argmin of |gw(R(p)) - p| over the 1/1000 grid"
+    )
+    if policy != "abs":
+        notes.append(f"uses |lambda| whatever the policy ({policy!r} asked for)")
+    return MethodEstimate(
+        method="reference",
+        removal_fraction=result.removal_fraction,
+        interval=(result.removal_fraction, result.removal_fraction),
+        radius=result.radius,
+        scale=float(curvature_scale(result.rounded_radius, epsilon)),
+        uncertainty={
+            "rounded_radius": result.rounded_radius,
+            "gaussian_width": result.gaussian_width,
+            "mismatch": result.mismatch,
+            "grid_step": 1.0 / GRID_STEPS,
+        },
+        notes=notes,
+    )
 
 
 def _sensitivity(solve: Callable[[float], float], epsilon: float, enabled: bool) -> dict:

@@ -21,17 +21,22 @@ import torch
 
 from . import distributed
 from .batches import DEFAULT_BATCH_SIZE
-from .budget import BATCH_STD, check_epsilon, loss_budget
+from .budget import BATCH_STD, REFERENCE, check_epsilon, loss_budget
 from .curvature import CURVATURES, DEFAULT_CURVATURE, EXACT_LIMIT, CurvatureOperator, ModelLoss
 from .lanczos import exact_spectrum_of, slq
 from .limit import check_methods, check_statdim_dimension, predict_from_spectrum
 from .parameters import resolve_parameters
 from .prediction import DEFAULT_METHODS, Prediction
 from .quadratic import QuadraticModel
+from .reference import reference_epsilon
 from .spectrum import Spectrum
 from .statdim import check_policy
 
 NEEDS_CURVATURE = ("quadratic", "statdim_exact")
+AUTO = "auto"
+AUTO_TOLERANCE = 0.005
+AUTO_START = 50
+AUTO_MAX_STEPS = 400
 
 
 class Pipeline:
@@ -151,21 +156,89 @@ class Pipeline:
         return self._model_loss
 
     def spectrum(
-        self, *, steps: int = 100, probes: int = 10, seed: int = 0, progress: bool = False,
-        **slq_options,
+        self, *, steps: int | str = 100, probes: int = 10, seed: int = 0, progress: bool = False,
+        epsilon: str | float = BATCH_STD, auto_tolerance: float = AUTO_TOLERANCE,
+        auto_start: int = AUTO_START, auto_max_steps: int = AUTO_MAX_STEPS, **slq_options,
     ) -> Spectrum:  # fmt: skip
         """The curvature's spectrum: exact when D <= ``exact_limit``, else SLQ
         (``steps``, ``probes``, ``seed`` and ``slq_options`` go to
-        :func:`~pruning_limit.lanczos.slq`)."""
+        :func:`~pruning_limit.lanczos.slq`).
+
+        ``steps="auto"``: m starts at ``auto_start`` and doubles until the ``paper``
+        prediction p* (with the loss budget ``epsilon``) moves by at most
+        ``auto_tolerance`` between m/2 and m steps, or m reaches ``auto_max_steps``.
+        Each doubling re-runs the same Lanczos runs from the start (same seed and
+        probes, so the first m steps are the same numbers; the total cost is at most
+        twice the last run's); the m reached, every m tried with its change, and
+        whether the tolerance was met are recorded in ``provenance["auto_steps"]``.
+        """
         if self.dimension <= self.exact_limit:
             return exact_spectrum_of(_WithMatrix(self), max_dimension=self.exact_limit)
+        if steps == AUTO:
+            return self._auto_spectrum(
+                probes=probes, seed=seed, progress=progress, epsilon=epsilon,
+                tolerance=auto_tolerance, start=auto_start, max_steps=auto_max_steps,
+                **slq_options,
+            )  # fmt: skip
+        if isinstance(steps, str):
+            raise ValueError(f"steps must be a positive integer or 'auto', got {steps!r}")
         return slq(
             self.operator, steps=steps, probes=probes, seed=seed, progress=progress, **slq_options
         )
 
+    def _auto_spectrum(
+        self, *, probes, seed, progress, epsilon, tolerance, start, max_steps, **slq_options
+    ) -> Spectrum:
+        if not (isinstance(start, int) and isinstance(max_steps, int) and 2 <= start <= max_steps):
+            raise ValueError(
+                f"steps='auto' needs integers 2 <= auto_start <= auto_max_steps, got "
+                f"{start!r} and {max_steps!r}"
+            )
+        if not tolerance > 0:
+            raise ValueError(f"auto_tolerance must be positive, got {tolerance!r}")
+        eps, _ = self.budget(epsilon)
+        trace = []
+        steps = start
+        while True:
+            spectrum = slq(
+                self.operator, steps=steps, probes=probes, seed=seed, progress=progress,
+                **slq_options,
+            )  # fmt: skip
+            estimate = predict_from_spectrum(
+                spectrum, self.weights, eps, methods=("paper",), policy=self.policy,
+                sensitivity=False,
+            ).estimates["paper"]  # fmt: skip
+            half = estimate.uncertainty.get("half_steps")
+            change = None if half is None else abs(estimate.removal_fraction - half)
+            trace.append(
+                {"steps": spectrum.steps, "p": estimate.removal_fraction, "p_half_steps": half,
+                 "change": change}
+            )  # fmt: skip
+            converged = change is not None and change <= tolerance
+            # slq caps m at the active dimension: no more steps to take there.
+            exhausted = spectrum.steps < steps or steps >= max_steps
+            if converged or exhausted:
+                break
+            steps = min(2 * steps, max_steps)
+        spectrum.provenance["auto_steps"] = {
+            "steps": spectrum.steps,
+            "tolerance": tolerance,
+            "converged": converged,
+            "criterion": "|p*(m) - p*(m/2)| of the paper method, fraction removed",
+            "epsilon": eps,
+            "start": start,
+            "max_steps": max_steps,
+            "trace": trace,
+        }
+        return spectrum
+
     def budget(self, epsilon: str | float = BATCH_STD) -> tuple[float, dict]:
         """eps and its record (:func:`~pruning_limit.budget.loss_budget`)."""
-        if check_epsilon(epsilon) == BATCH_STD:
+        if check_epsilon(epsilon) == REFERENCE:
+            if not self.has_data:
+                raise ValueError("epsilon='reference' needs data= and loss_fn=")
+            return reference_epsilon(self.model, self.loss_fn, self.data)
+        if epsilon == BATCH_STD:
             source = self.model_loss()
             return loss_budget(source, epsilon, dtype=source.dtype)
         if self.has_data:
@@ -277,7 +350,9 @@ def predict_limit(
         computed here from ``data`` and ``loss_fn`` (exact for D <= :data:`EXACT_LIMIT`,
         else SLQ: :meth:`Pipeline.spectrum`).
     epsilon
-        ``"batch_std"`` (needs ``data`` and ``loss_fn``) or a positive number.
+        ``"batch_std"``, ``"reference"`` (the reference code's: np.std with ddof 0 of
+        the batch-128 mean losses, eval mode; recorded as ``kind="reference"``) (both
+        need ``data`` and ``loss_fn``) or a positive number.
     methods
         Any of :data:`METHODS`; ``quadratic`` and ``statdim_exact`` need ``data`` and
         ``loss_fn`` (they use the curvature itself, not only its spectrum).
@@ -358,8 +433,8 @@ def predict_limit(
     if spectrum is not None:
         pipeline.check_spectrum(spectrum)
     needs_data = [m for m in methods if m in NEEDS_CURVATURE]
-    if epsilon == BATCH_STD:
-        needs_data.append("epsilon='batch_std'")
+    if epsilon in (BATCH_STD, REFERENCE):
+        needs_data.append(f"epsilon={epsilon!r}")
     if spectrum is None:
         needs_data.append("spectrum=None")
     if needs_data and not pipeline.has_data:

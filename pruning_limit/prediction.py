@@ -24,7 +24,9 @@ from pathlib import Path
 
 from .serialization import plain, read_json, write_json
 
-METHODS = ("paper", "orthogonal", "trace_bound", "quadratic", "statdim_exact", "emp")
+METHODS = (
+    "paper", "orthogonal", "trace_bound", "quadratic", "statdim_exact", "reference", "emp"
+)
 DEFAULT_METHODS = ("paper", "orthogonal", "quadratic", "trace_bound", "emp")
 # Predictors that read the weights alone (no loss, data or curvature): the bar the
 # curvature-based ones must clear (baselines.py).

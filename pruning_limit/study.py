@@ -45,10 +45,14 @@ Every section and key is optional except ``[[datasets]]``; unknown keys are an e
     ``kind`` ("mlp") and its fields (:func:`~pruning_limit.models.model_spec`), e.g.
     ``hidden = [32]``.
 ``[training]``
-    Arguments of :func:`~pruning_limit.training.train`: ``epochs`` (50), ``lr``
+    Arguments of :func:`~pruning_limit.training.train`: ``recipe`` ("default"),
+    ``epochs`` (50), ``steps`` (none; giving it alone replaces the epochs), ``lr``
     (3e-3), ``batch_size`` (128), ``optimizer`` ("adam"), ``momentum`` (0.9),
-    ``weight_decay`` (0.0), ``target_train_loss`` (none); and ``l1`` (a number or a
-    list, [0.0, 1e-4]: one model per value, 0 the plain model).
+    ``weight_decay`` (0.0), ``l1_biases`` (false), ``warmup_steps`` (0), ``init``
+    ("default"), ``target_train_loss`` (none); and ``l1`` (a number or a list,
+    [0.0, 1e-4]: one model per value, 0 the plain model). These defaults are the
+    study's own for the ``default`` recipe; under another recipe (``"paper"``)
+    every field the file leaves out takes the recipe's value (``l1``: [5e-5]).
 ``[prediction]``
     ``methods`` (list, all of :data:`~pruning_limit.prediction.METHODS`; ``statdim_exact``
     is skipped, with a note, where D exceeds its limit); ``curvature`` ("ggn" or

@@ -13,7 +13,7 @@ from .curvature import CURVATURES, DEFAULT_CURVATURE, EXACT_LIMIT
 from .models import model_spec
 from .prediction import METHODS
 from .statdim import POLICIES
-from .training import DTYPES
+from .training import DTYPES, RECIPES
 from .validation import VALIDATION_CURVATURES, VARIANTS
 
 FULL_RANK = "full"
@@ -26,9 +26,10 @@ DEFAULTS: dict = {
     "study": {"name": "study", "out": "runs/study", "seed": 0, "dtypes": ["float32"],
               "device": "cpu", "threads": 0},
     "model": {"kind": "mlp", "hidden": [32]},
-    "training": {"epochs": 50, "lr": 3e-3, "batch_size": 128, "optimizer": "adam",
-                 "momentum": 0.9, "weight_decay": 0.0, "target_train_loss": None,
-                 "l1": [0.0, 1e-4]},
+    "training": {"recipe": "default", "epochs": 50, "steps": None, "lr": 3e-3,
+                 "batch_size": 128, "optimizer": "adam", "momentum": 0.9,
+                 "weight_decay": 0.0, "l1_biases": False, "warmup_steps": 0,
+                 "init": "default", "target_train_loss": None, "l1": [0.0, 1e-4]},
     "prediction": {"methods": list(METHODS), "curvature": DEFAULT_CURVATURE, "policy": "abs",
                    "epsilon": BATCH_STD, "batch_size": DEFAULT_BATCH_SIZE,
                    "exact_limit": EXACT_LIMIT, "slq_steps": 100, "slq_probes": 10,
@@ -43,6 +44,7 @@ DEFAULTS: dict = {
 # Keys whose default is None, or that take more than one type: what they accept.
 _ACCEPTS = {
     ("training", "target_train_loss"): (int, float),
+    ("training", "steps"): (int,),
     ("training", "l1"): (int, float, list),
     ("prediction", "epsilon"): (str, int, float),
     ("validation", "amounts"): (list,),
@@ -121,9 +123,34 @@ def load_config(config) -> dict:
             result[section] = _model_section(given, source)
             continue
         result[section] = _checked_section(section, given, defaults, source)
+        if section == "training":
+            result[section] = _recipe_fields(result[section], given, source)
     result["datasets"] = _datasets_section(raw.get("datasets"), source)
     return result
 
+
+
+def _recipe_fields(training: dict, given: dict, source: str) -> dict:
+    """The study's training defaults apply to the ``default`` recipe only: under any other
+    recipe every field the file leaves out is None, so that ``train`` takes the recipe's
+    value (``l1``: the recipe's strength), never the study's Adam defaults. A file that
+    gives ``steps`` and not ``epochs`` runs for ``steps``."""
+    recipe = training["recipe"]
+    if recipe not in RECIPES:
+        raise ValueError(
+            f"{source}: [training] recipe must be one of {', '.join(RECIPES)}, got {recipe!r}"
+        )
+    if recipe != "default":
+        for key in training:
+            if key not in given and key not in ("recipe", "target_train_loss", "l1"):
+                training[key] = None
+        if "l1" not in given:
+            training["l1"] = [RECIPES[recipe]["l1"]]
+    if "steps" in given and "epochs" not in given:
+        training["epochs"] = None
+    if training["steps"] is not None and training["epochs"] is not None:
+        raise ValueError(f"{source}: [training] give epochs or steps, not both")
+    return training
 
 
 def _checked_section(section: str, given: dict, defaults: dict, source: str) -> dict:
@@ -181,7 +208,8 @@ def _checked_section(section: str, given: dict, defaults: dict, source: str) -> 
             check_epsilon(merged["epsilon"])
         except ValueError:
             raise ValueError(
-                f"{source}: [prediction] epsilon must be 'batch_std' or a number > 0, got "
+                f"{source}: [prediction] epsilon must be 'batch_std', 'reference' or a number > 0, "
+                f"got "
                 f"{merged['epsilon']!r}"
             ) from None
         if merged["curvature"] not in CURVATURES:

@@ -592,7 +592,9 @@ def validate(
     epsilon
         The loss budget: ``None`` or ``"batch_std"`` (the standard deviation of the
         mini-batch training losses at w*, batches of ``batch_size``, in float64, as
-        :func:`~pruning_limit.pipeline.predict_limit` computes it) or a positive number.
+        :func:`~pruning_limit.pipeline.predict_limit` computes it), ``"reference"``
+        (the reference code's, :func:`~pruning_limit.reference.reference_epsilon`) or
+        a positive number.
     variants
         Any of ``"one_shot"``, ``"refit"``, ``"finetune"`` (see the module docstring).
     tolerance
@@ -733,7 +735,7 @@ def validate(
         policy=policy,
         damping=damping,
     )
-    if epsilon == BATCH_STD or refit_operator:
+    if isinstance(epsilon, str) or refit_operator:
         eps, eps_source = pipeline.budget(epsilon)
     else:  # a number, and no data pass needed
         eps, eps_source = loss_budget(None, epsilon, dtype=torch.float64)

@@ -272,3 +272,35 @@ def test_basis_options(tmp_path):
     assert results["bfloat16"]["basis_mib_per_rank"] == pytest.approx(
         results["float32"]["basis_mib_per_rank"] / 2
     )
+
+
+def test_paper_setting_quick(tmp_path):
+    record = run_benchmark("paper_setting", tmp_path)
+    assert record["fraction"] == "removed" and record["partial"] is False
+    assert len(record["runs"]) == 2
+    slq_runs = 0
+    for run in record["runs"]:
+        assert run["training"]["recipe"] == "paper" and run["training"]["steps"] == 400
+        assert run["epsilon_source"]["kind"] == "reference" and run["epsilon_source"]["ddof"] == 0
+        for curvature in ("hessian", "ggn"):
+            predicted = run["predicted"][curvature]
+            for method in ("paper", "reference", "orthogonal", "trace_bound", "emp"):
+                assert 0.0 <= predicted[method]["p"] <= 1.0, (curvature, method)
+            spectrum = run["spectra"][curvature]
+            if spectrum["method"] == "slq":
+                slq_runs += 1
+                auto = spectrum["auto_steps"]
+                assert auto["steps"] == spectrum["steps"] and auto["trace"]
+            assert any(note.startswith("reference - paper = ") for note in spectrum["notes"])
+        for variant in ("one_shot", "finetune"):
+            actual = run["actual"][variant]
+            for criterion in ("accuracy", "loss_budget", "collapse"):
+                assert actual[criterion] is None or 0.0 <= actual[criterion] <= 1.0
+        assert run["actual"]["finetune"]["above_dense"] is None
+    assert slq_runs == 2  # the wider network goes through SLQ with steps="auto"
+    for line in record["summary"]:
+        assert math.isfinite(line["mean_error_pp"]) and abs(line["mean_error_pp"]) <= 100.0
+    assert record["goal"]["statement"]
+    markdown = (tmp_path / "paper_setting-cpu.md").read_text()
+    assert "predicted - actual over fitted runs" in markdown
+    assert (tmp_path / "paper_setting-cpu.png").stat().st_size > 0

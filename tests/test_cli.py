@@ -440,3 +440,21 @@ def test_study_from_a_toml_file_and_unknown_keys(tmp_path):
         '[study]\nname = "x"\nfavourite_colour = "blue"\n[[datasets]]\nname = "manifold"\n'
     )
     assert_user_error(run("study", bad, check=False), "favourite_colour")
+
+
+def test_train_with_the_paper_recipe_then_predict_with_the_references_eps_and_pipeline(tmp_path):
+    folder = tmp_path / "paper"
+    run("train", "--data", TINY_DATA, "--model", "mlp:8", "--recipe", "paper", "--steps", "30",
+        "--no-l1-biases", "--warmup-steps", "5", "--out", folder, "--quiet")  # fmt: skip
+    _, card = pl.load_checkpoint(folder)
+    training = card["training"]
+    assert (training["recipe"], training["optimizer"], training["steps"]) == ("paper", "sgd", 30)
+    assert training["l1"] == 5e-5 and training["l1_biases"] is False  # the flag overrides
+    assert (training["warmup_steps"], training["init"]) == (5, "kaiming_normal")
+    payload = json.loads(
+        run("predict", folder, "--data", TINY_DATA, "--epsilon", "reference", "--method",
+            "paper", "--method", "reference", "--json", "--quiet").stdout
+    )  # fmt: skip
+    assert payload["epsilon_source"]["kind"] == "reference"
+    assert set(payload["estimates"]) == {"paper", "reference"}
+    assert any(note.startswith("reference - paper = ") for note in payload["notes"])

@@ -248,3 +248,33 @@ def test_slq_and_exact_spectrum_run_on_a_plain_matrix():
     for probe in range(2):  # m = D - z steps: every probe's rule holds every eigenvalue
         np.testing.assert_allclose(np.sort(spectrum.nodes[probe]), np.sort(exact.nodes[0]),
                                    rtol=1e-8)
+
+
+def test_auto_steps_doubles_m_until_p_star_settles_and_lands_on_the_exact_answer():
+    from pruning_limit.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(10, 20), torch.nn.Tanh(), torch.nn.Linear(20, 3)
+    ).double()
+    data = (torch.randn(200, 10, dtype=torch.float64), torch.randint(0, 3, (200,)))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    exact = Pipeline(model, loss_fn, data, curvature="hessian", batch_size=50)
+    eps, _ = exact.budget()
+    truth = exact.predict(exact.spectrum(), epsilon=eps, methods=("paper",), sensitivity=False)
+    sampled = Pipeline(model, loss_fn, data, curvature="hessian", batch_size=50, exact_limit=10)
+    spectrum = sampled.spectrum(
+        steps="auto", probes=4, auto_start=4, auto_max_steps=200, auto_tolerance=0.002
+    )
+    auto = spectrum.provenance["auto_steps"]
+    assert spectrum.method == "slq" and auto["converged"] and auto["steps"] == spectrum.steps
+    assert [row["steps"] for row in auto["trace"]] == [4 * 2**i for i in range(len(auto["trace"]))]
+    assert auto["trace"][-1]["change"] <= 0.002 < auto["trace"][0]["change"]
+    predicted = sampled.predict(spectrum, epsilon=eps, methods=("paper",), sensitivity=False)
+    assert predicted.removal_fraction("paper") == pytest.approx(
+        truth.removal_fraction("paper"), abs=0.02
+    )
+    capped = sampled.spectrum(steps="auto", probes=2, auto_start=2, auto_max_steps=4)
+    assert capped.steps == 4 and not capped.provenance["auto_steps"]["converged"]
+    with pytest.raises(ValueError, match="'auto'"):
+        sampled.spectrum(steps="many")

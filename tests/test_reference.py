@@ -228,3 +228,58 @@ def test_reference_epsilon_refuses_a_single_batch_and_a_sum_loss():
         reference_epsilon(model, nn.CrossEntropyLoss(), (X, y))
     with pytest.raises(ValueError, match="reduction='mean'"):
         reference_epsilon(model, nn.CrossEntropyLoss(reduction="sum"), (X, y), batch_size=10)
+
+
+def _trained_pair():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 3)).double()
+    inputs = torch.randn(300, 5, dtype=torch.float64)
+    targets = torch.randint(0, 3, (300,))
+    return model, inputs, targets
+
+
+def test_epsilon_reference_through_predict_limit_is_the_hand_computed_np_std():
+    import pruning_limit as pl
+
+    model, inputs, targets = _trained_pair()
+    model.train()  # the budget is read in eval mode whatever the model's mode
+    loss_fn = nn.CrossEntropyLoss()
+    with torch.no_grad():
+        by_hand = [
+            float(loss_fn(model(inputs[i : i + 128]), targets[i : i + 128]))
+            for i in range(0, 300, 128)
+        ]
+    prediction = pl.predict_limit(
+        model, data=(inputs, targets), loss_fn=loss_fn, epsilon="reference",
+        methods=("paper", "reference"), curvature="hessian", batch_size=50,
+    )  # fmt: skip
+    assert prediction.epsilon == pytest.approx(float(np.std(by_hand, ddof=0)), rel=1e-12)
+    source = prediction.epsilon_source
+    assert source["kind"] == "reference" and source["ddof"] == 0 and source["mode"] == "eval"
+    assert (source["batch_size"], source["batches"], source["last_batch_size"]) == (128, 3, 44)
+    assert model.training
+
+
+def test_reference_method_is_reference_limit_on_the_same_spectrum_with_its_difference_noted():
+    import pruning_limit as pl
+    from pruning_limit.budget import loss_budget
+
+    model, inputs, targets = _trained_pair()
+    loss_fn = nn.CrossEntropyLoss()
+    spectrum = pl.exact_spectrum(model, loss_fn, (inputs, targets), curvature="hessian")
+    prediction = pl.predict_limit(
+        model, spectrum, epsilon=0.02, methods=("paper", "reference"), sensitivity=False
+    )
+    weights = np.concatenate(
+        [p.detach().numpy().ravel() for n, p in model.named_parameters() if "weight" in n]
+    )
+    expected = reference_limit(spectrum, weights, 0.02)
+    estimate = prediction.estimates["reference"]
+    assert estimate.removal_fraction == expected.removal_fraction
+    assert estimate.uncertainty["rounded_radius"] == expected.rounded_radius
+    difference = expected.removal_fraction - prediction.removal_fraction("paper")
+    assert f"reference - paper = {difference:+.3f} (fraction removed)" in prediction.notes
+    with pytest.raises(ValueError, match="reference_epsilon"):
+        loss_budget([0.1, 0.2], "reference")
+    with pytest.raises(ValueError, match="'reference'"):
+        loss_budget([0.1, 0.2], "population_std")

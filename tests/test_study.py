@@ -126,6 +126,8 @@ DATASET = '\n[[datasets]]\nname = "manifold"\nd = [2]\n'
         ('[prediction]\nepsilon = "huge"\n', "epsilon"),
         ('[validation]\nvariants = ["retrain"]\n', "retrain"),
         ("[validation]\namounts = [0.5, 2.0]\n", "amounts"),
+        ('[training]\nrecipe = "sgd"\n', "recipe must be one of"),
+        ("[training]\nsteps = 10\nepochs = 2\n", "epochs or steps, not both"),
     ],
 )
 def test_bad_configuration_is_refused_with_a_clear_error(tmp_path, text, message):
@@ -150,3 +152,15 @@ def test_shipped_configurations_are_valid():
     full = load_config(FULL)
     names = {entry["name"] for entry in full["datasets"]}
     assert names == {"manifold", "digits", "mnist1d"}
+
+
+def test_a_non_default_recipe_is_not_overridden_by_the_studys_training_defaults(tmp_path):
+    config = load_config(write(tmp_path, '[training]\nrecipe = "paper"\nsteps = 40\n' + DATASET))
+    training = config["training"]
+    assert (training["recipe"], training["steps"], training["l1"]) == ("paper", 40, [5e-5])
+    for key in ("epochs", "lr", "optimizer", "batch_size", "momentum", "l1_biases", "init"):
+        assert training[key] is None, key  # train() takes the recipe's value
+    given = load_config(write(tmp_path, '[training]\nrecipe = "paper"\nlr = 0.05\n' + DATASET))
+    assert given["training"]["lr"] == 0.05 and given["training"]["steps"] is None
+    plain = load_config(write(tmp_path, "[training]\nsteps = 40\n" + DATASET))["training"]
+    assert (plain["optimizer"], plain["epochs"], plain["steps"]) == ("adam", None, 40)
