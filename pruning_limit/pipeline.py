@@ -23,14 +23,22 @@ from .batches import DEFAULT_BATCH_SIZE
 from .budget import BATCH_STD, check_epsilon, loss_budget
 from .curvature import CURVATURES, DEFAULT_CURVATURE, EXACT_LIMIT, CurvatureOperator, ModelLoss
 from .lanczos import exact_spectrum_of, slq
-from .limit import check_methods, check_statdim_dimension, predict_from_spectrum
+from .limit import (
+    check_methods,
+    check_statdim_dimension,
+    closed_form_limit,
+    predict_from_spectrum,
+)
 from .parameters import resolve_parameters
 from .prediction import DEFAULT_METHODS, Prediction
 from .quadratic import QuadraticModel
+from .regime import measure_regime
 from .spectrum import Spectrum
 from .statdim import check_policy
 
 NEEDS_CURVATURE = ("quadratic", "statdim_exact")
+# The regime's R(p*)/||w|| is read at this predictor's p*, as in the calibration set.
+REGIME_METHOD = "paper"
 
 
 class Pipeline:
@@ -204,10 +212,16 @@ class Pipeline:
         *,
         epsilon: str | float = BATCH_STD,
         methods: Iterable[str] = DEFAULT_METHODS,
+        card: dict | None = None,
         **options,
     ) -> Prediction:
         """The Prediction from ``spectrum`` (default: :meth:`spectrum`), eps and w*.
 
+        With training data and a loss, the Prediction also holds the network's
+        :class:`~pruning_limit.regime.Regime` (one pass over the data), measured at
+        ``paper``'s p* (computed if not asked for) with the model ``card`` when given
+        (L1 strength, optimiser); it selects the calibrated intervals
+        (:meth:`~pruning_limit.prediction.Prediction.calibrated`).
         ``options`` go to :func:`~pruning_limit.limit.predict_from_spectrum`.
         """
         methods = check_methods(methods)
@@ -215,7 +229,7 @@ class Pipeline:
         self.check_spectrum(spectrum)
         eps, source = self.budget(epsilon)
         needs_curvature = set(NEEDS_CURVATURE) & set(methods)
-        return predict_from_spectrum(
+        prediction = predict_from_spectrum(
             spectrum,
             self.weights,
             eps,
@@ -228,6 +242,24 @@ class Pipeline:
             parameters=self.parameters,
             **options,
         )
+        if self.has_data:
+            prediction.regime = self.regime(prediction, spectrum, card).to_dict()
+        return prediction
+
+    def regime(self, prediction: Prediction, spectrum: Spectrum, card: dict | None = None):
+        """The network's :class:`~pruning_limit.regime.Regime` for ``prediction``."""
+        if REGIME_METHOD in prediction.estimates:
+            removal_fraction = prediction.removal_fraction(REGIME_METHOD)
+        else:
+            removal_fraction = closed_form_limit(
+                REGIME_METHOD, spectrum, self.weights, prediction.epsilon, self.policy
+            )
+        return measure_regime(
+            self.model, self.loss_fn, self.data,
+            removal_fraction=removal_fraction, removal_fraction_method=REGIME_METHOD,
+            card=card, curvature=prediction.curvature,
+            epsilon_source=prediction.epsilon_source, params=self.names,
+        )  # fmt: skip
 
 
 class _WithMatrix:
@@ -259,6 +291,7 @@ def predict_limit(
     batch_size: int | None = None,
     damping: float = 0.0,
     dense_limit: int = EXACT_LIMIT,
+    card: dict | None = None,
     **options,
 ) -> Prediction:
     """Predict how large a fraction p of a model's prunable weights can be removed.
@@ -294,6 +327,12 @@ def predict_limit(
         zero loss need).
     damping, dense_limit
         For the quadratic model (see :class:`~pruning_limit.quadratic.QuadraticModel`).
+    card
+        The model card (:func:`~pruning_limit.training.load_checkpoint`), if any: the
+        regime records the L1 strength and optimiser from it. With ``data`` and
+        ``loss_fn`` the Prediction holds the network's regime
+        (:attr:`~pruning_limit.prediction.Prediction.regime`), which selects its
+        calibrated intervals.
     options
         Passed to :func:`predict_from_spectrum` (``confidence``, ``sensitivity``,
         ``tolerance``, ``statdim_samples``, ``seed``, ``curve_points``).
@@ -360,7 +399,7 @@ def predict_limit(
         needs_data.append("spectrum=None")
     if needs_data and not pipeline.has_data:
         raise ValueError(f"{', '.join(needs_data)} need data= and loss_fn= (the training data)")
-    return pipeline.predict(spectrum, epsilon=epsilon, methods=methods, **options)
+    return pipeline.predict(spectrum, epsilon=epsilon, methods=methods, card=card, **options)
 
 
 def estimate_spectrum(
