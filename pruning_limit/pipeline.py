@@ -29,6 +29,7 @@ from .limit import (
     closed_form_limit,
     predict_from_spectrum,
 )
+from .onset import DEFAULT_POINTS, taylor_onset
 from .parameters import resolve_parameters
 from .prediction import DEFAULT_METHODS, Prediction
 from .quadratic import QuadraticModel
@@ -190,6 +191,14 @@ class Pipeline:
                 dense_limit=self.exact_limit,
             )
         return self._quadratic
+
+    def taylor_onset(self, epsilon: str | float = BATCH_STD, points: int = DEFAULT_POINTS) -> float:
+        """The one-shot loss-budget onset of the Taylor model at w*
+        (:func:`~pruning_limit.onset.taylor_onset`: the gradient and ``points``
+        curvature products at w*, no forward pass at a pruned point)."""
+        eps, _ = self.budget(epsilon)
+        gradient = self.model_loss().gradient()
+        return taylor_onset(self.operator, self.weights, gradient, eps, points=points)
 
     def check_spectrum(self, spectrum: Spectrum) -> None:
         """Refuse a Spectrum of other tensors than this pipeline's (D, names, shapes)."""
