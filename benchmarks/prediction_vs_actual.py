@@ -63,8 +63,8 @@ ERRORS_FILE = "measured_errors.json"
 DTYPES = ("float32", "float64")
 ROW_KEYS = (
     "run", "dataset", "knob", "intrinsic_dimension", "intrinsic_dimension_estimates",
-    "regularisation", "dtype", "dimension", "dense", "epsilon", "curvature",
-    "spectrum_method", "refit_curvature", "predicted", "actual", "notes", "seconds",
+    "regularisation", "dtype", "dimension", "dense", "epsilon", "epsilon_source", "regime",
+    "curvature", "spectrum_method", "refit_curvature", "predicted", "actual", "notes", "seconds",
 )  # fmt: skip
 
 

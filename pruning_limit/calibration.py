@@ -40,6 +40,32 @@ Fallback: there is no pooling across regimes. A class with too few runs for eith
 gives no interval, with the reason; so does a network whose features lie outside the
 range spanned by its class's calibration runs (a false interval is worse than none).
 
+The range check
+---------------
+A network is refused (no interval, with the reason) when its curvature or eps source
+differs from every calibration run of its class, when it has no train accuracy (the
+calibration networks are classifiers), or when one of :data:`RANGE_FEATURES` lies
+outside the range its class's calibration runs span:
+
+- ``small_weight_share`` and ``pruned_norm_ratio`` (R(p*)/||w||): within a class they
+  are the features the residual moves with (on the 22 networks of the study, Spearman
+  of the class-centred residual of ``paper`` against the one-shot collapse -0.83 with
+  R(p*)/||w||; ``quadratic`` against the one-shot onset +0.69 with the share), and a
+  left-out network at an extreme of either is covered less often than the others
+  (leave-one-out at 80 %, pooled over methods and criteria: 77-78 % against 83 %);
+- ``d_over_n``: the network's size relative to its data, on which the theory's error
+  depends (the gap of ``paper`` shrinks as D grows) and which separates the study's
+  small MLPs (D/N 0.4-1.3) from most real networks; never binding in leave-one-out
+  (every data family appears more than once per class), it refuses extrapolation.
+
+Train accuracy and train loss are not range-checked: the class already reads the fit
+(accuracy >= 0.95 or not), their within-class association with the residual is weak
+(|Spearman| <= 0.27), and a network at their extreme is covered as often as the rest
+(81 % against 82 % at 80 %; 89 % against 90 % at 90 %). Checking all five refused 59 %
+of the left-out networks; checking these three refuses 46 % on the 22-network set,
+most of it because 6 units per class make every other network an extreme (it falls
+towards 4/(n+1) with n units per class).
+
 Calibration units: runs that are the same network trained twice (same data, seed and
 penalty, float32 and float64: the same ``group``) are not independent; within a class
 they count as one unit whose residual is the mean of theirs, and leave-one-out leaves
@@ -62,7 +88,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -76,6 +102,10 @@ DATA_FILE = "calibration.json"  # in pruning_limit/data/, built by benchmarks/ca
 RULES = ("auto", "asymmetric", "symmetric")
 # The categorical features a network must share with its calibration runs.
 CATEGORICAL_FEATURES = ("curvature", "epsilon_source")
+# The continuous features whose calibration range a network must lie in (module
+# docstring, "The range check"): those that move the residual within a regime class,
+# and the network's size relative to its data.
+RANGE_FEATURES = ("small_weight_share", "pruned_norm_ratio", "d_over_n")
 POOLED = "all regimes (pooled)"
 
 
@@ -247,6 +277,11 @@ class CalibratedInterval:
         and criterion.
     rule
         ``"asymmetric"`` or ``"symmetric"`` (``None`` without an interval).
+    measured
+        The leave-one-out coverage and mean width of such intervals over the
+        calibration networks of the regime (:meth:`CalibrationSet.leave_one_out`:
+        ``units``, ``answered``, ``coverage``, ``mean_width``), when attached with
+        :meth:`with_measured`.
     """
 
     low: float | None
@@ -260,6 +295,7 @@ class CalibratedInterval:
     regime: str | None
     runs: int
     rule: str | None = None
+    measured: dict | None = None
 
     @property
     def bounds(self) -> tuple[float, float] | None:
@@ -284,7 +320,34 @@ class CalibratedInterval:
                 "regime": self.regime,
                 "runs": self.runs,
                 "rule": self.rule,
+                "measured": self.measured,
             }
+        )
+
+    def with_reason(self, reason: str) -> CalibratedInterval:
+        """This result without an interval, for ``reason``."""
+        return replace(self, low=None, high=None, rule=None, reason=reason)
+
+    def with_measured(self, calibration: CalibrationSet) -> CalibratedInterval:
+        """This interval with its leave-one-out coverage and width on ``calibration``
+        (unchanged when there is no interval)."""
+        if self.bounds is None:
+            return self
+        row = calibration.leave_one_out(
+            self.method, self.variant, self.criterion, self.regime, self.coverage
+        )
+        measured = {key: row[key] for key in ("units", "answered", "coverage", "mean_width")}
+        return replace(self, measured=measured)
+
+    def measured_text(self) -> str:
+        """The measured coverage and width in words (for printing)."""
+        if not self.measured or self.measured["coverage"] is None:
+            return f"{self.coverage:.0%} nominal, {self.runs} calibration networks; not measured"
+        m = self.measured
+        return (
+            f"{self.coverage:.0%} nominal, {self.runs} calibration networks; leave-one-out: "
+            f"{100 * m['coverage']:.0f} % covered of {m['answered']} answered (of {m['units']}), "
+            f"mean width {100 * m['mean_width']:.1f} points"
         )
 
     def __str__(self) -> str:
@@ -308,6 +371,8 @@ class CalibrationSet:
     runs: list
     provenance: dict = field(default_factory=dict)
     criteria: dict = field(default_factory=dict)
+    # leave_one_out's answers: a printed Prediction asks for the same ones again.
+    _measured: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -368,6 +433,7 @@ class CalibrationSet:
         mondrian: bool = True,
         check_range: bool = True,
         exclude_group: str | None = None,
+        range_features: Iterable[str] = RANGE_FEATURES,
     ) -> CalibratedInterval:
         """The calibrated interval on the actual limit, or the reason there is none.
 
@@ -394,6 +460,10 @@ class CalibrationSet:
             is for diagnostics of the conformal step alone (leave-one-out).
         exclude_group
             Leave this group's runs out (leave-one-out).
+        range_features
+            The continuous features of the range check (default
+            :data:`RANGE_FEATURES`; any of
+            :data:`~pruning_limit.regime.CONTINUOUS_FEATURES`).
 
         Returns
         -------
@@ -433,7 +503,7 @@ class CalibrationSet:
             )
         if check_range:
             members = [run for _, _, group in units for run in group]
-            outside = _outside_range(regime, [run.regime for run in members])
+            outside = _outside_range(regime, [run.regime for run in members], range_features)
             if outside:
                 return none(
                     f"outside the calibration range of regime {name!r}: " + "; ".join(outside),
@@ -475,6 +545,7 @@ class CalibrationSet:
         coverage: float = 0.9,
         rule: str = "auto",
         check_range: bool = True,
+        range_features: Iterable[str] = RANGE_FEATURES,
     ) -> dict:
         """Coverage and mean width, leaving each calibration unit of a class out in turn.
 
@@ -491,6 +562,17 @@ class CalibrationSet:
             of answered units covered; ``None`` if none was answered), ``mean_width``,
             ``rules`` (rule -> count) and ``reasons`` (reason -> count) for the rest.
         """
+        range_features = tuple(range_features)
+        key = (method, variant, criterion, regime_class, coverage, rule, check_range,
+               range_features)  # fmt: skip
+        if key not in self._measured:
+            self._measured[key] = self._leave_one_out(*key)
+        return dict(self._measured[key])
+
+    def _leave_one_out(
+        self, method, variant, criterion, regime_class, coverage, rule, check_range,
+        range_features,
+    ) -> dict:  # fmt: skip
         units = self.units(method, variant, criterion, regime_class)
         covered, widths, rules, reasons = [], [], {}, {}
         for group, residual, members in units:
@@ -498,6 +580,7 @@ class CalibrationSet:
             result = self.interval(
                 method, variant, criterion, members[0].regime, predicted, coverage, rule,
                 mondrian=regime_class is not None, check_range=check_range, exclude_group=group,
+                range_features=range_features,
             )  # fmt: skip
             if result.bounds is None:
                 key = result.reason.split(":")[0]
@@ -514,6 +597,7 @@ class CalibrationSet:
             "regime": POOLED if regime_class is None else regime_class,
             "nominal": coverage,
             "check_range": check_range,
+            "range_features": list(range_features) if check_range else [],
             "units": len(units),
             "answered": len(covered),
             "coverage": float(np.mean(covered)) if covered else None,
@@ -528,12 +612,16 @@ class CalibrationSet:
         rule: str = "auto",
         check_range: bool = True,
         pooled: bool = False,
+        range_features: Iterable[str] = RANGE_FEATURES,
     ) -> list[dict]:
         """:meth:`leave_one_out` for every method, variant, criterion and regime class
         (and, with ``pooled``, for all classes pooled)."""
         classes = [*self.regime_classes(), *([None] if pooled else [])]
+        range_features = tuple(range_features)
         return [
-            self.leave_one_out(method, variant, criterion, name, coverage, rule, check_range)
+            self.leave_one_out(
+                method, variant, criterion, name, coverage, rule, check_range, range_features
+            )
             for method in self.methods()
             for variant, criterion in self.targets()
             for name in classes
@@ -577,16 +665,24 @@ class CalibrationSet:
         return cls.from_dict(read_json(path, "calibration set"))
 
 
-def _outside_range(regime: Regime, calibration: list[Regime]) -> list[str]:
+def _outside_range(
+    regime: Regime, calibration: list[Regime], features: Iterable[str] = RANGE_FEATURES
+) -> list[str]:
     """Why ``regime`` lies outside what ``calibration`` spans (empty list: inside)."""
+    features = tuple(features)
+    unknown = [name for name in features if name not in CONTINUOUS_FEATURES]
+    if unknown:
+        raise ValueError(f"unknown range features {unknown}; known: {CONTINUOUS_FEATURES}")
     problems = []
     for name in CATEGORICAL_FEATURES:
         seen = sorted({getattr(r, name) for r in calibration})
         if getattr(regime, name) not in seen:
             problems.append(f"{name} {getattr(regime, name)!r} not among {seen}")
+    if regime.train_accuracy is None and any(r.train_accuracy is not None for r in calibration):
+        problems.append("no train accuracy (not a classifier); the calibration networks are")
     methods = sorted({str(r.removal_fraction_method) for r in calibration})
     same_method = str(regime.removal_fraction_method) in methods
-    for name in CONTINUOUS_FEATURES:
+    for name in features:
         if name == "pruned_norm_ratio" and not same_method:
             problems.append(
                 f"R(p*)/||w|| is measured at p* of {regime.removal_fraction_method!r}, "

@@ -465,7 +465,7 @@ def parse_epsilon(text: str) -> str | float:
 
 def command_predict(args, out: Output) -> int:
     target = writable_file(args.out) if args.out else None
-    model, _, data = load_model_and_data(args)
+    model, card, data = load_model_and_data(args)
     train_pair, _ = rank_shards(data, args.batch_size)
     spectrum = Spectrum.load(args.spectrum) if args.spectrum else None
     prediction = predict_limit(
@@ -480,11 +480,14 @@ def command_predict(args, out: Output) -> int:
         dtype=DTYPES[args.dtype] if args.dtype else None,
         device=args.device,
         batch_size=args.batch_size,
+        card=card or None,
     )
     if target is not None and distributed.is_main():
         prediction.save(target)
+    payload = json.loads(prediction.to_json())
+    payload["calibrated_intervals"] = [c.to_dict() for c in prediction.calibrated_intervals()]
     out.result(
-        json.loads(prediction.to_json()),
+        payload,
         prediction.summary() + (f"\nwritten to {target}" if target else ""),
     )
     return 0

@@ -234,6 +234,31 @@ def _solve_closed_form(method: str, form, norm: PrunedNorm, epsilon: float, shif
     return first_crossing(excess)
 
 
+def closed_form_limit(
+    method: str, spectrum: Spectrum, weights, epsilon: float, policy: str = "abs"
+) -> float:
+    """p* of one closed form (``paper``, ``orthogonal``, ``trace_bound``) alone, no interval.
+
+    The point estimate :func:`predict_from_spectrum` reports for ``method``; for a
+    reading that needs one predictor's p* without the rest (the regime's R(p*)/||w||
+    is measured at ``paper``'s p*, asked for or not).
+
+    >>> import numpy as np
+    >>> from pruning_limit.spectrum import Spectrum
+    >>> s = Spectrum(nodes=np.linspace(0, 1, 20)[None], weights=np.full((1, 20), 1 / 20),
+    ...              dimension=20, zero_rows=0, curvature="ggn", method="exact")
+    >>> w = np.linspace(-1, 1, 20)
+    >>> p = closed_form_limit("paper", s, w, 0.1)
+    >>> p == predict_from_spectrum(s, w, 0.1, methods=("paper",)).removal_fraction("paper")
+    True
+    """
+    if method not in CLOSED_FORMS:
+        raise ValueError(f"method must be one of {CLOSED_FORMS}, got {method!r}")
+    check_policy(policy)
+    form = _ClosedForm(spectrum, policy, spectrum.nodes, spectrum.weights)
+    return _solve_closed_form(method, form, PrunedNorm(weights), float(check_epsilon(epsilon)))
+
+
 def check_methods(methods: Iterable[str]) -> tuple[str, ...]:
     """Validate method names; raise ``ValueError`` listing the known ones."""
     if isinstance(methods, str):

@@ -24,11 +24,18 @@ from .batches import DEFAULT_BATCH_SIZE
 from .budget import BATCH_STD, REFERENCE, check_epsilon, loss_budget
 from .curvature import CURVATURES, DEFAULT_CURVATURE, EXACT_LIMIT, CurvatureOperator, ModelLoss
 from .lanczos import exact_spectrum_of, slq
-from .limit import check_methods, check_statdim_dimension, predict_from_spectrum
+from .limit import (
+    check_methods,
+    check_statdim_dimension,
+    closed_form_limit,
+    predict_from_spectrum,
+)
+from .onset import DEFAULT_POINTS, taylor_onset
 from .parameters import resolve_parameters
 from .prediction import DEFAULT_METHODS, Prediction
 from .quadratic import QuadraticModel
 from .reference import reference_epsilon
+from .regime import measure_regime
 from .spectrum import Spectrum
 from .statdim import check_policy
 
@@ -37,6 +44,8 @@ AUTO = "auto"
 AUTO_TOLERANCE = 0.005
 AUTO_START = 50
 AUTO_MAX_STEPS = 400
+# The regime's R(p*)/||w|| is read at this predictor's p*, as in the calibration set.
+REGIME_METHOD = "paper"
 
 
 class Pipeline:
@@ -257,6 +266,14 @@ class Pipeline:
             )
         return self._quadratic
 
+    def taylor_onset(self, epsilon: str | float = BATCH_STD, points: int = DEFAULT_POINTS) -> float:
+        """The one-shot loss-budget onset of the Taylor model at w*
+        (:func:`~pruning_limit.onset.taylor_onset`: the gradient and ``points``
+        curvature products at w*, no forward pass at a pruned point)."""
+        eps, _ = self.budget(epsilon)
+        gradient = self.model_loss().gradient()
+        return taylor_onset(self.operator, self.weights, gradient, eps, points=points)
+
     def check_spectrum(self, spectrum: Spectrum) -> None:
         """Refuse a Spectrum of other tensors than this pipeline's (D, names, shapes)."""
         if spectrum.dimension != self.dimension:
@@ -278,10 +295,16 @@ class Pipeline:
         *,
         epsilon: str | float = BATCH_STD,
         methods: Iterable[str] = DEFAULT_METHODS,
+        card: dict | None = None,
         **options,
     ) -> Prediction:
         """The Prediction from ``spectrum`` (default: :meth:`spectrum`), eps and w*.
 
+        With training data and a loss, the Prediction also holds the network's
+        :class:`~pruning_limit.regime.Regime` (one pass over the data), measured at
+        ``paper``'s p* (computed if not asked for) with the model ``card`` when given
+        (L1 strength, optimiser); it selects the calibrated intervals
+        (:meth:`~pruning_limit.prediction.Prediction.calibrated`).
         ``options`` go to :func:`~pruning_limit.limit.predict_from_spectrum`.
         """
         methods = check_methods(methods)
@@ -303,7 +326,24 @@ class Pipeline:
             **options,
         )
         prediction.distributed = distributed.record()
+        if self.has_data:
+            prediction.regime = self.regime(prediction, spectrum, card).to_dict()
         return prediction
+
+    def regime(self, prediction: Prediction, spectrum: Spectrum, card: dict | None = None):
+        """The network's :class:`~pruning_limit.regime.Regime` for ``prediction``."""
+        if REGIME_METHOD in prediction.estimates:
+            removal_fraction = prediction.removal_fraction(REGIME_METHOD)
+        else:
+            removal_fraction = closed_form_limit(
+                REGIME_METHOD, spectrum, self.weights, prediction.epsilon, self.policy
+            )
+        return measure_regime(
+            self.model, self.loss_fn, self.data,
+            removal_fraction=removal_fraction, removal_fraction_method=REGIME_METHOD,
+            card=card, curvature=prediction.curvature,
+            epsilon_source=prediction.epsilon_source, params=self.names,
+        )  # fmt: skip
 
 
 class _WithMatrix:
@@ -336,6 +376,7 @@ def predict_limit(
     batch_size: int | None = None,
     damping: float = 0.0,
     dense_limit: int = EXACT_LIMIT,
+    card: dict | None = None,
     **options,
 ) -> Prediction:
     """Predict how large a fraction p of a model's prunable weights can be removed.
@@ -373,6 +414,12 @@ def predict_limit(
         zero loss need).
     damping, dense_limit
         For the quadratic model (see :class:`~pruning_limit.quadratic.QuadraticModel`).
+    card
+        The model card (:func:`~pruning_limit.training.load_checkpoint`), if any: the
+        regime records the L1 strength and optimiser from it. With ``data`` and
+        ``loss_fn`` the Prediction holds the network's regime
+        (:attr:`~pruning_limit.prediction.Prediction.regime`), which selects its
+        calibrated intervals.
     options
         Passed to :func:`predict_from_spectrum` (``confidence``, ``sensitivity``,
         ``tolerance``, ``statdim_samples``, ``seed``, ``curve_points``).
@@ -439,7 +486,7 @@ def predict_limit(
         needs_data.append("spectrum=None")
     if needs_data and not pipeline.has_data:
         raise ValueError(f"{', '.join(needs_data)} need data= and loss_fn= (the training data)")
-    return pipeline.predict(spectrum, epsilon=epsilon, methods=methods, **options)
+    return pipeline.predict(spectrum, epsilon=epsilon, methods=methods, card=card, **options)
 
 
 @distributed.collective

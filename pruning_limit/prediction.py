@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from .calibration import CalibratedInterval, CalibrationSet, shipped
+from .regime import Regime
 from .serialization import plain, read_json, write_json
 
 METHODS = (
@@ -41,6 +43,15 @@ CONVENTION = (
 )
 STATDIM_EXACT_LIMIT = 500
 FORMAT_VERSION = 1
+# What summary() shows a calibrated interval for: the collapse centre of one-shot
+# pruning, which the predictors track best (issue 11); every other criterion of the
+# calibration set is one call of calibrated() away, and in the CLI's --json.
+SUMMARY_TARGET = ("one_shot", "collapse")
+NO_REGIME = (
+    "the network's regime is unknown: it is measured from the model and its training data "
+    "(predict_limit, Pipeline.predict); a prediction from a spectrum alone "
+    "(predict_from_spectrum) or a file written before regimes were recorded has none"
+)
 
 
 
@@ -148,6 +159,10 @@ class Prediction:
     distributed
         ``world_size`` and ``backend`` of the process group the data passes (eps, the
         quadratic model) ran in (the spectrum's own are in its provenance).
+    regime
+        The network's :class:`~pruning_limit.regime.Regime` as a dict
+        (:meth:`Regime.to_dict`; :meth:`network_regime` reads it back), measured at
+        ``paper``'s p*; ``None`` without a model and its training data.
     """
 
     estimates: dict
@@ -167,6 +182,7 @@ class Prediction:
     convention: str = CONVENTION
     version: str = ""
     distributed: dict = field(default_factory=dict)
+    regime: dict | None = None
 
     def removal_fraction(self, method: str | None = None) -> float:
         """p* (fraction REMOVED) of ``method`` (default: the first one computed)."""
@@ -178,6 +194,64 @@ class Prediction:
 
     def interval(self, method: str | None = None) -> tuple[float, float]:
         return tuple(self._estimate(method).interval)
+
+    def network_regime(self) -> Regime | None:
+        """The network's :class:`~pruning_limit.regime.Regime` (``None`` if not measured)."""
+        return None if self.regime is None else Regime.from_dict(self.regime)
+
+    def calibrated(
+        self,
+        method: str | None = None,
+        variant: str = "one_shot",
+        criterion: str = "collapse",
+        coverage: float = 0.9,
+        calibration: CalibrationSet | None = None,
+    ) -> CalibratedInterval:
+        """The calibrated interval on the actual limit, or the reason there is none.
+
+        Split-conformal on the residuals (actual - predicted) of the calibration
+        networks of this network's regime (:mod:`pruning_limit.calibration`), with the
+        leave-one-out coverage and mean width measured on those networks
+        (``measured``). ``calibration``: default the set shipped with the package.
+        """
+        calibration = shipped() if calibration is None else calibration
+        estimate = self._estimate(method)
+        result = calibration.interval(
+            estimate.method, variant, criterion, self.network_regime(),
+            estimate.removal_fraction, coverage,
+        )  # fmt: skip
+        if self.regime is None:
+            return result.with_reason(NO_REGIME)
+        return result.with_measured(calibration)
+
+    def calibrated_interval(
+        self,
+        method: str | None = None,
+        variant: str = "one_shot",
+        criterion: str = "collapse",
+        coverage: float = 0.9,
+        calibration: CalibrationSet | None = None,
+    ) -> tuple[float, float] | None:
+        """``(low, high)`` on the actual limit (fraction REMOVED) at ``coverage``, or ``None``.
+
+        ``None`` when the calibration cannot vouch for an interval for this network
+        (regime unknown, features outside the calibration range, too few calibration
+        networks of its regime); :meth:`calibrated` says why, and gives the interval's
+        measured coverage and width.
+        """
+        return self.calibrated(method, variant, criterion, coverage, calibration).bounds
+
+    def calibrated_intervals(
+        self, coverage: float = 0.9, calibration: CalibrationSet | None = None
+    ) -> list[CalibratedInterval]:
+        """:meth:`calibrated` for every method computed and every variant and criterion
+        the calibration set holds (what ``pruning-limit predict --json`` reports)."""
+        calibration = shipped() if calibration is None else calibration
+        return [
+            self.calibrated(method, variant, criterion, coverage, calibration)
+            for method in self.estimates
+            for variant, criterion in calibration.targets()
+        ]
 
     def _estimate(self, method: str | None) -> MethodEstimate:
         if method is None:
@@ -251,9 +325,34 @@ class Prediction:
         message = self.convergence.get("message")
         if message:
             lines += ["", message]
+        lines += self._regime_lines()
         lines += [f"note: {n}" for n in self.notes]
         lines += _measured_error_lines(list(self.estimates))
         return "\n".join(lines)
+
+    def _regime_lines(self) -> list[str]:
+        regime = self.network_regime()
+        variant, criterion = SUMMARY_TARGET
+        lines = ["", str(regime) if regime is not None else "Regime: unknown"]
+        lines += [
+            "",
+            f"Calibrated intervals on the actual {variant} {criterion} limit (nominal 90 %: "
+            "split-conformal on measured errors of calibration networks of this regime; "
+            "coverage and width measured by leave-one-out on them) beside the spectrum-only "
+            "interval (the spectrum's error alone, above):",
+        ]
+        for name, est in self.estimates.items():
+            result = self.calibrated(name, variant, criterion)
+            low, high = est.interval
+            spectral = f"spectrum only [{low:.3f}, {high:.3f}]"
+            if result.bounds is None:
+                lines.append(f"  {name:<14}{spectral}; calibrated: none ({result.reason})")
+                continue
+            lines.append(
+                f"  {name:<14}{spectral}; calibrated [{result.low:.3f}, {result.high:.3f}] "
+                f"({result.measured_text()})"
+            )
+        return lines
 
     def __repr__(self) -> str:
         parts = ", ".join(

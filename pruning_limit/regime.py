@@ -72,11 +72,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import check_mean_reduction
 from .batches import as_batches
-from .metrics import EVALUATION_BATCH_SIZE
-from .parameters import resolve_parameters
+from .metrics import EVALUATION_BATCH_SIZE, is_classification, split_metrics
+from .parameters import eval_mode, resolve_parameters
 from .serialization import plain
-from .training import evaluate
 
 # Thresholds of the named class; see the module docstring for how they were chosen.
 FIT_ACCURACY = 0.95
@@ -247,7 +247,7 @@ def measure_regime(
     curvature: str = UNKNOWN,
     epsilon_source: str | dict = UNKNOWN,
     params: Iterable | None = None,
-    classification: bool = True,
+    classification: bool | None = None,
 ) -> Regime:
     """Measure the :class:`Regime` of a trained network at its weights w*.
 
@@ -276,6 +276,7 @@ def measure_regime(
         default every Linear/Conv ``weight``.
     classification
         Whether ``model`` is a classifier; if not, ``train_accuracy`` is ``None``.
+        Default: whether the targets are class labels (one integer per sample).
 
     Returns
     -------
@@ -290,17 +291,22 @@ def measure_regime(
         weights = np.concatenate(
             [t.detach().double().cpu().numpy().reshape(-1) for _, t in selected]
         )
+    loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
+    check_mean_reduction(loss_fn)
     # Sample-weighted means over the batches, as every full-data quantity here.
     total_loss = total_correct = 0.0
-    for inputs, targets in batches:
-        metrics = evaluate(model, inputs, targets, loss_fn)
-        total_loss += metrics["loss"] * len(targets)
-        total_correct += metrics["accuracy"] * len(targets)
+    with eval_mode(model):
+        for inputs, targets in batches:
+            if classification is None:
+                classification = is_classification(targets)
+            loss, accuracy = split_metrics(model, inputs, targets, loss_fn, classification)
+            total_loss += loss * len(targets)
+            total_correct += (accuracy or 0.0) * len(targets)
     num_train = batches.num_samples
     l1, optimizer = card_training(card)
     if isinstance(epsilon_source, dict):
         epsilon_source = str(epsilon_source.get("kind", UNKNOWN))
-    # Imported here: the Prediction (in limit) holds a Regime, so limit imports this module.
+    # Imported here: limit imports prediction, which imports this module.
     from .limit import pruned_norm
 
     norm = float(np.linalg.norm(weights))

@@ -232,6 +232,7 @@ def _execute(run: StudyRun, config: dict, run_dir: Path, datasets: dict) -> dict
             sensitivity=prediction_config["sensitivity"],
             statdim_samples=prediction_config["statdim_samples"],
             seed=seed,
+            card=card,
         )
         prediction.save(prediction_path)
     timings["prediction"] = time.perf_counter() - started
@@ -301,6 +302,7 @@ def _execute(run: StudyRun, config: dict, run_dir: Path, datasets: dict) -> dict
         "training": {"epochs_run": card["training"]["epochs_run"]},
         "epsilon": prediction.epsilon,
         "epsilon_source": prediction.epsilon_source,
+        "regime": prediction.regime,
         "curvature": prediction.curvature,
         "spectrum_method": prediction.spectrum.get("method"),
         "refit_curvature": _refit_curvature(validation, prediction),

@@ -222,3 +222,67 @@ def test_the_shipped_set_loads_and_answers_or_says_why():
         "paper", "one_shot", "accuracy", run.regime, run.predicted["paper"], 0.9
     )
     assert (result.bounds is None) == (result.reason is not None)
+
+
+def test_the_range_check_reads_the_features_that_move_the_residual():
+    rng = np.random.default_rng(7)
+    calibration = _calibration({SPARSE_FITS: 0.05 + 0.02 * rng.standard_normal(25)}, rng)
+    # Train loss and accuracy lie outside their calibration range (0.04 .. 0.06) but
+    # the class already reads the fit: the interval is given.
+    fitted = _regime(SPARSE_FITS, train_loss=0.5, train_accuracy=1.0)
+    assert calibration.interval("paper", "one_shot", "collapse", fitted, 0.8).bounds is not None
+    for changes, feature in [
+        (dict(small_weight_share=0.9), "small_weight_share"),
+        (dict(pruned_norm_ratio=0.5), "pruned_norm_ratio"),
+    ]:
+        result = calibration.interval(
+            "paper", "one_shot", "collapse", _regime(SPARSE_FITS, **changes), 0.8
+        )
+        assert result.bounds is None and feature in result.reason
+    strict = calibration.interval(
+        "paper", "one_shot", "collapse", fitted, 0.8, range_features=("train_loss",)
+    )
+    assert strict.bounds is None and "train_loss" in strict.reason
+    with pytest.raises(ValueError, match="unknown range features"):
+        calibration.interval("paper", "one_shot", "collapse", fitted, 0.8, range_features=("x",))
+    under = _calibration({UNDER_FITTED: 0.05 + 0.02 * rng.standard_normal(25)}, rng)
+    regression = _regime(UNDER_FITTED, train_accuracy=None)  # a model without accuracy
+    result = under.interval("paper", "one_shot", "collapse", regression, 0.8)
+    assert result.bounds is None and "not a classifier" in result.reason
+
+
+def test_a_prediction_gives_its_calibrated_interval_with_the_measured_coverage_or_why_not():
+    from pruning_limit.limit import predict_from_spectrum
+    from pruning_limit.spectrum import Spectrum
+
+    rng = np.random.default_rng(8)
+    calibration = _calibration({SPARSE_FITS: 0.05 + 0.02 * rng.standard_normal(25)}, rng)
+    spectrum = Spectrum(
+        nodes=np.linspace(0, 1, 20)[None], weights=np.full((1, 20), 1 / 20), dimension=20,
+        zero_rows=0, curvature="ggn", method="exact",
+    )  # fmt: skip
+    prediction = predict_from_spectrum(spectrum, np.linspace(-1, 1, 20), 0.1, methods=("paper",))
+    # From a spectrum alone there is no regime, hence no interval, and the reason says so.
+    assert prediction.regime is None
+    assert prediction.calibrated_interval("paper", calibration=calibration) is None
+    assert "regime is unknown" in prediction.calibrated("paper", calibration=calibration).reason
+    assert "Regime: unknown" in prediction.summary()
+
+    prediction.regime = _regime(SPARSE_FITS).to_dict()
+    p = prediction.removal_fraction("paper")
+    low, high = prediction.calibrated_interval("paper", calibration=calibration)
+    units = calibration.units("paper", "one_shot", "collapse", SPARSE_FITS)
+    expected = conformal_offsets([r for _, r, _ in units], 0.9, "asymmetric")
+    assert (low, high) == pytest.approx((p + expected[0], p + expected[1]))
+    result = prediction.calibrated("paper", calibration=calibration)
+    measured = calibration.leave_one_out("paper", "one_shot", "collapse", SPARSE_FITS, 0.9)
+    assert result.measured == {k: measured[k] for k in ("units", "answered", "coverage",
+                                                         "mean_width")}  # fmt: skip
+    assert "leave-one-out" in result.measured_text()
+    [every] = prediction.calibrated_intervals(calibration=calibration)
+    assert every.bounds == (low, high)
+
+    prediction.regime = _regime(SPARSE_FITS, num_train=10).to_dict()  # D/N = 100
+    assert prediction.calibrated_interval("paper", calibration=calibration) is None
+    reason = prediction.calibrated("paper", calibration=calibration).reason
+    assert "outside the calibration range" in reason and "d_over_n = 100" in reason

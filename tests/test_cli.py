@@ -293,6 +293,7 @@ def test_predict_prints_every_method_and_saves_json(checkpoint, tmp_path):
         "--quiet",  # no logs or progress bars; the result is still printed
     )
     assert "REMOVED" in result.stdout and "Measured error against real pruning" in result.stdout
+    assert "Regime: " in result.stdout and "spectrum only [" in result.stdout
     for method in ("paper", "orthogonal", "quadratic", "trace_bound"):
         assert method in result.stdout
     prediction = pl.Prediction.load(tmp_path / "prediction.json")
@@ -332,6 +333,16 @@ def test_predict_from_a_saved_spectrum_and_json_output(checkpoint, tmp_path):
     payload = json.loads(result.stdout)
     assert list(payload["estimates"]) == ["paper"]
     assert payload["spectrum"]["method"] == "slq"
+    # The regime, with the card's optimiser, and a calibrated interval (or the reason
+    # there is none) for every criterion of the shipped calibration set.
+    regime = payload["regime"]
+    assert regime["optimizer"] == "adam" and regime["removal_fraction_method"] == "paper"
+    assert regime["name"] in ("sparse, fits the data", "dense, fits the data", "under-fitted")
+    calibrated = payload["calibrated_intervals"]
+    assert {(c["variant"], c["criterion"]) for c in calibrated} >= {("one_shot", "collapse")}
+    for entry in calibrated:
+        assert entry["method"] == "paper"
+        assert (entry["low"] is None) == (entry["reason"] is not None)
 
 
 def test_predict_bad_input(checkpoint, tmp_path):

@@ -475,3 +475,41 @@ def test_predict_limit_refuses_mismatches_and_missing_data():
     for bad in (0.0, float("nan")):
         with pytest.raises(ValueError, match="positive"):
             predict_limit(model, spectrum, epsilon=bad)
+
+
+def test_taylor_onset_is_the_one_shot_loss_budget_limit_of_a_least_squares_loss():
+    # A least-squares loss is its own second-order Taylor model (GGN = Hessian = 2 X^T X / N)
+    # and its w* is not a minimum (g != 0): the onset must match a pruning sweep.
+    from pruning_limit.onset import loss_rise, taylor_onset
+    from pruning_limit.pipeline import Pipeline
+    from pruning_limit.pruning import pruned
+
+    torch.manual_seed(0)
+    D, N = 200, 400
+    X = torch.randn(N, D, dtype=torch.float64)
+    model = torch.nn.Linear(D, 1, bias=False).double()
+    y = model(X).detach() + 0.1 * torch.randn(N, 1, dtype=torch.float64)
+    loss_fn = torch.nn.MSELoss()
+    pipeline = Pipeline(model, loss_fn, (X, y), batch_size=100)
+    with torch.no_grad():
+        dense = float(loss_fn(model(X), y))
+    counts = np.arange(D + 1)
+    rises = []
+    for k in counts:  # every count torch's pruning can take
+        with pruned(model, float(k / D)), torch.no_grad():
+            rises.append(float(loss_fn(model(X), y)) - dense)
+    rises = np.array(rises)
+    gradient = pipeline.model_loss().gradient()
+    np.testing.assert_allclose(
+        loss_rise(pipeline.operator, pipeline.weights, gradient, counts[::20] / D),
+        rises[::20],
+        atol=1e-10,
+    )
+    epsilon = 0.5 * rises.max()
+    last_within = (np.argmax(rises >= epsilon) - 1) / D  # the sweep's limit
+    onset = pipeline.taylor_onset(epsilon, points=D + 1)
+    assert last_within <= onset <= last_within + 1 / D
+    matrix = (2 * X.T @ X / N).numpy()
+    assert taylor_onset(matrix, pipeline.weights, gradient, epsilon, points=D + 1) == (
+        pytest.approx(onset, abs=1e-9)
+    )

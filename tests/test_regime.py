@@ -129,3 +129,42 @@ def test_batches_give_the_sample_weighted_means():
     assert batched.num_train == 3
     assert batched.train_loss == pytest.approx(whole.train_loss, rel=1e-12)
     assert batched.train_accuracy == whole.train_accuracy
+
+
+def test_a_prediction_holds_the_regime_at_papers_limit_saved_loaded_and_printed(tmp_path):
+    import numpy as np
+
+    import pruning_limit as pl
+    from pruning_limit.limit import closed_form_limit
+
+    model, loss_fn = _linear(WEIGHTS), torch.nn.CrossEntropyLoss()
+    card = {"training": {"l1": 1e-3, "optimizer": "sgd"}}
+    # paper is not asked for: the regime still reads R at paper's p*.
+    prediction = pl.predict_limit(
+        model, data=(X, Y), loss_fn=loss_fn, methods=("trace_bound",), epsilon=0.1, card=card
+    )
+    regime = prediction.network_regime()
+    spectrum = pl.exact_spectrum(model, loss_fn, (X, Y), dtype=torch.float64, device="cpu")
+    weights = np.array(WEIGHTS).reshape(-1)
+    p = closed_form_limit("paper", spectrum, weights, 0.1)
+    assert regime.removal_fraction == pytest.approx(p, abs=1e-12)
+    expected = measure_regime(
+        model, loss_fn, (X, Y), removal_fraction=p, removal_fraction_method="paper", card=card,
+        curvature="ggn", epsilon_source="given",
+    )  # fmt: skip
+    assert regime == Regime.from_dict({**expected.to_dict(), "removal_fraction": p})
+    assert regime.l1_used and regime.optimizer == "sgd" and regime.epsilon_source == "given"
+    loaded = pl.Prediction.load(prediction.save(tmp_path / "prediction.json"))
+    assert loaded.regime == prediction.regime
+    assert f"Regime: {regime.name}" in loaded.summary()
+    assert "spectrum only" in loaded.summary() and "calibrated" in loaded.summary()
+    old = loaded.to_dict()
+    del old["regime"]  # a file written before regimes were recorded
+    assert pl.Prediction.from_dict(old).regime is None
+
+
+def test_a_regression_model_has_no_train_accuracy():
+    model = torch.nn.Linear(3, 1, bias=False).double()
+    targets = torch.zeros(3, 1, dtype=torch.float64)
+    regime = measure_regime(model, torch.nn.MSELoss(), (X, targets), removal_fraction=0.5)
+    assert regime.train_accuracy is None and regime.name == UNDER_FITTED
