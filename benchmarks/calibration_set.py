@@ -13,6 +13,14 @@ by hand after a benchmark result has been reviewed::
     python benchmarks/calibration_set.py SOURCE.json ... --out FILE
     python benchmarks/calibration_set.py --table        # leave-one-out table of the shipped set
 
+A source may also be an earlier calibration set (its runs are taken as they are, with
+their provenance), so that new results are added without retraining the old runs; the
+shipped set of 2026-12-02 is the provisional set plus the float64 networks of
+``benchmarks/calibration_runs.py`` (new seeds of the study: each its own unit)::
+
+    python benchmarks/calibration_set.py pruning_limit/data/calibration.json \
+        benchmarks/results/calibration_runs-cpu.json
+
 Where a run row already holds ``regime`` (and the sweep-based criteria in ``actual``),
 they are read as they are. Result files written before the regime was recorded lack
 them; with ``--rebuild`` each such run is trained again from the recorded
@@ -127,6 +135,12 @@ def main() -> None:
     for path in args.sources:
         record = json.loads(Path(path).read_text())
         key = _relative(path)
+        if record.get("format") == FORMAT:  # an earlier calibration set: its runs as they are
+            earlier = CalibrationSet.from_dict(record)
+            sources.update(earlier.provenance.get("sources", {}))
+            notes += earlier.provenance.get("notes", [])
+            runs += earlier.runs
+            continue
         sources[key] = {
             "file": key,
             "benchmark": record.get("benchmark"),

@@ -334,13 +334,13 @@ class Prediction:
         regime = self.network_regime()
         variant, criterion = SUMMARY_TARGET
         lines = ["", str(regime) if regime is not None else "Regime: unknown"]
-        lines += [
-            "",
+        heading = (
             f"Calibrated intervals on the actual {variant} {criterion} limit (nominal 90 %: "
             "split-conformal on measured errors of calibration networks of this regime; "
             "coverage and width measured by leave-one-out on them) beside the spectrum-only "
-            "interval (the spectrum's error alone, above):",
-        ]
+            "interval (the spectrum's error alone, above):"
+        )
+        lines += ["", *textwrap.wrap(heading, width=92)]
         for name, est in self.estimates.items():
             result = self.calibrated(name, variant, criterion)
             low, high = est.interval

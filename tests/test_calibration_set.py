@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -92,3 +93,27 @@ def test_rows_with_a_regime_are_read_as_they_are(builder):
 def test_rows_without_a_regime_need_rebuild(builder):
     with pytest.raises(SystemExit, match="--rebuild"):
         builder.runs_of(_record(with_regime=False), "x.json", rebuild=False)
+
+
+def test_another_seed_is_another_unit_and_an_earlier_set_is_a_source(builder, tmp_path):
+    from pruning_limit.calibration import CalibrationSet
+
+    record = _record(with_regime=True)
+    seeded = dict(record["studies"]["float64"]["runs"][0], run="manifold-d2-plain-seed1-float64")
+    record["studies"]["float64"]["runs"].append(seeded)
+    runs, _ = builder.runs_of(record, "x.json", rebuild=False)
+    assert [run.group for run in runs] == ["manifold-d2-plain", "manifold-d2-plain-seed1"]
+    earlier = CalibrationSet(runs=runs[:1], provenance={"sources": {"x.json": {"date": "d"}}})
+    earlier.save(tmp_path / "earlier.json")
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({**record, "studies": {"s": {"runs": [seeded]}}}))
+    out = tmp_path / "merged.json"
+    argv = sys.argv
+    sys.argv = ["calibration_set.py", str(tmp_path / "earlier.json"), str(new), "--out", str(out)]
+    try:
+        builder.main()
+    finally:
+        sys.argv = argv
+    merged = CalibrationSet.load(out)
+    assert [run.group for run in merged.runs] == ["manifold-d2-plain", "manifold-d2-plain-seed1"]
+    assert set(merged.provenance["sources"]) == {"x.json", str(new)}
