@@ -173,10 +173,10 @@ def update_package_data(directory: Path) -> None:
 def write_measured_errors(record: dict, directory: Path) -> Path:
     """The package's measured errors: mean (predicted - actual) per predictor, over every run.
 
-    From a result record of this script, pooled over both training dtypes, against
-    the three actual limits a reader is most likely to compare with: one-shot
-    pruning's accuracy limit, and the re-fitted and fine-tuned networks' loss-budget
-    limits.
+    From a result record of this script, pooled over the training dtypes run,
+    against the actual limits a reader is most likely to compare with: one-shot
+    pruning's accuracy limit (the onset) and collapse centre, and the re-fitted and
+    fine-tuned networks' loss-budget limits.
     """
     runs = [row for study in record["studies"].values() for row in study["runs"]]
     methods = [m for m in DEFAULT_METHODS if all(m in row["predicted"] for row in runs)]

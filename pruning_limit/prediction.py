@@ -377,8 +377,8 @@ def measured_errors() -> dict:
     The mean of (predicted - actual) p, in percentage points, over the runs of
     ``benchmarks/prediction_vs_actual.py`` (shipped with the package in
     ``data/measured_errors.json``; ``--update-package-data`` regenerates it), against
-    one-shot pruning's accuracy limit and the re-fitted and fine-tuned networks'
-    loss-budget limits. An interval on p* covers the error of
+    one-shot pruning's accuracy limit (the onset of damage) and collapse centre, and
+    the re-fitted and fine-tuned networks' loss-budget limits. An interval on p* covers the error of
     the spectrum only; this is the error of the model behind the prediction.
     """
     text = resources.files("pruning_limit").joinpath(MEASURED_ERRORS_FILE).read_text()

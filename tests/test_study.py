@@ -11,6 +11,7 @@ import torch
 
 from pruning_limit.study import StudyResult, run_study
 from pruning_limit.study_config import load_config
+from pruning_limit.validation import CRITERIA
 
 pytestmark = pytest.mark.slow
 
@@ -48,20 +49,35 @@ def test_tiny_study_runs_end_to_end(tiny_study):
     for file in ("study.json", "study.md", "study.png"):
         assert (out / file).stat().st_size > 0
     row = result.rows[0]
-    assert set(row["predicted"]) == {"paper", "orthogonal", "quadratic", "trace_bound"}
+    assert set(row["predicted"]) == {"paper", "orthogonal", "quadratic", "trace_bound", "emp"}
     assert set(row["actual"]) == {"one_shot", "refit", "finetune"}
     assert row["curvature"] == "ggn" and row["spectrum_method"] == "exact"
     assert row["refit_curvature"] == "ggn (the prediction's)"
     assert row["intrinsic_dimension"] == 2.0 and row["dimension"] == 288
     for variant in row["actual"].values():
         assert 0.0 <= variant["accuracy"] <= 1.0 and 0.0 <= variant["loss_budget"] <= 1.0
-    assert len(row["comparison"]) == 4 * 3 * 2
-    assert len(result.summary) == 4 * 3 * 2 and all(s["runs"] == 4 for s in result.summary)
+        assert variant["collapse_start"] <= variant["collapse"] <= variant["collapse_end"]
+        assert variant["collapse_width"] == pytest.approx(
+            variant["collapse_end"] - variant["collapse_start"]
+        )
+    assert row["actual"]["refit"]["above_dense"] is None
+    assert "not read on refit" in row["actual"]["refit"]["above_dense_reason"]
+    # Every predictor against every criterion that has a limit.
+    measured = [
+        (v, c) for v, a in row["actual"].items() for c in CRITERIA if a.get(c) is not None
+    ]
+    assert len(measured) >= 3 * 4  # the onsets, collapse and loss_collapse of every variant
+    assert len(row["comparison"]) == 5 * len(measured)
+    assert {(e["variant"], e["criterion"]) for e in row["comparison"]} == set(measured)
+    assert all(s["runs"] <= 4 for s in result.summary)
+    assert {s["criterion"] for s in result.summary} >= {"collapse", "loss_collapse"}
     loaded = StudyResult.load(out / "study.json")
     assert loaded.rows == json.loads(json.dumps(result.rows))
     markdown = (out / "study.md").read_text()
     assert "fraction of prunable weights REMOVED" in markdown
     assert "| manifold-d8-plain-float32 |" in markdown and "| quadratic | refit |" in markdown
+    assert "`collapse`: collapse centre" in markdown and "| emp (baseline) |" in markdown
+    assert "Against the baseline `emp`" in markdown and "which predictors land there" in markdown
 
 
 def test_a_second_run_skips_finished_runs(tiny_study):

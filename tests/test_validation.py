@@ -238,7 +238,10 @@ def test_refit_loss_budget_limit_equals_quadratic_prediction(solver):
     # The refit is the best point of the kept subspace: never worse than one-shot.
     assert actual >= validation.limit("one_shot", "loss_budget")
     comparison = compare(prediction, validation)
-    assert {row.criterion for row in comparison.rows} == {"loss_budget"}
+    # Without class labels: the loss criteria only (the onset and the log-loss collapse).
+    assert {row.criterion for row in comparison.rows} == {"loss_budget", "loss_collapse"}
+    assert validation.limit("refit", "collapse") is None
+    assert "test_accuracy" in validation.reason("refit", "collapse")
     row = comparison.row("quadratic", "refit", "loss_budget")
     assert abs(row.error_pp) <= 100 * (resolution + 1.0 / 60)
     # At every evaluated p the refit's loss is L0 + q(P) exactly.
