@@ -587,6 +587,14 @@ def _version_of(distribution: str) -> str | None:
         return None
 
 
+def _checkout_version() -> str | None:
+    with contextlib.suppress(ImportError):
+        from pruning_limit import __version__
+
+        return __version__
+    return None
+
+
 def versions() -> dict:
     commit = None
     with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -605,7 +613,8 @@ def versions() -> dict:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "scipy": _version_of("scipy"),
-        "pruning-limit": _version_of("pruning-limit"),
+        # From a checkout (PYTHONPATH, not installed) the package's own version string.
+        "pruning-limit": _version_of("pruning-limit") or _checkout_version(),
         "git_commit": commit,
         **{distribution: _version_of(distribution) for _, distribution in BASELINES.values()},
     }
