@@ -106,8 +106,7 @@ def loss_budget(
     epsilon
         ``"batch_std"``: the standard deviation (ddof = 1) of the per-batch mean
         training losses at w*, as the reference code sets it; it depends on the
-        batch size, which is recorded. A number is taken as given (``inf`` allowed:
-        no budget).
+        batch size, which is recorded. A finite number > 0 is taken as given.
     dtype
         The dtype the loss was computed in (numpy or torch); default: the operator's,
         else float64. Used for the resolution check.
@@ -121,7 +120,7 @@ def loss_budget(
     Raises
     ------
     ValueError
-        eps <= 0 or NaN, an unknown string, or ``"batch_std"`` without at least two batches.
+        eps <= 0, inf or NaN, an unknown string, or ``"batch_std"`` with under two batches.
 
     Warns
     -----
@@ -179,8 +178,8 @@ def loss_budget(
                 f"epsilon must be 'batch_std' or a positive number, got {epsilon!r}"
             ) from None
         record.update(kind="given")
-    if not value > 0:  # also NaN
-        raise ValueError(f"the loss budget eps must be positive, got {value}")
+    if not 0 < value < math.inf:  # also NaN; an infinite budget predicts nothing (p* = 1)
+        raise ValueError(f"the loss budget eps must be a finite number > 0, got {value}")
     resolution_dtype = _numpy_dtype(dtype)
     record.update(value=value, dtype=str(resolution_dtype))
     if loss is not None:

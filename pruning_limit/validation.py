@@ -72,7 +72,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batches import DEFAULT_BATCH_SIZE
+from .batches import DEFAULT_BATCH_SIZE, check_model_and_data
 from .hessian import CurvatureOperator, eval_mode, resolve_parameters
 from .limit import CONVENTION, Prediction, loss_budget
 from .pruning import (
@@ -752,6 +752,13 @@ def validate(
     classification = _is_classification(train_pair[1]) and _is_classification(test_pair[1])
     for split, (inputs, targets) in (("train", train_pair), ("test", test_pair)):
         _check_fits(model, loss_fn, inputs, targets, split, reference)
+        check_model_and_data(
+            model,
+            loss_fn,
+            (inputs, targets),
+            what=f"the {split} data",
+            min_samples=2 if split == "train" else 1,
+        )
     parameters = [[name, list(tensor.shape)] for name, tensor in selected]
     dimension = sum(tensor.numel() for _, tensor in selected)
     weights = _Weights(selected)
