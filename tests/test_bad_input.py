@@ -205,7 +205,7 @@ operator.matvec(torch.ones(operator.dimension))  # forward-mode AD: torch.func.j
 
 # -- the command line --------------------------------------------------------------------
 
-FACTORIES = '''
+FACTORIES = """
 import torch
 from torch import nn
 
@@ -251,7 +251,7 @@ def regression():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(60, 8, generator=g)
     return X, torch.tanh(X[:, :1])
-'''
+"""
 
 
 @pytest.fixture(scope="module")
