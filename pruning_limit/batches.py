@@ -7,6 +7,10 @@ curvature) is a sample-weighted mean over batches:
 
 where ``L_b`` is the loss function's own (mean-reduced) value on batch ``b`` and
 ``n_b`` its sample count, so a short last batch carries exactly its share.
+
+This is also where user data meet the model: :func:`check_model_and_data` checks a
+(model, loss, data) combination once, with one forward pass on a few rows, and names
+what does not fit; everything downstream trusts the data.
 """
 
 from __future__ import annotations
@@ -152,7 +156,11 @@ def check_model_and_data(
       (NaN or inf in the data is the data's fault, and would otherwise surface later as
       a NaN loss or curvature);
     - the model accepts the inputs (the feature count, the dtype) and returns one
-      tensor (a tuple or a dict must be reduced to one output first);
+      tensor (a tuple or a dict must be reduced to one output first,
+      :class:`pruning_limit.models.SelectOutput`);
+    - the model is a fixed function in eval mode: two passes agree and its buffers do
+      not change (a TorchScript module traced in train mode fails this; the buffers
+      are restored);
     - cross-entropy (or NLL) gets int64 class labels ``0 .. C-1`` (ignoring
       ``ignore_index``) for a model of C outputs, or class probabilities of the
       outputs' shape; float labels are refused with a pointer to MSE;

@@ -361,7 +361,10 @@ def load_model_and_data(args, *, need_test: bool = False) -> tuple[nn.Module, di
         args.checkpoint, model_factory=args.model, trust_pickle=args.trust_pickle
     )
     if args.output is not None:
-        model = SelectOutput(model, parse_value(args.output))
+        try:
+            model = SelectOutput(model, parse_value(args.output))
+        except TypeError as error:
+            raise UserError(f"--output: {error}") from error
     seed = args.data_seed
     if seed is None:
         seed = card.get("dataset", {}).get("seed")

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -240,6 +241,14 @@ class SelectOutput(nn.Module):
 
     def __init__(self, model: nn.Module, key: int | str) -> None:
         super().__init__()
+        if isinstance(model, torch.jit.ScriptModule):
+            # The curvature substitutes weights by torch.func.functional_call, which cannot
+            # reach inside a TorchScript module held by an eager one: the products would
+            # silently be those of constant weights.
+            raise TypeError(
+                "cannot select an output of a TorchScript model: script or trace a module "
+                "that returns the one output the loss applies to"
+            )
         self.model = model
         self.key = key
 

@@ -8,6 +8,7 @@ one line on stderr, no traceback, and no file left behind.
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,6 +128,27 @@ def test_a_model_with_several_outputs_must_pick_one():
     plain = pl.CurvatureOperator(mlp(), nn.CrossEntropyLoss(), data)
     assert torch.allclose(picked.matvec(torch.ones(plain.dimension)), plain.matvec(
         torch.ones(plain.dimension)))  # fmt: skip
+
+
+class TupleOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.body(x), x
+
+
+def traced_tuple_model() -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(TupleOutput().eval(), torch.randn(5, 8))
+
+
+def test_an_output_of_a_torchscript_model_cannot_be_selected():
+    """functional_call cannot substitute weights inside it: the curvature would be zero."""
+    with pytest.raises(TypeError, match="TorchScript"):
+        SelectOutput(traced_tuple_model(), 0)
 
 
 def test_a_model_traced_in_train_mode_is_refused_and_left_as_it_was():
@@ -291,6 +313,11 @@ def assets(tmp_path_factory):
     finally:
         sys.path.remove(str(folder))
         sys.modules.pop("factories", None)
+    traced_tuple_model().save(str(folder / "traced_tuple.pt"))
+    for name, cut in (("ckpt_empty", 0), ("ckpt_truncated", 2)):
+        shutil.copytree(folder / "ckpt", folder / name)
+        weights = (folder / "ckpt" / "model.pt").read_bytes()
+        (folder / name / "model.pt").write_bytes(weights[: len(weights) // cut if cut else 0])
     (folder / "empty.pt").write_bytes(b"")
     good = (folder / "pair.pt").read_bytes()
     (folder / "truncated.pt").write_bytes(good[: len(good) // 2])
@@ -337,6 +364,10 @@ BAD_INPUTS = {
         + SPECTRUM[2:] + ["--data", "good.npz"],
         ["'scores'"],
     ),
+    "--output of a TorchScript model": (
+        SPECTRUM[:1] + ["traced_tuple.pt", "--output", "0"] + SPECTRUM[2:] + ["--data", "good.npz"],
+        ["--output", "TorchScript"],
+    ),
     "device tpu": (SPECTRUM + ["--data", "good.npz", "--device", "tpu"], ["unknown device"]),
     "model not callable": (
         SPECTRUM[:1] + ["pair.pt", "--model", "factories:CONSTANT"] + SPECTRUM[2:]
@@ -353,6 +384,14 @@ BAD_INPUTS = {
     "truncated checkpoint": (
         SPECTRUM[:1] + ["truncated.pt"] + SPECTRUM[2:] + ["--data", "good.npz"],
         ["truncated"],
+    ),
+    "checkpoint folder, empty model.pt": (
+        SPECTRUM[:1] + ["ckpt_empty"] + SPECTRUM[2:] + ["--data", "good.npz"],
+        ["model.pt is empty (0 bytes)"],
+    ),
+    "checkpoint folder, truncated model.pt": (
+        SPECTRUM[:1] + ["ckpt_truncated"] + SPECTRUM[2:] + ["--data", "good.npz"],
+        ["model.pt", "truncated"],
     ),
     "traced in train mode": (
         SPECTRUM[:1] + ["traced_train.pt"] + SPECTRUM[2:] + ["--data", "good.npz"],
