@@ -751,6 +751,7 @@ def validate(
     reference = selected[0][1]
     classification = _is_classification(train_pair[1]) and _is_classification(test_pair[1])
     for split, (inputs, targets) in (("train", train_pair), ("test", test_pair)):
+        _check_fits(model, loss_fn, inputs, targets, split, reference)
         check_model_and_data(
             model,
             loss_fn,
@@ -758,7 +759,6 @@ def validate(
             what=f"the {split} data",
             min_samples=2 if split == "train" else 1,
         )
-        _check_fits(model, loss_fn, inputs, targets, split, reference)
     parameters = [[name, list(tensor.shape)] for name, tensor in selected]
     dimension = sum(tensor.numel() for _, tensor in selected)
     weights = _Weights(selected)
