@@ -179,7 +179,7 @@ def loss_budget(
             ) from None
         record.update(kind="given")
     if not 0 < value < math.inf:  # also NaN; an infinite budget predicts nothing (p* = 1)
-        raise ValueError(f"the loss budget eps must be a finite number > 0, got {value}")
+        raise ValueError(f"the loss budget eps must be a finite positive number, got {value}")
     resolution_dtype = _numpy_dtype(dtype)
     record.update(value=value, dtype=str(resolution_dtype))
     if loss is not None:
