@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ._checks import check_mean_reduction
-from .batches import DEFAULT_BATCH_SIZE, as_batches
+from .batches import DEFAULT_BATCH_SIZE, as_batches, check_model_and_data
 from .parameters import call_with, eval_mode, has_convolution, resolve_device, resolve_parameters
 from .spectrum import ParameterInfo
 
@@ -124,7 +124,8 @@ class ModelLoss:
         self._fixed = {n: cast(t) for n, t in model.named_parameters() if n not in chosen}
         self._fixed.update({n: cast(t) for n, t in model.named_buffers()})
         self._point = [cast(p) for _, p in selected]
-        self.batches = as_batches(data, batch_size).to(self.device, self.dtype)
+        batches = check_model_and_data(model, loss_fn, as_batches(data, batch_size))
+        self.batches = batches.to(self.device, self.dtype)
         self._weights = [n / self.batches.num_samples for n in self.batches.sizes]
         self.loss()  # fails early, and clearly, on a NaN or infinite loss
 
