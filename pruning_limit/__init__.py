@@ -13,6 +13,20 @@ module (``pruning_limit.statdim.statistical_dimension``, ``pruning_limit.pruning
 ['Comparison', 'CurvatureOperator', 'Dataset']
 """
 
+import warnings
+
+# Forward-mode AD (torch.func.jvp, which the GGN products use) registers torch's jvp
+# decompositions on first use by calling torch.jit.script, and each call warns that
+# TorchScript is deprecated (a FutureWarning from torch 2.14, shown on every run): torch's
+# own doing, nothing a user can act on. Registering them here, with that one warning
+# silenced, keeps it out of the output; any other warning still shows.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")
+    try:
+        import torch._decomp.decompositions_for_jvp  # noqa: F401
+    except ImportError:  # a torch without it has nothing to register
+        pass
+
 from . import reference
 from ._version import __version__
 from .batches import EmptyDataError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -12,8 +13,7 @@ EPSILON_KINDS = (BATCH_STD, REFERENCE)
 
 
 def check_epsilon(epsilon) -> str | float:
-    """``"batch_std"``, ``"reference"``, or eps as a positive float (``inf``: no budget);
-    else ValueError.
+    """``"batch_std"``, ``"reference"``, or eps as a finite positive float; else ValueError.
 
     The one check of a loss budget as the user gives it, made before any work.
     ``"reference"`` is the reference code's eps
@@ -25,7 +25,7 @@ def check_epsilon(epsilon) -> str | float:
     >>> check_epsilon(0)
     Traceback (most recent call last):
     ...
-    ValueError: the loss budget epsilon must be positive, got 0.0
+    ValueError: the loss budget epsilon must be a finite positive number, got 0.0
     """
     if isinstance(epsilon, str):
         if epsilon not in EPSILON_KINDS:
@@ -39,8 +39,8 @@ def check_epsilon(epsilon) -> str | float:
         raise ValueError(
             f"epsilon must be 'batch_std', 'reference' or a positive number, got {epsilon!r}"
         ) from None
-    if not value > 0:  # also NaN
-        raise ValueError(f"the loss budget epsilon must be positive, got {value}")
+    if not 0 < value < math.inf:  # also NaN; an infinite budget predicts nothing (p* = 1)
+        raise ValueError(f"the loss budget epsilon must be a finite positive number, got {value}")
     return value
 
 
@@ -63,8 +63,7 @@ def loss_budget(
     epsilon
         ``"batch_std"``: the standard deviation (ddof = 1) of the per-batch mean
         training losses at w*, as the reference code sets it; it depends on the
-        batch size, which is recorded. A number is taken as given (``inf`` allowed:
-        no budget).
+        batch size, which is recorded. A finite number > 0 is taken as given.
     dtype
         The dtype the loss was computed in (numpy or torch); default: the operator's,
         else float64. Used for the resolution check.
@@ -78,7 +77,7 @@ def loss_budget(
     Raises
     ------
     ValueError
-        eps <= 0 or NaN, an unknown string, or ``"batch_std"`` without at least two batches.
+        eps <= 0, inf or NaN, an unknown string, or ``"batch_std"`` with under two batches.
 
     Warns
     -----

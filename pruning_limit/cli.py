@@ -1,25 +1,43 @@
 """The ``pruning-limit`` command line: the only place that parses strings and prints.
 
 Exit codes: 0 on success, 2 on a user error (one line on stderr saying what is
-wrong, no traceback), 1 on an internal error (``--debug`` shows the traceback).
-With ``--json`` the result goes to stdout as JSON and everything else to stderr.
+wrong, no traceback), 1 on an internal error (``--debug`` shows the traceback),
+130 on Ctrl-C. With ``--json`` the result goes to stdout as JSON and everything else
+to stderr.
+
+Inputs are checked before anything is written: the model against the data
+(:func:`pruning_limit.batches.check_model_and_data`, one forward pass on a few
+rows), the arguments, and ``--out``. An ``--out`` folder or file is created only
+when there is something to write in it, and its parent folder must already exist:
+a typo in a path is refused rather than silently created. While a command writes
+to ``--out`` it holds an exclusive lock (``fcntl.flock`` on ``OUT.lock``, removed
+at the end), so a second run on the same ``--out`` is refused instead of racing.
+``spectrum`` refuses to start over an interrupted run's ``OUT.state`` unless told
+``--resume`` (continue it) or ``--overwrite`` (discard it).
+
+``module:function`` (``--data``) and ``module:factory`` (``--model``) import from
+the installed packages and then from the current directory, as ``python -m`` would.
 
 Under ``torchrun --nproc_per_node=N -m pruning_limit spectrum|predict|validate ...`` the
 command joins the process group that torchrun's variables describe, each rank takes
 its shard of the data (whole batches, contiguous: :func:`~pruning_limit.distributed.shard`),
-and rank 0 alone prints and writes files; a failure on one rank ends every rank.
+and rank 0 alone checks and writes ``--out`` (holding its lock) and prints; a failure
+on one rank ends every rank.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import importlib
 import json
+import os
 import pickle
 import sys
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -29,13 +47,13 @@ from torch import nn
 
 from . import distributed
 from ._version import __version__
-from .batches import DEFAULT_BATCH_SIZE, EmptyDataError
+from .batches import DEFAULT_BATCH_SIZE, EmptyDataError, check_model_and_data
 from .budget import EPSILON_KINDS, check_epsilon
 from .comparison import compare
 from .curvature import CURVATURES, DEFAULT_CURVATURE, EXACT_LIMIT
-from .datasets import Dataset, load_dataset
-from .models import model_spec
-from .parameters import NoPrunableParameterError
+from .datasets import DATASETS, Dataset, load_dataset
+from .models import SelectOutput, model_spec
+from .parameters import NoPrunableParameterError, resolve_device
 from .pipeline import estimate_spectrum, exact_spectrum, predict_limit
 from .plots import plot_validation
 from .prediction import DEFAULT_METHODS, METHODS, Prediction
@@ -99,6 +117,7 @@ def parse_spec(text: str) -> tuple[str, dict]:
 
 
 DATA_ALIASES = {"pca": "pca_rank"}
+DEMO_OUT = "results/demo"
 
 
 def load_data(text: str, seed: int | None = None) -> Dataset | dict:
@@ -112,10 +131,10 @@ def load_data(text: str, seed: int | None = None) -> Dataset | dict:
         if not path.exists():
             raise FileNotFoundError(f"no data file at {path}")
         return _data_from_file(path)
+    module_name, _, function_name = text.partition(":")
+    if module_name.strip() not in DATASETS and function_name.strip().isidentifier():
+        return _data_from_function(module_name.strip(), function_name.strip())
     name, options = parse_spec(text)
-    if "." in name and ":" in text and not path.exists():
-        module_name, _, function_name = text.partition(":")
-        return _data_from_function(module_name, function_name)
     options = {DATA_ALIASES.get(k, k): v for k, v in options.items()}
     if seed is not None:
         options.setdefault("seed", seed)
@@ -126,39 +145,101 @@ def load_data(text: str, seed: int | None = None) -> Dataset | dict:
 
 
 def _data_from_file(path: Path) -> dict:
+    if path.stat().st_size == 0:
+        raise UserError(f"cannot read data file {path}: the file is empty (0 bytes)")
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
-                raw = {k: torch.as_tensor(archive[k]) for k in archive.files}
+                raw = {k: archive[k] for k in archive.files}
         else:
             raw = torch.load(path, weights_only=True, map_location="cpu")
-    except (OSError, ValueError, RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError) as error:
-        raise UserError(f"cannot read data file {path}: {error}") from error
+    except (
+        OSError,
+        ValueError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+    ) as error:
+        raise UserError(f"cannot read data file {path}: {_reason(error)}") from error
     if not isinstance(raw, dict) or "X" not in raw or "y" not in raw:
         raise UserError(
             f"data file {path} must hold arrays named X and y (and optionally X_test, y_test)"
         )
-    return {k: torch.as_tensor(v) for k, v in raw.items() if k in ("X", "y", "X_test", "y_test")}
+    return _tensors(raw, f"data file {path}")
+
+
+def _tensors(raw: dict, source: str) -> dict:
+    """The arrays X, y (and X_test, y_test) as tensors; strings and objects are refused."""
+    tensors = {}
+    for key in ("X", "y", "X_test", "y_test"):
+        if key not in raw:
+            continue
+        value = raw[key]
+        try:
+            tensors[key] = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as error:
+            kind = getattr(getattr(value, "dtype", None), "name", type(value).__name__)
+            raise UserError(
+                f"{source}: {key} must be an array of numbers, got {kind} ({_reason(error)})"
+            ) from error
+    return tensors
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of an error's message, or its type when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _import_user_module(module_name: str, what: str):
+    """Import ``module_name`` from the installed packages, else from the current folder.
+
+    ``python -m`` puts the current folder first on ``sys.path``; the installed
+    ``pruning-limit`` script does not, so it is appended here (last, so that it
+    cannot shadow an installed package).
+    """
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)
+    try:
+        return importlib.import_module(module_name)
+    except Exception as error:  # ImportError, or any error the module raises on import
+        raise UserError(f"cannot import {what} module {module_name!r}: {_reason(error)}") from error
+
+
+def _call_user_function(module_name: str, function_name: str, what: str):
+    """``module:function`` imported and called with no argument; its errors named."""
+    module = _import_user_module(module_name, what)
+    function = getattr(module, function_name, None)
+    if function is None:
+        raise UserError(f"module {module_name!r} has no {what} {function_name!r}")
+    if not callable(function):
+        raise UserError(
+            f"{module_name}:{function_name} is a {type(function).__name__}, not a function: "
+            f"give the {what} to call"
+        )
+    try:
+        return function()
+    except Exception as error:  # the user's code: say where it failed, in one line
+        raise UserError(
+            f"{module_name}:{function_name}() raised {type(error).__name__}: {_reason(error)}"
+        ) from error
 
 
 def _data_from_function(module_name: str, function_name: str) -> dict | Dataset:
-    try:
-        function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as error:
-        raise UserError(
-            f"cannot find data function {module_name}:{function_name}: {error}"
-        ) from error
-    result = function()
+    result = _call_user_function(module_name, function_name, "data function")
+    source = f"{module_name}:{function_name}()"
     if isinstance(result, Dataset):
         return result
-    if isinstance(result, dict):
-        return result
+    if isinstance(result, dict) and "X" in result and "y" in result:
+        return _tensors(result, source)
     if isinstance(result, (tuple, list)) and len(result) in (2, 4):
         keys = ("X", "y", "X_test", "y_test")[: len(result)]
-        return dict(zip(keys, result))
+        return _tensors(dict(zip(keys, result)), source)
     raise UserError(
-        f"{module_name}:{function_name} must return a Dataset, a dict with X and y, "
-        "or a tuple (X, y[, X_test, y_test])"
+        f"{source} must return a Dataset, a dict with X and y, "
+        "or a tuple (X, y[, X_test, y_test]); got " + type(result).__name__
     )
 
 
@@ -170,13 +251,16 @@ def split(data: Dataset | dict) -> tuple[tuple, tuple | None]:
     return (data["X"], data["y"]), test
 
 
-def rank_shards(data: Dataset | dict, batch_size: int) -> tuple[tuple, tuple | None]:
+def rank_shards(
+    train_pair: tuple, test_pair: tuple | None, batch_size: int
+) -> tuple[tuple, tuple | None]:
     """This rank's shards of (train pair, test pair or None); all of it in one process.
 
-    The training shard is whole batches of ``batch_size``, so that the ranks' batches
+    The pairs are the whole data, already checked against the model
+    (:func:`load_model_and_data`), so every rank refuses the same bad input. The
+    training shard is whole batches of ``batch_size``, so that the ranks' batches
     are the ones a single process forms (eps = batch_std is the same).
     """
-    train_pair, test_pair = split(data)
     if not distributed.is_distributed():
         return train_pair, test_pair
     train_pair = distributed.shard(train_pair, batch_size)
@@ -215,6 +299,8 @@ def load_model(path_text: str, *, model_factory: str | None, trust_pickle: bool)
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.is_dir() or path.name == "card.json":
         return load_checkpoint(path)
+    if path.stat().st_size == 0:
+        raise UserError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
     if zipfile.is_zipfile(path) and _is_torchscript(path):
         return _load_torchscript(path), {"format": "torchscript"}
     try:
@@ -222,7 +308,7 @@ def load_model(path_text: str, *, model_factory: str | None, trust_pickle: bool)
     except pickle.UnpicklingError as error:
         if "Unsupported global" not in str(error) and "Unsupported class" not in str(error):
             raise UserError(
-                f"cannot read checkpoint {path}: not a torch file or truncated"
+                f"cannot read checkpoint {path}: not a torch file, or truncated ({_reason(error)})"
             ) from error
         if not trust_pickle:
             raise UserError(
@@ -230,8 +316,15 @@ def load_model(path_text: str, *, model_factory: str | None, trust_pickle: bool)
                 "(torch.load weights_only=True). Pass --trust-pickle only if you trust the file"
             ) from error
         content = torch.load(path, weights_only=False, map_location="cpu")
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as error:
-        raise UserError(f"cannot read checkpoint {path}: {error}") from error
+    except EOFError as error:
+        raise UserError(
+            f"cannot read checkpoint {path}: the file ends early (truncated, "
+            f"{path.stat().st_size} bytes)"
+        ) from error
+    except (RuntimeError, OSError, zipfile.BadZipFile) as error:
+        raise UserError(
+            f"cannot read checkpoint {path}: not a torch file, or truncated ({_reason(error)})"
+        ) from error
     if isinstance(content, nn.Module):
         return content, {"format": "pickled module"}
     if (
@@ -272,33 +365,53 @@ def _load_torchscript(path: Path) -> nn.Module:
             warnings.simplefilter("ignore", DeprecationWarning)
             return torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, OSError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot read TorchScript checkpoint {path}: {first}") from error
+        raise UserError(
+            f"cannot read TorchScript checkpoint {path} (truncated or corrupt?): {_reason(error)}"
+        ) from error
 
 
 def _model_from_factory(text: str) -> nn.Module:
     module_name, _, factory_name = text.partition(":")
     if not factory_name:
         raise UserError(f"--model must read module:factory, got {text!r}")
-    try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as error:
-        raise UserError(f"cannot find model factory {text}: {error}") from error
-    model = factory()
+    model = _call_user_function(module_name, factory_name, "model factory")
     if not isinstance(model, nn.Module):
         raise UserError(f"{text} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
-def load_model_and_data(args) -> tuple[nn.Module, dict, Dataset | dict]:
-    """The checkpoint, its card, and ``--data``; built-in data default to the card's seed."""
+def load_model_and_data(args, *, need_test: bool = False) -> tuple[nn.Module, dict, tuple, tuple]:
+    """The checkpoint, its card, and ``--data`` as (train pair, test pair or None),
+    checked against each other and ``--loss``; built-in data default to the card's seed."""
     model, card = load_model(
         args.checkpoint, model_factory=args.model, trust_pickle=args.trust_pickle
     )
+    if args.output is not None:
+        try:
+            model = SelectOutput(model, parse_value(args.output))
+        except TypeError as error:
+            raise UserError(f"--output: {error}") from error
     seed = args.data_seed
     if seed is None:
         seed = card.get("dataset", {}).get("seed")
-    return model, card, load_data(args.data, seed=seed)
+    train_pair, test_pair = split(load_data(args.data, seed=seed))
+    if need_test and test_pair is None:
+        raise UserError("validate needs test data: give X_test and y_test, or built-in data")
+    loss_fn = LOSSES[args.loss]()
+    for what, pair in (("the training data", train_pair), ("the test data", test_pair)):
+        if pair is not None:
+            check_fit(model, loss_fn, pair, what)
+    return model, card, train_pair, test_pair
+
+
+def check_fit(model: nn.Module, loss_fn: nn.Module, pair: tuple, what: str) -> None:
+    """The model, the loss and the data fit, or a :class:`UserError` that says how not."""
+    try:
+        check_model_and_data(
+            model, loss_fn, pair, what=f"{what} (--data)", min_samples=2 if "train" in what else 1
+        )
+    except (TypeError, ValueError, FloatingPointError) as error:
+        raise UserError(str(error)) from error
 
 
 # -- output ----------------------------------------------------------------------------
@@ -335,62 +448,129 @@ def _json_default(value):
     return str(value)
 
 
-def writable_folder(path_text: str) -> Path:
-    """Create ``path_text`` if needed and check it can be written, before any long work.
+def output_folder(path_text: str, *, given: bool = True) -> Path:
+    """``--out`` as a folder that can be written, checked before any work and not created.
 
-    Under torch.distributed only rank 0 writes, so only rank 0 checks."""
+    The folder itself is created when results are written to it; the parent of a
+    path the user gave must exist already (a mistyped path is refused rather than
+    silently created). A default path (``given=False``: the demo's, a study
+    configuration's) gets its parent folders created. Under torch.distributed only
+    rank 0 writes, so only rank 0 checks.
+    """
     path = Path(path_text)
     if not distributed.is_main():
         return path
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".pruning-limit-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise UserError(
-            f"cannot write to output folder {path}: {error.strerror or error}"
-        ) from error
+    if not given and not path.parent.exists():
+        try:
+            path.parent.mkdir(parents=True)
+        except OSError as error:
+            raise UserError(f"cannot create {path.parent}: {error.strerror or error}") from error
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"--out {path} exists and is not a folder")
+        _check_writable(path, path)
+    else:
+        _check_parent(path)
     return path
 
 
-def writable_file(path_text: str) -> Path:
+def output_file(path_text: str, suffix: str) -> Path:
+    """``--out`` as a file with ``suffix`` (added if missing) in an existing, writable folder."""
     path = Path(path_text)
-    writable_folder(str(path.parent if str(path.parent) else "."))
+    if path.suffix != suffix:
+        path = path.with_name(path.name + suffix)
+    if not distributed.is_main():
+        return path
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder; give a file name")
+    _check_parent(path)
     return path
+
+
+def _check_parent(path: Path) -> None:
+    parent = path.parent
+    if not parent.is_dir():
+        raise UserError(
+            f"the folder {parent} of --out {path} does not exist: create it first "
+            "(it is not created for you, so that a mistyped path is caught)"
+        )
+    _check_writable(parent, path)
+
+
+def _check_writable(folder: Path, target: Path) -> None:
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {target}: no write permission in {folder}")
+
+
+@contextlib.contextmanager
+def locked(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``target`` (through ``TARGET.lock``) while writing it.
+
+    A second run on the same ``--out`` is refused instead of racing the first. The
+    lock is ``fcntl.flock``: the kernel releases it when the process dies, so a killed
+    run leaves at most a stale ``.lock`` file, which the next run takes over. Under
+    torch.distributed only rank 0 (the rank that writes) takes it.
+    """
+    if not distributed.is_main():  # under torch.distributed rank 0 alone writes
+        yield
+        return
+    lock_path = target.with_name(target.name + ".lock")
+    while True:
+        try:
+            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise UserError(f"cannot write {lock_path}: {error.strerror or error}") from error
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise UserError(
+                f"another pruning-limit run is writing {target} (it holds {lock_path}): "
+                "wait for it to finish, or choose another --out"
+            ) from None
+        # The holder before us may have removed the file after we opened it: lock again.
+        if lock_path.exists() and os.stat(lock_path).st_ino == os.fstat(descriptor).st_ino:
+            break
+        os.close(descriptor)
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        os.close(descriptor)
 
 
 # -- subcommands -----------------------------------------------------------------------
 
 
 def command_train(args, out: Output) -> int:
-    folder = writable_folder(args.out)
+    folder = output_folder(args.out)
     dataset = load_data(args.data, seed=args.seed)
     if not isinstance(dataset, Dataset):
         raise UserError("train needs built-in data (e.g. manifold:d=8, digits:pca=8, mnist1d)")
     spec = parse_model_spec(args.model, dataset.ambient_dimension, dataset.num_classes)
     out.log(f"training {spec['kind']} on {dataset.name} ({dataset.ambient_dimension} features)")
-    result = train(
-        spec,
-        dataset,
-        recipe=args.recipe,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        epochs=args.epochs,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        momentum=args.momentum,
-        l1=args.l1,
-        l1_biases=args.l1_biases,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        init=args.init,
-        dtype=DTYPES[args.dtype],
-        seed=args.seed,
-        target_train_loss=args.target_loss,
-        progress=not args.quiet,
-        out=folder,
-    )
+    with locked(folder):
+        result = train(
+            spec,
+            dataset,
+            recipe=args.recipe,
+            optimizer=args.optimizer,
+            lr=args.lr,
+            epochs=args.epochs,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            momentum=args.momentum,
+            l1=args.l1,
+            l1_biases=args.l1_biases,
+            weight_decay=args.weight_decay,
+            warmup_steps=args.warmup_steps,
+            init=args.init,
+            dtype=DTYPES[args.dtype],
+            seed=args.seed,
+            target_train_loss=args.target_loss,
+            progress=not args.quiet,
+            out=folder,
+        )
     metrics = result.card.get("metrics", {})
     out.result(
         {"checkpoint": str(folder), "card": result.card},
@@ -400,42 +580,60 @@ def command_train(args, out: Output) -> int:
 
 
 def command_spectrum(args, out: Output) -> int:
-    target = writable_file(args.out)
-    if target.suffix != ".npz":
-        target = target.with_suffix(".npz")
-    model, _, data = load_model_and_data(args)
-    train_pair, _ = rank_shards(data, args.batch_size)
+    target = output_file(args.out, ".npz")
+    state_path = target.with_name(target.name + ".state")
+    if args.resume and args.overwrite:
+        raise UserError(
+            "--resume continues the interrupted run and --overwrite discards it: give one"
+        )
+    model, _, train_pair, _ = load_model_and_data(args)
+    train_pair, _ = rank_shards(train_pair, None, args.batch_size)
     loss_fn = LOSSES[args.loss]()
     dtype = DTYPES[args.dtype] if args.dtype else None
-    if args.exact:
-        spectrum = exact_spectrum(
-            model,
-            loss_fn,
-            train_pair,
-            curvature=args.curvature,
-            dtype=dtype,
-            device=args.device,
-            batch_size=args.batch_size,
-        )
-    else:
-        spectrum = estimate_spectrum(
-            model,
-            loss_fn,
-            train_pair,
-            steps=args.steps,
-            probes=args.probes,
-            curvature=args.curvature,
-            dtype=dtype,
-            device=args.device,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            block_size=args.block_size,
-            state_path=target.with_name(target.name + ".state"),
-            resume=args.resume,
-            checkpoint_every=args.checkpoint_every,
-            progress=not args.quiet,
-        )
-    if distributed.is_main():
+    with locked(target):
+        main = distributed.is_main()  # rank 0 alone reads, writes and discards the state
+        if main and state_path.exists() and not args.exact and not (args.resume or args.overwrite):
+            raise UserError(
+                f"an interrupted run left {state_path}: continue it with --resume, or discard "
+                "it with --overwrite"
+            )
+        if args.overwrite and main:
+            state_path.unlink(missing_ok=True)
+        args.state_path = None if args.exact else state_path  # for the Ctrl-C message
+        if args.exact:
+            spectrum = exact_spectrum(
+                model,
+                loss_fn,
+                train_pair,
+                curvature=args.curvature,
+                dtype=dtype,
+                device=args.device,
+                batch_size=args.batch_size,
+            )
+        else:
+            spectrum = estimate_spectrum(
+                model,
+                loss_fn,
+                train_pair,
+                steps=args.steps,
+                probes=args.probes,
+                curvature=args.curvature,
+                dtype=dtype,
+                device=args.device,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                block_size=args.block_size,
+                state_path=state_path,
+                resume=args.resume,
+                checkpoint_every=args.checkpoint_every,
+                progress=not args.quiet,
+            )
+            used = spectrum.provenance.get("steps", args.steps)
+            if used < args.steps:
+                out.log(
+                    f"note: --steps {args.steps} capped at {used}, the number of non-zero rows "
+                    "of the curvature: Lanczos is exact by then, more steps add nothing"
+                )
         spectrum.save(target)
     trace, trace_error = spectrum.trace_function(lambda x: x)
     out.result(
@@ -460,18 +658,22 @@ def parse_epsilon(text: str) -> str | float:
         raise UserError(
             f"--epsilon must be batch_std, reference or a number, got {text!r}"
         ) from error
-    return check_epsilon(value)  # the library's check: > 0
+    try:
+        return check_epsilon(value)  # the library's one check: finite and > 0
+    except ValueError as error:
+        raise UserError(f"--epsilon {text}: {error}") from error
 
 
 def command_predict(args, out: Output) -> int:
-    target = writable_file(args.out) if args.out else None
-    model, card, data = load_model_and_data(args)
-    train_pair, _ = rank_shards(data, args.batch_size)
+    target = output_file(args.out, ".json") if args.out else None
+    epsilon = parse_epsilon(args.epsilon)
+    model, card, train_pair, _ = load_model_and_data(args)
+    train_pair, _ = rank_shards(train_pair, None, args.batch_size)
     spectrum = Spectrum.load(args.spectrum) if args.spectrum else None
     prediction = predict_limit(
         model,
         spectrum,
-        epsilon=parse_epsilon(args.epsilon),
+        epsilon=epsilon,
         methods=tuple(args.method) if args.method else DEFAULT_METHODS,
         policy=args.policy,
         data=train_pair,
@@ -483,7 +685,8 @@ def command_predict(args, out: Output) -> int:
         card=card or None,
     )
     if target is not None and distributed.is_main():
-        prediction.save(target)
+        with locked(target):
+            target = prediction.save(target)
     payload = json.loads(prediction.to_json())
     payload["calibrated_intervals"] = [c.to_dict() for c in prediction.calibrated_intervals()]
     out.result(
@@ -494,44 +697,42 @@ def command_predict(args, out: Output) -> int:
 
 
 def command_validate(args, out: Output) -> int:
-    folder = writable_folder(args.out)
-    model, _, data = load_model_and_data(args)
-    train_pair, test_pair = rank_shards(data, args.batch_size)
-    if test_pair is None:
-        raise UserError("validate needs test data: give X_test and y_test, or built-in data")
+    folder = output_folder(args.out)
+    epsilon = parse_epsilon(args.epsilon) if args.epsilon else None
+    model, _, train_pair, test_pair = load_model_and_data(args, need_test=True)
+    train_pair, test_pair = rank_shards(train_pair, test_pair, args.batch_size)
     prediction = None
     if args.prediction:
         prediction = Prediction.load(args.prediction)
-    epsilon = (
-        parse_epsilon(args.epsilon)
-        if args.epsilon
-        else (prediction.epsilon if prediction is not None else "batch_std")
-    )
-    validation = validate(
-        model,
-        train_data=train_pair,
-        test_data=test_pair,
-        loss_fn=LOSSES[args.loss](),
-        epsilon=epsilon,
-        variants=tuple(args.variant) if args.variant else DEFAULT_VARIANTS,
-        tolerance=args.tolerance,
-        resolution=args.resolution,
-        curvature=args.curvature,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
-    comparison = compare(prediction, validation) if prediction is not None else None
-    if not distributed.is_main():
-        return 0
-    validation.save(folder / "validation.json")
-    figure = plot_validation(validation, folder / "validation.png", prediction=prediction)
-    human = [validation.summary()]
-    payload = {"validation": json.loads(validation.to_json()), "files": [str(figure)]}
-    if comparison is not None:
-        (folder / "comparison.md").write_text(comparison.to_markdown() + "\n")
-        human += ["", comparison.to_markdown()]
-        payload["comparison"] = comparison.to_dict()
+    if epsilon is None:
+        epsilon = prediction.epsilon if prediction is not None else "batch_std"
+    with locked(folder):
+        validation = validate(
+            model,
+            train_data=train_pair,
+            test_data=test_pair,
+            loss_fn=LOSSES[args.loss](),
+            epsilon=epsilon,
+            variants=tuple(args.variant) if args.variant else DEFAULT_VARIANTS,
+            tolerance=args.tolerance,
+            resolution=args.resolution,
+            curvature=args.curvature,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+        comparison = compare(prediction, validation) if prediction is not None else None
+        if not distributed.is_main():
+            return 0
+        folder.mkdir(exist_ok=True)
+        validation.save(folder / "validation.json")
+        figure = plot_validation(validation, folder / "validation.png", prediction=prediction)
+        human = [validation.summary()]
+        payload = {"validation": json.loads(validation.to_json()), "files": [str(figure)]}
+        if comparison is not None:
+            (folder / "comparison.md").write_text(comparison.to_markdown() + "\n")
+            human += ["", comparison.to_markdown()]
+            payload["comparison"] = comparison.to_dict()
     human.append(f"\nwritten to {folder}")
     out.result(payload, "\n".join(human))
     return 0
@@ -549,11 +750,18 @@ def report_study(result, out: Output) -> int:
 
 def command_study(args, out: Output) -> int:
     config = load_config(args.config)
-    return report_study(run_study(config, out=args.out, log=None if args.quiet else out.log), out)
+    if args.out is None:
+        folder = output_folder(config["study"]["out"], given=False)
+    else:
+        folder = output_folder(args.out)
+    args.rerun_continues = True
+    with locked(folder):
+        result = run_study(config, out=folder, log=None if args.quiet else out.log)
+    return report_study(result, out)
 
 
 def command_demo(args, out: Output) -> int:
-    writable_folder(args.out)
+    folder = output_folder(args.out or DEMO_OUT, given=args.out is not None)
     config = load_config(str(resources.files("pruning_limit") / "data" / "demo.toml"))
     config["study"]["seed"] = args.seed
     if args.quick:  # a first look in seconds: one small dataset, plain and L1, a smaller model
@@ -570,17 +778,52 @@ def command_demo(args, out: Output) -> int:
         "curvature), one-shot / refit / fine-tune pruning sweeps, read as the onset of damage "
         "and as the transition (collapse centre and 10-90 % width)"
     )
-    return report_study(run_study(config, out=args.out, log=None if args.quiet else out.log), out)
+    args.rerun_continues = True
+    with locked(folder):
+        result = run_study(config, out=folder, log=None if args.quiet else out.log)
+    return report_study(result, out)
 
 
 # -- the parser ------------------------------------------------------------------------
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line that ends with where to read the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def parse_device(text: str) -> str:
+    """``--device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and available."""
+    if text != "auto":
+        try:
+            device = torch.device(text)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(
+                f"unknown device {text!r}: use auto, cpu, cuda, cuda:N or mps"
+            ) from None
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise argparse.ArgumentTypeError(
+                f"device {text!r} is not supported: use auto, cpu, cuda, cuda:N or mps"
+            )
+        try:
+            resolve_device(device)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="no logs or progress bars")
     common.add_argument("--json", action="store_true", help="machine-readable result on stdout")
-    common.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    common.add_argument(
+        "--device",
+        type=parse_device,
+        default="auto",
+        help="auto, cpu, cuda, cuda:N or mps (default: auto)",
+    )
     common.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     common.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     common.add_argument(
@@ -590,7 +833,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="under torchrun: the torch.distributed backend (default: nccl with CUDA, else gloo)",
     )
 
-    checkpoint = argparse.ArgumentParser(add_help=False)
+    checkpoint = Parser(add_help=False)
     checkpoint.add_argument(
         "checkpoint", help="checkpoint folder, state_dict, TorchScript or pickle"
     )
@@ -611,10 +854,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow unpickling a fully pickled model (can run code)",
     )
-    checkpoint.add_argument("--loss", choices=sorted(LOSSES), default="cross_entropy")
+    checkpoint.add_argument(
+        "--output",
+        default=None,
+        metavar="KEY",
+        help="for a model that returns a tuple or a dict: the index or key of the output the "
+        "loss applies to",
+    )
+    checkpoint.add_argument(
+        "--loss",
+        choices=sorted(LOSSES),
+        default="cross_entropy",
+        help="cross_entropy (int64 class labels) or mse (float targets of the outputs' shape)",
+    )
     checkpoint.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pruning-limit",
         description="Predict how large a fraction of a network's weights global one-shot "
         "magnitude pruning can remove (the fraction REMOVED, as torch's `amount`), "
@@ -668,6 +923,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true", help="full matrix + eigvalsh (small D)")
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from OUT.state"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard an interrupted run's OUT.state and start again",
     )
     p.add_argument(
         "--checkpoint-every",
@@ -759,7 +1019,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "demo", parents=[common], help="the main job on built-in data (a few minutes on a CPU)"
     )
-    p.add_argument("--out", default="results/demo", help="results folder")
+    p.add_argument("--out", default=None, help=f"results folder (default: {DEMO_OUT})")
     p.add_argument("--quick", action="store_true", help="smaller models and data (seconds)")
     p.set_defaults(handler=command_demo)
     return parser
@@ -801,13 +1061,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pruning-limit: error: {_where()}{error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("pruning-limit: interrupted", file=sys.stderr)
+        print(f"pruning-limit: interrupted; {_after_interrupt(args)}", file=sys.stderr)
         return 130
     except USER_ERRORS as error:
         if getattr(args, "debug", False):
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"pruning-limit: error: {_where()}{message}", file=sys.stderr)
+        print(f"pruning-limit: error: {_where()}{_reason(error)}", file=sys.stderr)
         return 2
     except Exception as error:  # an internal error: say so, and how to see more
         if getattr(args, "debug", False):
@@ -818,6 +1077,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _after_interrupt(args) -> str:
+    """What an interrupted command left, and how to go on."""
+    state_path = getattr(args, "state_path", None)
+    if state_path is not None:
+        if Path(state_path).exists():
+            return f"run the same command with --resume to continue from {state_path}"
+        return "stopped before the first checkpoint (OUT.state): nothing to resume"
+    if getattr(args, "rerun_continues", False):
+        return "run the same command again to continue: finished runs are kept"
+    return "nothing was written"
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from torch import nn
 
 from . import distributed
 from ._checks import check_mean_reduction
-from .batches import DEFAULT_BATCH_SIZE, as_batches
+from .batches import DEFAULT_BATCH_SIZE, as_batches, check_model_and_data
 from .parameters import call_with, eval_mode, has_convolution, resolve_device, resolve_parameters
 from .spectrum import ParameterInfo
 
@@ -125,7 +125,8 @@ class ModelLoss:
         self._fixed = {n: cast(t) for n, t in model.named_parameters() if n not in chosen}
         self._fixed.update({n: cast(t) for n, t in model.named_buffers()})
         self._point = [cast(p) for _, p in selected]
-        self.batches = as_batches(data, batch_size).to(self.device, self.dtype)
+        batches = check_model_and_data(model, loss_fn, as_batches(data, batch_size))
+        self.batches = batches.to(self.device, self.dtype)
         # Under torch.distributed, data is this rank's shard: weights n_b / N with N the
         # count over all ranks, so that one all-reduce of the ranks' sums is the mean.
         counts = torch.tensor([self.batches.num_samples, len(self.batches)])

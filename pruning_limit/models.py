@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -227,3 +228,57 @@ def _check_int_list(kind: str, name: str, value, *, allow_empty: bool) -> None:
 def count_parameters(model: nn.Module) -> int:
     """The number of scalar parameters of ``model`` (biases and normalisation included)."""
     return sum(parameter.numel() for parameter in model.parameters())
+
+
+class SelectOutput(nn.Module):
+    """``model(x)[key]``: one output of a model that returns a tuple, a list or a dict.
+
+    The loss and the curvature need one tensor of outputs; a model that returns
+    several (logits and features, a dict of heads) is wrapped to pick the one the
+    loss applies to. Its parameters keep their names under ``model.``.
+
+    Example
+    -------
+    >>> import torch
+    >>> class TwoHeads(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.body = nn.Linear(3, 2)
+    ...     def forward(self, x):
+    ...         return {"logits": self.body(x), "features": x}
+    >>> SelectOutput(TwoHeads(), "logits")(torch.zeros(4, 3)).shape
+    torch.Size([4, 2])
+    """
+
+    def __init__(self, model: nn.Module, key: int | str) -> None:
+        super().__init__()
+        if isinstance(model, torch.jit.ScriptModule):
+            # The curvature substitutes weights by torch.func.functional_call, which cannot
+            # reach inside a TorchScript module held by an eager one: the products would
+            # silently be those of constant weights.
+            raise TypeError(
+                "cannot select an output of a TorchScript model: script or trace a module "
+                "that returns the one output the loss applies to"
+            )
+        self.model = model
+        self.key = key
+
+    def forward(self, inputs):
+        outputs = self.model(inputs)
+        if isinstance(outputs, dict):
+            if self.key not in outputs:
+                raise KeyError(
+                    f"the model's outputs have keys {', '.join(map(repr, outputs))}, "
+                    f"not {self.key!r}"
+                )
+            return outputs[self.key]
+        if isinstance(outputs, (tuple, list)):
+            if not isinstance(self.key, int) or not -len(outputs) <= self.key < len(outputs):
+                raise IndexError(
+                    f"the model returns {len(outputs)} outputs; pick one by its index "
+                    f"0 to {len(outputs) - 1}, not {self.key!r}"
+                )
+            return outputs[self.key]
+        raise TypeError(
+            f"the model returns one {type(outputs).__name__}: there is nothing to select"
+        )

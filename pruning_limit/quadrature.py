@@ -342,6 +342,21 @@ def convergence_check(spectrum, full, half, rules, scale, tolerance, policy) -> 
 
     lower, upper = bounds_at(spectrum, rules, scale)
     gauss, radau = float(lower.mean()), float(upper.mean())
+    if gauss > radau:
+        # A Gauss node below zero (round-off on a PSD curvature) puts f_c above 1 there:
+        # the Gauss value is then no lower bound, and a negative "width" no convergence.
+        converged = report.get("relative_change", np.inf) <= tolerance
+        message += (
+            f"; no Gauss/Gauss-Radau bracket: the Gauss value {gauss:.4g} exceeds the "
+            f"Gauss-Radau bound {radau:.4g} (quadrature nodes below zero)"
+        )
+        if not converged:
+            message += f"; not converged to {tolerance:.0%}"
+        report.update(
+            bracket_valid=False, gauss=gauss, radau=radau, converged=bool(converged),
+            message=message,
+        )  # fmt: skip
+        return report
     width = (radau - gauss) / max(gauss, 1e-300)
     squared = rules.variable == "x^2"
     report.update(

@@ -489,6 +489,8 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     for required in (card_path, weights_path):
         if not required.is_file():
             raise FileNotFoundError(f"checkpoint file missing: {required}")
+    if card_path.stat().st_size == 0:
+        raise ValueError(f"{card_path} is empty (0 bytes): the checkpoint was not written")
     try:
         card = json.loads(card_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -506,10 +508,19 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
         model = build_model(card["model"]).to(dtype)
     except ValueError as error:
         raise ValueError(f"{card_path}: {error}") from error
+    if weights_path.stat().st_size == 0:
+        raise ValueError(f"{weights_path} is empty (0 bytes): the checkpoint was not written")
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{weights_path} is not a readable state_dict: {error}") from error
+    except EOFError as error:
+        raise ValueError(
+            f"{weights_path} ends early: truncated ({weights_path.stat().st_size} bytes)"
+        ) from error
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{weights_path} is not a readable state_dict (truncated or corrupt?): {reason}"
+        ) from error
     if not isinstance(state, dict) or not all(
         isinstance(value, torch.Tensor) for value in state.values()
     ):

@@ -75,10 +75,10 @@ from torch import nn
 from . import distributed
 from ._checks import check_mean_reduction
 from ._version import __version__
-from .batches import DEFAULT_BATCH_SIZE, tensor_pair
+from .batches import DEFAULT_BATCH_SIZE, check_model_and_data, tensor_pair
 from .budget import BATCH_STD, check_epsilon, loss_budget
 from .curvature import CURVATURES, EXACT_LIMIT
-from .metrics import is_classification, metrics_function, targets_like
+from .metrics import is_classification, metrics_function
 from .parameters import eval_mode, resolve_parameters
 from .pipeline import Pipeline
 from .prediction import CONVENTION
@@ -471,40 +471,6 @@ def _check_criterion(criterion: str) -> None:
 # -- input checks ---------------------------------------------------------------------------
 
 
-def _check_fits(model, loss_fn, inputs, targets, split: str, reference) -> None:
-    """One forward pass on two samples: a clear error now rather than mid-sweep."""
-    try:
-        with eval_mode(model), torch.no_grad():
-            outputs = model(inputs[:2].to(device=reference.device, dtype=reference.dtype))
-    except (RuntimeError, ValueError, IndexError, TypeError) as error:
-        raise ValueError(
-            f"{split} inputs of shape {tuple(inputs.shape)} do not fit the model "
-            f"({type(model).__name__}): {str(error).splitlines()[0]}"
-        ) from error
-    if is_classification(targets):
-        if outputs.dim() != 2:
-            raise ValueError(
-                f"{split} targets are class labels but the model returns outputs of shape "
-                f"{tuple(outputs.shape)} per batch; expected (batch, classes)"
-            )
-        low, high = int(targets.min()), int(targets.max())
-        if low < 0 or high >= outputs.shape[1]:
-            raise ValueError(
-                f"{split} labels lie in [{low}, {high}] but the model has {outputs.shape[1]} "
-                "output classes"
-            )
-    try:
-        loss_fn(outputs, targets_like(targets[:2], reference))
-    except (RuntimeError, ValueError, IndexError, TypeError) as error:
-        raise ValueError(
-            f"{split} targets of shape {tuple(targets.shape)} do not fit the model's outputs "
-            f"of shape {tuple(outputs.shape[1:])} per sample under {type(loss_fn).__name__}: "
-            f"{str(error).splitlines()[0]}"
-        ) from error
-
-
-
-
 def _check_variants(variants) -> tuple[str, ...]:
     if isinstance(variants, str):
         variants = (variants,)
@@ -710,7 +676,13 @@ def validate(
     reference = selected[0][1]
     classification = is_classification(train_pair[1]) and is_classification(test_pair[1])
     for split, (inputs, targets) in (("train", train_pair), ("test", test_pair)):
-        _check_fits(model, loss_fn, inputs, targets, split, reference)
+        check_model_and_data(
+            model,
+            loss_fn,
+            (inputs, targets),
+            what=f"the {split} data",
+            min_samples=2 if split == "train" else 1,
+        )
     parameters = [[name, list(tensor.shape)] for name, tensor in selected]
     dimension = sum(tensor.numel() for _, tensor in selected)
     weights = PrunedWeights(selected)

@@ -191,9 +191,9 @@ def test_edges_of_the_fixed_point():
     huge = predict_from_spectrum(spectrum, weights, 1e12, methods=methods)
     for method in methods:
         assert huge.removal_fraction(method) > 0.999
-    unbounded = predict_from_spectrum(spectrum, weights, np.inf, methods=methods)
-    assert all(unbounded.removal_fraction(m) == 1.0 for m in methods)
-    assert unbounded.estimates["paper"].sensitivity == {}
+    # No budget predicts nothing (p* = 1 whatever the network), and JSON has no inf.
+    with pytest.raises(ValueError, match="finite positive number"):
+        predict_from_spectrum(spectrum, weights, np.inf, methods=methods)
     # Zero curvature: every direction is unbounded (infinite radii r_i).
     flat = predict_from_spectrum(exact_spectrum(np.zeros(80)), weights, 1e-6, methods=methods)
     assert all(flat.removal_fraction(m) == 1.0 for m in methods)

@@ -576,9 +576,9 @@ def test_data_that_does_not_fit_the_model_is_refused_naming_the_shapes():
     X, y = test_pair
     with pytest.raises(ValueError, match=r"\(80, 5\).*\(160, 6\)"):
         call(model, train_pair, (X[:, :5], y))
-    with pytest.raises(ValueError, match=r"\(160, 5\) do not fit the model"):
+    with pytest.raises(ValueError, match=r"train data: the model refuses inputs of shape \(5,\)"):
         call(model, (train_pair[0][:, :5], train_pair[1]), (X[:, :5], y))
-    with pytest.raises(ValueError, match=r"labels lie in \[\d, 7\].*3 output classes"):
+    with pytest.raises(ValueError, match=r"test data: the labels lie in \[\d, 7\] but .* 3 out"):
         call(model, train_pair, (X, torch.where(y == 0, 7, y)))
     with pytest.raises(ValueError, match="disagree on the number of samples"):
         call(model, train_pair, (X, y[:10]))
