@@ -149,10 +149,12 @@ def test_validation_sweep_equals_one_process(ranks, single):
 
 def test_a_failing_rank_ends_every_rank_with_a_clear_error(tmp_path):
     first, second = run_group("bad_data", str(tmp_path), limit=120)
-    assert second["error"] == "RuntimeError"  # the shape error of the rank with bad data
+    # The rank with bad data refuses it where data enter (batches.check_model_and_data).
+    assert second["error"] == "ValueError"
+    assert "the model refuses inputs of shape (4,)" in second["message"]
     assert first["error"] == "RankFailedError"
-    assert "rank 1 failed in estimate_spectrum: RuntimeError" in first["message"]
-    assert "shapes cannot be multiplied" in first["message"]
+    assert "rank 1 failed in estimate_spectrum: ValueError" in first["message"]
+    assert "the model refuses inputs of shape (4,)" in first["message"]
 
 
 def test_a_stuck_rank_times_out_with_a_clear_error(tmp_path):
