@@ -43,6 +43,8 @@ from torch import nn
 
 from ._checks import check_mean_reduction
 from .batches import DEFAULT_BATCH_SIZE, as_batches, check_model_and_data
+from .fingerprint import SCHEME as FINGERPRINT_SCHEME
+from .fingerprint import data_fingerprint, weights_fingerprint
 from .parameters import call_with, eval_mode, has_convolution, resolve_device, resolve_parameters
 from .spectrum import ParameterInfo
 
@@ -125,6 +127,16 @@ class ModelLoss:
         self._fixed.update({n: cast(t) for n, t in model.named_buffers()})
         self._point = [cast(p) for _, p in selected]
         batches = check_model_and_data(model, loss_fn, as_batches(data, batch_size))
+        self.fingerprint = {
+            "weights": weights_fingerprint(selected),
+            "other": weights_fingerprint(
+                [(n, t) for n, t in model.named_parameters() if n not in chosen]
+                + list(model.named_buffers())
+            ),
+            "data": data_fingerprint(batches),
+            "samples": batches.num_samples,
+            "scheme": FINGERPRINT_SCHEME,
+        }
         self.batches = batches.to(self.device, self.dtype)
         self._weights = [n / self.batches.num_samples for n in self.batches.sizes]
         self.loss()  # fails early, and clearly, on a NaN or infinite loss

@@ -150,3 +150,19 @@ def test_shipped_configurations_are_valid():
     full = load_config(FULL)
     names = {entry["name"] for entry in full["datasets"]}
     assert names == {"manifold", "digits", "mnist1d"}
+
+
+@pytest.mark.parametrize(
+    ("datasets", "message"),
+    [
+        ('name = "manifold"\nd = [2, 8, -3]\nn = 8\nn_train = 40\nn_test = 20\n', "d"),
+        ('name = "manifold"\nd = [2]\nn = 8\nn_train = 40\nn_test = 20\n'
+         '\n[[datasets]]\nname = "nosuchdata"\n', "unknown dataset"),
+    ],
+)  # fmt: skip
+def test_the_whole_configuration_is_checked_before_the_first_run(tmp_path, datasets, message):
+    """d = [2, 8, -3] used to run two runs before refusing the third; now nothing runs,
+    and no folder or config.json is left behind."""
+    with pytest.raises(ValueError, match=message):
+        run_study(write(tmp_path, "[[datasets]]\n" + datasets), out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
