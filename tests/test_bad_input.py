@@ -612,3 +612,12 @@ def test_ctrl_c_says_that_resume_continues(assets, tmp_path):
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "--resume" in lines[0], stderr
     assert state.exists() and not (tmp_path / "s.npz.lock").exists()
+
+
+def test_predict_says_when_the_seed_has_no_effect(assets, tmp_path):
+    """An exact spectrum and a closed form use no random numbers: --seed is named as
+    having no effect, and the Prediction records no seed."""
+    result = cli(*PREDICT, "--seed", "3", "--out", tmp_path / "p.json", cwd=assets)
+    assert result.returncode == 0, result.stderr
+    assert "--seed 3 has no effect" in result.stdout
+    assert json.loads((tmp_path / "p.json").read_text())["seeds"] == {}
