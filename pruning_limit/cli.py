@@ -52,11 +52,12 @@ from .budget import EPSILON_KINDS, check_epsilon
 from .comparison import compare
 from .curvature import CURVATURES, DEFAULT_CURVATURE, EXACT_LIMIT
 from .datasets import DATASETS, Dataset, load_dataset
+from .lanczos import remove_state, state_size
 from .models import SelectOutput, model_spec
-from .parameters import NoPrunableParameterError, resolve_device
+from .parameters import NoPrunableParameterError, resolve_device, resolve_parameters
 from .pipeline import estimate_spectrum, exact_spectrum, predict_limit
 from .plots import plot_validation
-from .prediction import DEFAULT_METHODS, METHODS, Prediction
+from .prediction import DEFAULT_METHODS, METHODS, SLOW_METHODS, Prediction
 from .spectrum import Spectrum
 from .statdim import POLICIES
 from .study import run_study
@@ -598,8 +599,21 @@ def command_spectrum(args, out: Output) -> int:
                 "it with --overwrite"
             )
         if args.overwrite and main:
-            state_path.unlink(missing_ok=True)
+            remove_state(state_path)
         args.state_path = None if args.exact else state_path  # for the Ctrl-C message
+        if not args.exact:
+            selected = resolve_parameters(model)
+            dimension = sum(p.numel() for _, p in selected)
+            block = min(args.block_size or args.probes, args.probes)
+            size = state_size(dimension, args.steps, block, dtype or selected[0][1].dtype)
+            every = (
+                f"every {args.checkpoint_every} steps" if args.checkpoint_every else "every minute"
+            )
+            out.log(
+                f"checkpoints in {state_path} {every}: the Lanczos basis is appended as it grows "
+                f"(each row written once), at most {size / 1e6:.1f} MB on disk ({block} probes x "
+                f"{args.steps} steps x D = {dimension}); removed when the run completes"
+            )
         if args.exact:
             spectrum = exact_spectrum(
                 model,
@@ -670,20 +684,40 @@ def command_predict(args, out: Output) -> int:
     model, card, train_pair, _ = load_model_and_data(args)
     train_pair, _ = rank_shards(train_pair, None, args.batch_size)
     spectrum = Spectrum.load(args.spectrum) if args.spectrum else None
-    prediction = predict_limit(
-        model,
-        spectrum,
-        epsilon=epsilon,
-        methods=tuple(args.method) if args.method else DEFAULT_METHODS,
-        policy=args.policy,
-        data=train_pair,
-        loss_fn=LOSSES[args.loss](),
-        curvature=args.curvature,
-        dtype=DTYPES[args.dtype] if args.dtype else None,
-        device=args.device,
-        batch_size=args.batch_size,
-        card=card or None,
-    )
+    methods = tuple(args.method) if args.method else DEFAULT_METHODS
+    slow = [m for m in methods if m in SLOW_METHODS]
+    if slow:
+        out.log("; ".join(f"{m}: {SLOW_METHODS[m]}" for m in slow))
+    with warnings.catch_warnings():  # the Prediction's notes say it, in the summary
+        warnings.filterwarnings("ignore", message="the spectrum records no fingerprint")
+        prediction = predict_limit(
+            model,
+            spectrum,
+            epsilon=epsilon,
+            methods=methods,
+            policy=args.policy,
+            data=train_pair,
+            loss_fn=LOSSES[args.loss](),
+            curvature=args.curvature,
+            dtype=DTYPES[args.dtype] if args.dtype else None,
+            device=args.device,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            allow_mismatch=args.allow_spectrum_mismatch,
+            progress=not args.quiet,
+            card=card or None,
+        )
+    if args.seed_given and not prediction.seeds:
+        out.log(
+            f"note: --seed {args.seed} has no effect here: the spectrum is exact and no "
+            "method asked for draws random numbers"
+        )
+    elif args.seed_given and spectrum is not None and "statdim_exact" not in methods:
+        out.log(
+            f"note: --seed {args.seed} has no effect here: the given spectrum was computed "
+            f"with seed {prediction.seeds.get('slq_probes')} (recorded), and no method asked "
+            "for draws random numbers"
+        )
     if target is not None and distributed.is_main():
         with locked(target):
             target = prediction.save(target)
@@ -824,7 +858,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto, cpu, cuda, cuda:N or mps (default: auto)",
     )
-    common.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    common.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed (default: 0): SLQ probes, statdim_exact samples, fine-tune order, data",
+    )
     common.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     common.add_argument(
         "--backend",
@@ -948,7 +987,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--spectrum",
         default=None,
         help="a spectrum.npz from `pruning-limit spectrum` (default: exact for "
-        f"D <= {EXACT_LIMIT}, else SLQ)",
+        f"D <= {EXACT_LIMIT}, else SLQ); it must be of this checkpoint's weights and --data",
+    )
+    p.add_argument(
+        "--allow-spectrum-mismatch",
+        action="store_true",
+        help="use a --spectrum computed at other weights or data (noted in the result)",
     )
     p.add_argument(
         "--epsilon",
@@ -1054,6 +1098,9 @@ def _where() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.seed_given = args.seed is not None
+    if args.seed is None:
+        args.seed = 0
     out = Output(args)
     try:
         return run_command(args, out)

@@ -44,6 +44,8 @@ from torch import nn
 from . import distributed
 from ._checks import check_mean_reduction
 from .batches import DEFAULT_BATCH_SIZE, as_batches, check_model_and_data
+from .fingerprint import SCHEME as FINGERPRINT_SCHEME
+from .fingerprint import data_fingerprint, weights_fingerprint
 from .parameters import call_with, eval_mode, has_convolution, resolve_device, resolve_parameters
 from .spectrum import ParameterInfo
 
@@ -133,6 +135,21 @@ class ModelLoss:
         self.num_samples, self.num_batches = distributed.all_reduce_sum(
             counts, "the sample counts"
         ).tolist()
+        self.fingerprint = {
+            "weights": weights_fingerprint(selected),
+            "other": weights_fingerprint(
+                [(n, t) for n, t in model.named_parameters() if n not in chosen]
+                + list(model.named_buffers())
+            ),
+            "data": data_fingerprint(  # of the whole data, under torch.distributed too
+                batches,
+                sum_over_ranks=(
+                    distributed.all_reduce_sum if distributed.is_distributed() else None
+                ),
+            ),
+            "samples": self.num_samples,
+            "scheme": FINGERPRINT_SCHEME,
+        }
         self._weights = [n / self.num_samples for n in self.batches.sizes]
         self.loss()  # fails early, and clearly, on a NaN or infinite loss
 

@@ -20,17 +20,23 @@ tr g(C)/D. Here:
   probes are restricted to the other D - z coordinates, and z is stored in the
   Spectrum, which adds z * g(0);
 - probes run as a block: each Lanczos step multiplies all K current vectors at once;
-- the state is written atomically to a file while running, so an interrupted run
-  resumes (same seed -> same result, bit for bit);
+- the state is written while running, so an interrupted run resumes (same seed ->
+  same result, bit for bit). It is a folder: the Lanczos basis, the only large part
+  (block_size x steps x D numbers), is *appended* in one ``.npy`` per checkpoint with
+  the rows computed since the last one, so each row is written once; a small
+  ``index.json`` (coefficients, progress, fingerprints), rewritten atomically after its
+  chunks, says which chunks count. A finished block's chunks are deleted;
 - under ``torch.distributed`` the products are all-reduced over the ranks' shards
   (:mod:`~pruning_limit.distributed`); every rank runs the same recurrences on the same
-  bits, rank 0 alone writes the state file and shows progress, and a state to resume
+  bits, rank 0 alone writes the state and shows progress, and a state to resume
   from is read by rank 0 and broadcast.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -43,10 +49,11 @@ from tqdm.auto import tqdm
 from . import distributed
 from ._version import __version__
 from .curvature import EXACT_LIMIT, CurvatureOperator
+from .fingerprint import describe_mismatch
 from .quadrature import gauss_rule
 from .spectrum import Spectrum
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def _generator(seed: int, *stream: int) -> torch.Generator:
@@ -281,10 +288,12 @@ def slq(
         Detect identically-zero rows with ``zero_row_probes`` Gaussian products and
         restrict the probes to the other coordinates.
     state_path, resume
-        Write the run's state to ``state_path`` every ``checkpoint_every`` steps
-        (or every ``checkpoint_seconds``) and after each block; with
-        ``resume=True`` an existing state file for the same configuration is
-        continued. The file is removed when the run completes. Under
+        Write the run's state to the folder ``state_path`` every ``checkpoint_every``
+        steps (or every ``checkpoint_seconds``) and after each block; with
+        ``resume=True`` an existing state for the same configuration, weights and data
+        (their fingerprints) is continued, otherwise it is discarded. Disk: the basis
+        of one block, block_size x steps x D numbers of the basis dtype, written
+        once (appended); the folder is removed when the run completes. Under
         ``torch.distributed`` rank 0 writes it and broadcasts it on resume.
     basis_device
         Where the Lanczos basis is stored (default: the operator's device); ``"cpu"``
@@ -344,12 +353,17 @@ def slq(
         "num_samples": operator.provenance().get("num_samples"),
         "basis_dtype": str(layout.dtype),
         "basis_sharded": layout.sharded,
+        "fingerprint": _fingerprint_of(operator),
     }
+    main = distributed.is_main()
+    if state_path is not None and not resume and main:
+        remove_state(state_path)
     state = None
     if resume and state_path:
         state = distributed.broadcast_object(
-            _load_state(state_path, config) if distributed.is_main() else None, "the SLQ state"
+            _load_state(state_path, config, layout.dtype) if main else None, "the SLQ state"
         )
+    store = None if (state_path is None or not main) else _StateFolder(state_path, state)
 
     if state is not None:
         active = state["active"]
@@ -376,19 +390,17 @@ def slq(
     product_seconds = 0.0 if state is None else state["product_seconds"]
 
     def save_state() -> None:
-        if state_path is None or not distributed.is_main():
+        if store is None:
             return
-        _write_state(
-            state_path,
-            {
-                "config": config,
-                "active": active,
-                "zero_seconds": zero_seconds,
-                "alphas": finished_alphas,
-                "betas": finished_betas,
-                "block": None if block is None else block.state(),  # never when sharded
-                "product_seconds": product_seconds,
-            },
+        store.save(
+            config=config,
+            active=active,
+            zero_seconds=zero_seconds,
+            product_seconds=product_seconds,
+            finished_alphas=finished_alphas,
+            finished_betas=finished_betas,
+            block=block,
+            block_first=len(finished_alphas),
         )
 
     done_steps = len(finished_alphas) * effective_steps + (
@@ -445,7 +457,7 @@ def slq(
     betas = torch.stack(finished_betas).numpy()
     rules = [gauss_rule(a, b) for a, b in zip(alphas, betas)]
     if state_path is not None and distributed.is_main():
-        Path(state_path).unlink(missing_ok=True)
+        remove_state(state_path)
     return Spectrum(
         nodes=np.stack([r[0] for r in rules]),
         weights=np.stack([r[1] for r in rules]),
@@ -456,6 +468,7 @@ def slq(
         curvature=operator.curvature,
         method="slq",
         parameters=operator.parameters,
+        fingerprint=_fingerprint_of(operator),
         provenance={
             **_operator_provenance(operator),
             "steps_requested": steps,
@@ -508,6 +521,7 @@ def exact_spectrum_of(
         curvature=operator.curvature,
         method="exact",
         parameters=operator.parameters,
+        fingerprint=_fingerprint_of(operator),
         provenance={
             **_operator_provenance(operator),
             "eigensolver": "torch.linalg.eigvalsh (float64)",
@@ -588,28 +602,156 @@ def _operator_provenance(operator) -> dict:
     }
 
 
-def _write_state(path: str | Path, state: dict) -> None:
-    path = Path(path)
+def _fingerprint_of(operator) -> dict:
+    """The weights' and data's fingerprint of a model's operator; {} for a plain matrix."""
+    return dict(getattr(operator, "fingerprint", None) or {})
+
+
+class _StateFolder:
+    """An SLQ run's state on disk: ``index.json`` plus the basis in append-only chunks.
+
+    Each :meth:`save` writes the basis rows computed since the previous one as one
+    ``.npy`` chunk (atomically: a temporary name, then a rename), then rewrites the
+    small index, which lists the chunks that count; a crash between the two leaves an
+    unlisted chunk that is ignored and later overwritten or removed.
+    """
+
+    def __init__(self, path: str | Path, state: dict | None) -> None:
+        self.path = Path(path)
+        block = None if state is None else state.get("block")
+        self.chunks: list[str] = [] if block is None else list(block["chunks"])
+        self.rows = 0 if block is None else int(block["rows"])
+
+    def save(self, *, config, active, zero_seconds, product_seconds, finished_alphas,
+             finished_betas, block, block_first) -> None:  # fmt: skip
+        # The first save builds the folder under another name and renames it: a run
+        # killed before that leaves no state, never one without its index.
+        first = not self.path.exists()
+        folder = self.path.with_name(self.path.name + ".tmp") if first else self.path
+        if first:
+            remove_state(folder)
+            folder.mkdir()
+            _save_npy(folder / "active.npy", active.cpu().numpy())
+        block_index = None
+        if block is not None:
+            rows = min(block.done + 1, block.steps)  # row `done` is the next vector, final
+            if rows > self.rows:
+                name = f"basis-{block_first:05d}-{self.rows:05d}-{rows:05d}.npy"
+                rows_now = block.basis[:, self.rows : rows].cpu()
+                if rows_now.dtype == torch.bfloat16:  # numpy has none; float32 holds it exactly
+                    rows_now = rows_now.float()
+                _save_npy(folder / name, rows_now.numpy())
+                self.chunks.append(name)
+                self.rows = rows
+            block_index = {
+                "first": block_first,
+                "done": block.done,
+                "steps": block.steps,
+                "rows": self.rows,
+                "chunks": self.chunks,
+                "alphas": block.alphas.tolist(),
+                "betas": block.betas.tolist(),
+            }
+        index = {
+            "config": config,
+            "zero_seconds": zero_seconds,
+            "product_seconds": product_seconds,
+            "alphas": [a.tolist() for a in finished_alphas],
+            "betas": [b.tolist() for b in finished_betas],
+            "block": block_index,
+        }
+        tmp = folder / "index.json.tmp"
+        tmp.write_text(json.dumps(index))  # floats round-trip exactly (repr)
+        tmp.replace(folder / "index.json")
+        if first:
+            folder.replace(self.path)
+        if block is None:  # the block is in the index's coefficients: its basis can go
+            self.chunks, self.rows = [], 0
+            for chunk in self.path.glob("basis-*.npy"):
+                chunk.unlink()
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
     tmp.replace(path)
 
 
-def _load_state(path: str | Path, config: dict) -> dict | None:
+def remove_state(path: str | Path) -> None:
+    """Delete an SLQ state (a folder; a single file from an older version)."""
+    path = Path(path)
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def state_size(dimension: int, steps: int, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes an SLQ state folder holds at most: one block's Lanczos basis, each row
+    written once (block_size x steps x D numbers of ``dtype``).
+
+    >>> state_size(71_424, 150, 10, torch.float32) / 1e6   # the basis of 10 probes
+    428.544
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return int(block_size) * int(steps) * int(dimension) * itemsize
+
+
+def _load_state(path: str | Path, config: dict, dtype) -> dict | None:
     path = Path(path)
     if not path.exists():
         return None
+    if not path.is_dir():
+        raise ValueError(
+            f"SLQ state {path} is a single file, written by an older version: remove it or "
+            "start over (--overwrite)"
+        )
     try:
-        state = torch.load(path, weights_only=True)
-    except Exception as error:  # a truncated or foreign file: say so instead of guessing
-        raise ValueError(f"cannot read SLQ state file {path}: {error}") from error
-    saved = state.get("config", {})
+        index = json.loads((path / "index.json").read_text())
+    except (OSError, ValueError) as error:  # a truncated or foreign folder: say so
+        raise ValueError(f"cannot read SLQ state {path}/index.json: {error}") from error
+    saved = index.get("config", {})
+    differs = describe_mismatch(saved.get("fingerprint") or {}, config["fingerprint"])
+    if differs:
+        raise ValueError(
+            f"cannot resume from {path}: it was computed at other {' and '.join(differs)} "
+            "than this run's (their fingerprints differ); resume with the same model and data, "
+            "or start over (--overwrite)"
+        )
     if saved != config:
         differing = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
         raise ValueError(
-            f"SLQ state file {path} belongs to another run (differs in: {', '.join(differing)}); "
+            f"SLQ state {path} belongs to another run (differs in: {', '.join(differing)}); "
             "remove it or run without resume"
         )
-    if not state["alphas"] and state["block"] is None:
-        warnings.warn(f"state file {path} holds no finished step; starting over", stacklevel=3)
-    return state
+    if not index["alphas"] and index["block"] is None:
+        warnings.warn(f"state {path} holds no finished step; starting over", stacklevel=3)
+    try:
+        active = torch.from_numpy(np.load(path / "active.npy", allow_pickle=False))
+        block = index["block"]
+        if block is not None:
+            pieces = [np.load(path / name, allow_pickle=False) for name in block["chunks"]]
+            basis = torch.from_numpy(np.concatenate(pieces, axis=1))
+            full = torch.zeros(basis.shape[0], block["steps"], basis.shape[2], dtype=dtype)
+            full[:, : basis.shape[1]] = basis.to(dtype)
+            block = {
+                "basis": full,
+                "alphas": torch.tensor(block["alphas"], dtype=torch.float64),
+                "betas": torch.tensor(block["betas"], dtype=torch.float64).reshape(
+                    full.shape[0], max(block["steps"] - 1, 0)
+                ),
+                "done": block["done"],
+                "chunks": block["chunks"],
+                "rows": block["rows"],
+            }
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read SLQ state {path}: {error}") from error
+    return {
+        "active": active,
+        "zero_seconds": index["zero_seconds"],
+        "product_seconds": index["product_seconds"],
+        "alphas": [torch.tensor(a, dtype=torch.float64) for a in index["alphas"]],
+        "betas": [torch.tensor(b, dtype=torch.float64) for b in index["betas"]],
+        "block": block,
+    }

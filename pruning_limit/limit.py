@@ -508,7 +508,9 @@ def predict_from_spectrum(
             "probes": probes,
             "steps": spectrum.steps,
             "provenance": plain(spectrum.provenance),
+            "fingerprint": plain(spectrum.fingerprint),
         },
+        seeds=_seeds(spectrum, methods, seed),
         parameters=[
             [str(p[0]), [int(s) for s in p[1]]]
             for p in (
@@ -524,6 +526,16 @@ def predict_from_spectrum(
         version=__version__,
     )
 
+
+
+def _seeds(spectrum: Spectrum, methods: Sequence[str], seed: int) -> dict:
+    """What drew random numbers, and from which seed: SLQ's probes, statdim_exact's samples."""
+    seeds = {}
+    if spectrum.method == "slq":
+        seeds["slq_probes"] = spectrum.provenance.get("seed")
+    if "statdim_exact" in methods:
+        seeds["statdim_exact"] = seed
+    return seeds
 
 
 def check_statdim_dimension(methods: Sequence[str], dimension: int) -> None:
@@ -654,6 +666,7 @@ def _quadratic_estimate(
             "cost_above": result.cost_above,
             "solver": result.solver,
             "evaluations": result.evaluations,
+            "unconverged_solves": result.unconverged,
         },
         sensitivity=_sensitivity(
             lambda eps: model.limit(eps).removal_fraction, epsilon, sensitivity

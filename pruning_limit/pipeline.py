@@ -14,6 +14,7 @@ study and the command line all go through it.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -23,6 +24,7 @@ from . import distributed
 from .batches import DEFAULT_BATCH_SIZE
 from .budget import BATCH_STD, REFERENCE, check_epsilon, loss_budget
 from .curvature import CURVATURES, DEFAULT_CURVATURE, EXACT_LIMIT, CurvatureOperator, ModelLoss
+from .fingerprint import describe_mismatch, weights_fingerprint
 from .lanczos import exact_spectrum_of, slq
 from .limit import (
     check_methods,
@@ -274,7 +276,26 @@ class Pipeline:
         gradient = self.model_loss().gradient()
         return taylor_onset(self.operator, self.weights, gradient, eps, points=points)
 
-    def check_spectrum(self, spectrum: Spectrum) -> None:
+    def fingerprint(self) -> dict:
+        """Fingerprints of w*, the other parameters and buffers, and (given data) the data."""
+        if self.has_data:
+            return dict(self.model_loss().fingerprint)
+        chosen = set(self.names)
+        return {
+            "weights": weights_fingerprint(self.selected),
+            "other": weights_fingerprint(
+                [(n, t) for n, t in self.model.named_parameters() if n not in chosen]
+                + list(self.model.named_buffers())
+            ),
+        }
+
+    def check_spectrum(self, spectrum: Spectrum, allow_mismatch: bool = False) -> list[str]:
+        """Refuse a Spectrum of other tensors (D, names, shapes), or of other weights or
+        data (their fingerprints), unless ``allow_mismatch``; the notes to record."""
+        self.check_tensors(spectrum)
+        return self._check_fingerprint(spectrum, allow_mismatch)
+
+    def check_tensors(self, spectrum: Spectrum) -> None:
         """Refuse a Spectrum of other tensors than this pipeline's (D, names, shapes)."""
         if spectrum.dimension != self.dimension:
             raise ValueError(
@@ -289,6 +310,30 @@ class Pipeline:
                     f"not match the model's {self.parameters}"
                 )
 
+    def _check_fingerprint(self, spectrum: Spectrum, allow_mismatch: bool) -> list[str]:
+        if not spectrum.fingerprint:
+            note = (
+                "the spectrum records no fingerprint of its weights and data (a plain matrix's, "
+                "or written by an older version): not checked against this model and data"
+            )
+            warnings.warn(note, UserWarning, stacklevel=5)
+            return [note]
+        notes = []
+        current = self.fingerprint()
+        differs = describe_mismatch(spectrum.fingerprint, current)
+        if differs:
+            what = " and ".join(differs)
+            if not allow_mismatch:
+                raise ValueError(
+                    f"the spectrum was computed at other {what} than the ones given (their "
+                    "fingerprints differ), so its limit would be another network's: recompute "
+                    "it, or pass allow_mismatch=True (--allow-spectrum-mismatch) to use it anyway"
+                )
+            notes.append(f"the spectrum was computed at other {what}: used as allowed")
+        if "data" not in current:
+            notes.append("no data given: the spectrum's data were not checked")
+        return notes
+
     def predict(
         self,
         spectrum: Spectrum | None = None,
@@ -296,20 +341,29 @@ class Pipeline:
         epsilon: str | float = BATCH_STD,
         methods: Iterable[str] = DEFAULT_METHODS,
         card: dict | None = None,
+        seed: int = 0,
+        allow_mismatch: bool = False,
+        progress: bool = False,
         **options,
     ) -> Prediction:
-        """The Prediction from ``spectrum`` (default: :meth:`spectrum`), eps and w*.
+        """The Prediction from ``spectrum`` (default: :meth:`spectrum`, SLQ probes from
+        ``seed``), eps and w*.
 
         With training data and a loss, the Prediction also holds the network's
         :class:`~pruning_limit.regime.Regime` (one pass over the data), measured at
         ``paper``'s p* (computed if not asked for) with the model ``card`` when given
         (L1 strength, optimiser); it selects the calibrated intervals
         (:meth:`~pruning_limit.prediction.Prediction.calibrated`).
-        ``options`` go to :func:`~pruning_limit.limit.predict_from_spectrum`.
+        ``seed`` also seeds ``statdim_exact``'s samples; ``allow_mismatch`` accepts a
+        spectrum of other weights or data (:meth:`check_spectrum`). ``options`` go to
+        :func:`~pruning_limit.limit.predict_from_spectrum`.
         """
         methods = check_methods(methods)
-        spectrum = self.spectrum() if spectrum is None else spectrum
-        self.check_spectrum(spectrum)
+        if spectrum is None:
+            spectrum = self.spectrum(seed=seed, progress=progress)
+            notes = []
+        else:
+            notes = self.check_spectrum(spectrum, allow_mismatch)
         eps, source = self.budget(epsilon)
         needs_curvature = set(NEEDS_CURVATURE) & set(methods)
         prediction = predict_from_spectrum(
@@ -323,11 +377,13 @@ class Pipeline:
             damping=self.damping,
             dense_limit=self.exact_limit,
             parameters=self.parameters,
+            seed=seed,
             **options,
         )
         prediction.distributed = distributed.record()
         if self.has_data:
             prediction.regime = self.regime(prediction, spectrum, card).to_dict()
+        prediction.notes.extend(notes)
         return prediction
 
     def regime(self, prediction: Prediction, spectrum: Spectrum, card: dict | None = None):
@@ -377,6 +433,9 @@ def predict_limit(
     damping: float = 0.0,
     dense_limit: int = EXACT_LIMIT,
     card: dict | None = None,
+    seed: int = 0,
+    allow_mismatch: bool = False,
+    progress: bool = False,
     **options,
 ) -> Prediction:
     """Predict how large a fraction p of a model's prunable weights can be removed.
@@ -387,9 +446,11 @@ def predict_limit(
         The trained ``torch.nn.Module``; its prunable weights (default: every Linear and
         Conv ``weight``, or the Spectrum's tensors) are w*.
     spectrum
-        A Spectrum of the same tensors (checked: D and every name and shape). ``None``:
-        computed here from ``data`` and ``loss_fn`` (exact for D <= :data:`EXACT_LIMIT`,
-        else SLQ: :meth:`Pipeline.spectrum`).
+        A Spectrum of the same tensors (checked: D and every name and shape) computed at
+        the same weights and data (checked: their fingerprints, which the Spectrum
+        records; the data only when ``data`` is given). ``None``: computed here from
+        ``data`` and ``loss_fn`` (exact for D <= :data:`EXACT_LIMIT`, else SLQ:
+        :meth:`Pipeline.spectrum`).
     epsilon
         ``"batch_std"``, ``"reference"`` (the reference code's: np.std with ddof 0 of
         the batch-128 mean losses, eval mode; recorded as ``kind="reference"``) (both
@@ -420,15 +481,26 @@ def predict_limit(
         ``loss_fn`` the Prediction holds the network's regime
         (:attr:`~pruning_limit.prediction.Prediction.regime`), which selects its
         calibrated intervals.
+    seed
+        Seeds what draws random numbers: SLQ's probes when the spectrum is computed here,
+        ``statdim_exact``'s samples. Recorded in ``Prediction.seeds``; an exact or given
+        spectrum with closed forms uses none (``seeds`` is then empty, or holds the
+        given spectrum's seed).
+    allow_mismatch
+        Use a spectrum whose fingerprints say it was computed at other weights or other
+        data (recorded in the Prediction's notes); by default that is refused.
+    progress
+        Progress bars for the long steps (SLQ, the dense matrix, the quadratic model).
     options
         Passed to :func:`predict_from_spectrum` (``confidence``, ``sensitivity``,
-        ``tolerance``, ``statdim_samples``, ``seed``, ``curve_points``).
+        ``tolerance``, ``statdim_samples``, ``curve_points``).
 
     Raises
     ------
     ValueError
-        Unknown method, a Spectrum that does not match the model, missing data for a
-        method or for ``"batch_std"``, eps <= 0 or NaN.
+        Unknown method, a Spectrum that does not match the model (tensors, or the
+        fingerprints of weights or data without ``allow_mismatch``), missing data for a
+        method or for ``"batch_std"``, eps <= 0, inf or NaN.
 
     Example
     -------
@@ -478,7 +550,7 @@ def predict_limit(
         ) from error
     check_statdim_dimension(methods, pipeline.dimension)
     if spectrum is not None:
-        pipeline.check_spectrum(spectrum)
+        pipeline.check_tensors(spectrum)
     needs_data = [m for m in methods if m in NEEDS_CURVATURE]
     if epsilon in (BATCH_STD, REFERENCE):
         needs_data.append(f"epsilon={epsilon!r}")
@@ -486,7 +558,10 @@ def predict_limit(
         needs_data.append("spectrum=None")
     if needs_data and not pipeline.has_data:
         raise ValueError(f"{', '.join(needs_data)} need data= and loss_fn= (the training data)")
-    return pipeline.predict(spectrum, epsilon=epsilon, methods=methods, card=card, **options)
+    return pipeline.predict(
+        spectrum, epsilon=epsilon, methods=methods, card=card, seed=seed,
+        allow_mismatch=allow_mismatch, progress=progress, **options,
+    )  # fmt: skip
 
 
 @distributed.collective

@@ -17,6 +17,7 @@ Convention: p is always the fraction of prunable weights *removed* (``amount`` i
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -42,6 +43,18 @@ CONVENTION = (
     "the fraction kept is 1 - p"
 )
 STATDIM_EXACT_LIMIT = 500
+# What makes a method slow, said before it runs (the closed forms take seconds).
+SLOW_METHODS = {
+    "quadratic": (
+        "the slow one: it solves the quadratic model for about log2(D) supports (bisection "
+        "on k), each a dense solve of C_KK (D <= EXACT_LIMIT) or conjugate gradients with one "
+        "curvature product per iteration (larger D); --method paper alone takes seconds"
+    ),
+    "statdim_exact": (
+        "one D x D eigendecomposition, then Monte Carlo projections onto the descent cone "
+        "at every step of its bisection"
+    ),
+}
 FORMAT_VERSION = 1
 # What summary() shows a calibrated interval for: the collapse centre of one-shot
 # pruning, which the predictors track best (issue 11); every other criterion of the
@@ -152,6 +165,10 @@ class Prediction:
         ``[name, shape]`` of each prunable tensor, in flattening order.
     convergence
         The quadrature diagnostics at the paper's c* (see ``convergence["message"]``).
+    seeds
+        What drew random numbers and from which seed (``slq_probes``: the spectrum's
+        probes; ``statdim_exact``: its Monte Carlo samples); empty when nothing did (an
+        exact spectrum and closed forms).
     curves
         Arrays for plotting, keyed ``removal_fraction`` (the grid p), ``radius`` R(p),
         ``paper`` / ``orthogonal`` / ``trace_bound`` (delta/D at each p; the limits are
@@ -178,6 +195,7 @@ class Prediction:
     curves: dict
     confidence: float
     notes: list = field(default_factory=list)
+    seeds: dict = field(default_factory=dict)
     fraction: str = "removed"
     convention: str = CONVENTION
     version: str = ""
@@ -277,21 +295,50 @@ class Prediction:
 
     @classmethod
     def from_dict(cls, data: dict) -> Prediction:
+        """A Prediction from :meth:`to_dict`'s output, checked: a hand-edited or foreign
+        file (p* outside [0, 1] or NaN, no ``estimates``, eps not finite and > 0) is
+        refused with a ValueError naming the field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a prediction is a JSON object, got a {type(data).__name__}")
         data = dict(data)
         version = data.pop("format_version", None)
         if version != FORMAT_VERSION:
             raise ValueError(f"prediction format {version}, this version reads {FORMAT_VERSION}")
+        raw = data.pop("estimates", None)
+        if not isinstance(raw, dict) or not raw:
+            raise ValueError("a prediction needs 'estimates': an object of method -> estimate")
         estimates = {}
-        for name, entry in data.pop("estimates").items():
+        for name, entry in raw.items():
+            if name not in METHODS or not isinstance(entry, dict):
+                raise ValueError(f"estimates[{name!r}] is not an estimate of a known method")
             entry = dict(entry)
-            entry["interval"] = tuple(entry["interval"])
-            estimates[name] = MethodEstimate(**entry)
-        return cls(estimates=estimates, **data)
+            _check_fraction(entry.get("removal_fraction"), f"estimates[{name!r}].removal_fraction")
+            interval = entry.get("interval")
+            if not (isinstance(interval, (list, tuple)) and len(interval) == 2):
+                raise ValueError(f"estimates[{name!r}].interval must be [low, high]")
+            for end in interval:
+                _check_fraction(end, f"estimates[{name!r}].interval")
+            entry["interval"] = tuple(interval)
+            try:
+                estimates[name] = MethodEstimate(**entry)
+            except TypeError as error:
+                raise ValueError(f"estimates[{name!r}]: {error}") from None
+        epsilon = data.get("epsilon")
+        if not (_is_number(epsilon) and 0 < epsilon < math.inf):
+            raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+        try:
+            return cls(estimates=estimates, **data)
+        except TypeError as error:
+            raise ValueError(f"not a prediction: {error}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> Prediction:
-        """Read a Prediction written by :meth:`save`."""
-        return cls.from_dict(read_json(path, "prediction"))
+        """Read a Prediction written by :meth:`save` (checked, see :meth:`from_dict`)."""
+        data = read_json(path, "prediction")
+        try:
+            return cls.from_dict(data)
+        except ValueError as error:
+            raise ValueError(f"{path} is not a valid prediction: {error}") from error
 
     # -- reading -----------------------------------------------------------------------
 
@@ -365,6 +412,16 @@ class Prediction:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_fraction(value, name: str) -> None:
+    """A fraction removed: a number in [0, 1] (NaN is not one)."""
+    if not (_is_number(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
 
 
 def _fmt(value) -> str:

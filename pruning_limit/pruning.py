@@ -73,6 +73,9 @@ Metrics = Mapping[str, float]
 BreakCriterion = Callable[[Metrics], bool]
 
 DEFAULT_AMOUNTS = tuple(round(0.05 * i, 2) for i in range(20)) + (0.99,)
+# A metric an evaluation sets (to 1) when its result is no measurement of the limit, such
+# as a re-fit whose solver did not converge: the point is kept and reported, not read.
+UNCONVERGED = "unconverged"
 INTERVAL_METHODS = {"wilson": "wilson", "clopper-pearson": "exact"}
 # Accuracies are ratios of counts; a drop exactly equal to the tolerance must not
 # read as larger because of rounding in the subtraction.
@@ -457,7 +460,10 @@ def sweep(
                 ):
                     break
                 bar.total += 1
-                evaluations.at(0.5 * (last_unbroken.amount + first_broken.amount))
+                if not is_measurement(
+                    evaluations.at(0.5 * (last_unbroken.amount + first_broken.amount))
+                ):
+                    break  # nothing measured in the middle: the gap stays as it is
     return evaluations.sorted()
 
 
@@ -507,11 +513,18 @@ def sweep_down(
     return evaluations.sorted()
 
 
+def is_measurement(point: SweepPoint) -> bool:
+    """False for a point whose evaluation flagged itself :data:`UNCONVERGED` (e.g. a re-fit
+    whose solver stopped short): reported, but no evidence about the limit."""
+    return not point.metrics.get(UNCONVERGED)
+
+
 def _break_gap(
     points: Sequence[SweepPoint], is_broken: BreakCriterion
 ) -> tuple[SweepPoint, SweepPoint] | None:
-    """(last unbroken point, first broken point) in order of amount; None if no such pair."""
-    ordered = sorted(points, key=lambda point: point.amount)
+    """(last unbroken point, first broken point) in order of amount among the
+    measurements; None if no such pair."""
+    ordered = sorted(filter(is_measurement, points), key=lambda point: point.amount)
     for index, point in enumerate(ordered):
         if is_broken(point.metrics):
             return (ordered[index - 1], point) if index > 0 else None
@@ -523,7 +536,8 @@ def limit_from_sweep(points: Sequence[SweepPoint], is_broken: BreakCriterion) ->
 
     With the points sorted by amount, the amount of the point just before the first
     point for which ``is_broken(point.metrics)`` holds; if none is broken, the largest
-    amount evaluated (then only a lower bound on the limit).
+    amount evaluated (then only a lower bound on the limit). Points flagged
+    :data:`UNCONVERGED` are not measurements and are skipped.
 
     Raises
     ------
@@ -533,7 +547,9 @@ def limit_from_sweep(points: Sequence[SweepPoint], is_broken: BreakCriterion) ->
     """
     if not points:
         raise ValueError("points is empty: run sweep first")
-    ordered = sorted(points, key=lambda point: point.amount)
+    ordered = sorted(filter(is_measurement, points), key=lambda point: point.amount)
+    if not ordered:
+        raise ValueError("no point is a measurement: every evaluation was unconverged")
     if is_broken(ordered[0].metrics):
         raise ValueError(
             f"the smallest amount evaluated ({ordered[0].amount}) is already broken: "

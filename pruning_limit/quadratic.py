@@ -26,10 +26,16 @@ dense (D up to ``dense_limit``)
     the same, and the re-fit moves nothing along the null directions.
 matrix-free (larger D)
     Conjugate gradients on C_KK + damping I with masked curvature products,
-    C_KK v_K = (C [v_K; 0])_K. No policy can be applied without eigenvectors, so C
-    must be PSD: a GGN operator, or a Hessian with ``damping`` > 0 large enough that
-    H + damping I is PSD on the kept coordinates (CG stops with an error when it
-    meets a direction of non-positive curvature).
+    C_KK v_K = (C [v_K; 0])_K, preconditioned by the diagonal of C (Jacobi; the
+    diagonal estimated once from ``diagonal_probes`` Rademacher products,
+    diag(C) ~ mean_k v_k * C v_k, floored at 1e-3 of its mean so that the
+    preconditioner stays positive). They stop when the residual falls below
+    ``cg_tolerance`` times the right-hand side's norm (the problem's own scale), or
+    after ``cg_max_iterations``: such a solve is *unconverged*, recorded as such
+    (``last_solve``, ``unconverged``), never passed off as the minimiser. No policy
+    can be applied without eigenvectors, so C must be PSD: a GGN operator, or a Hessian
+    with ``damping`` > 0 large enough that H + damping I is PSD on the kept coordinates
+    (CG stops with an error when it meets a direction of non-positive curvature).
 
 q is evaluated as r^T (C + damping I) r / 2 at the computed minimiser r = w - w*,
 which is never below the true minimum and is accurate to second order in the
@@ -38,7 +44,6 @@ solver's error.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,7 +75,9 @@ class QuadraticLimit:
     evaluations
         How many supports were solved (the bisection's cost).
     notes
-        What was done about singular blocks, damping, policy.
+        What was done about singular blocks, damping, policy, unconverged solves.
+    unconverged
+        How many supports conjugate gradients did not solve to tolerance.
     """
 
     removal_fraction: float
@@ -82,6 +89,7 @@ class QuadraticLimit:
     solver: str
     evaluations: int
     notes: tuple[str, ...] = ()
+    unconverged: int = 0
 
     @property
     def kept_fraction(self) -> float:
@@ -108,7 +116,10 @@ class QuadraticModel:
     dense_limit
         Largest D for the dense solver.
     cg_tolerance, cg_max_iterations
-        Relative residual and iteration cap for conjugate gradients.
+        Relative residual (to the right-hand side's norm) and iteration cap for
+        conjugate gradients.
+    diagonal_probes
+        Rademacher products for the Jacobi preconditioner's estimate of diag(C).
 
     Example
     -------
@@ -129,8 +140,9 @@ class QuadraticModel:
         policy: str = "abs",
         damping: float = 0.0,
         dense_limit: int = EXACT_LIMIT,
-        cg_tolerance: float = 1e-10,
+        cg_tolerance: float = 1e-6,
         cg_max_iterations: int = 2000,
+        diagonal_probes: int = 32,
     ) -> None:
         self.weights = as_vector(weights)
         self.dimension = self.weights.size
@@ -140,6 +152,10 @@ class QuadraticModel:
             raise ValueError(f"damping must be a finite number >= 0, got {damping}")
         self.cg_tolerance = float(cg_tolerance)
         self.cg_max_iterations = int(cg_max_iterations)
+        self.diagonal_probes = int(diagonal_probes)
+        self._diagonal: np.ndarray | None = None
+        self.last_solve: dict = {"converged": True, "iterations": 0, "relative_residual": 0.0}
+        self.unconverged: dict[int, float] = {}  # removed count -> final relative residual
         self.notes: list[str] = []
         self._costs: dict[int, float] = {}
         self._warm: np.ndarray | None = None
@@ -188,7 +204,8 @@ class QuadraticModel:
             self.matrix = None
             self.solver = "cg"
             self.notes.append(
-                f"matrix-free CG on C_KK + {self.damping:g} I; no eigenvalue policy applied"
+                f"matrix-free CG on C_KK + {self.damping:g} I (Jacobi-preconditioned, relative "
+                f"residual {self.cg_tolerance:g}); no eigenvalue policy applied"
             )
         if self.damping:
             self.notes.append(f"damping {self.damping:g} added to the diagonal")
@@ -247,21 +264,44 @@ class QuadraticModel:
             self.notes.append(note)
         return scipy.linalg.lstsq(block, rhs, cond=1e-12)[0]
 
+    def diagonal(self) -> np.ndarray:
+        """diag(C) + damping for the Jacobi preconditioner (estimated once, then kept)."""
+        if self._diagonal is None:
+            generator = torch.Generator().manual_seed(0)
+            probes = torch.randint(
+                0, 2, (self.diagonal_probes, self.dimension), generator=generator
+            ).to(self.operator.dtype) * 2 - 1
+            products = self.operator.apply(probes).detach().cpu()  # as _product passes rows
+            estimate = (probes * products).double().mean(dim=0).numpy()
+            floor = 1e-3 * max(float(np.mean(np.abs(estimate))), 1e-300)
+            self._diagonal = np.maximum(estimate, floor) + self.damping
+        return self._diagonal
+
     def _cg(self, kept: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-        """Conjugate gradients on (C + damping I)_KK x = rhs with masked products."""
+        """Jacobi-preconditioned conjugate gradients on (C + damping I)_KK x = rhs.
+
+        Records ``last_solve`` (converged, iterations, relative residual); warm-starts
+        from the previous solve only when that one converged.
+        """
 
         def apply(vector_kept: np.ndarray) -> np.ndarray:
             full = np.zeros(self.dimension)
             full[kept] = vector_kept
             return self._product(full)[kept]
 
+        inverse = 1.0 / self.diagonal()[kept]
         x = np.zeros(rhs.size) if self._warm is None else self._warm[kept].copy()
         residual = rhs - apply(x) if x.any() else rhs.copy()
-        direction = residual.copy()
         scale = max(np.linalg.norm(rhs), 1e-300)
-        rho = residual @ residual
-        for _ in range(self.cg_max_iterations):
-            if np.sqrt(rho) <= self.cg_tolerance * scale:
+        preconditioned = inverse * residual
+        direction = preconditioned.copy()
+        rho = residual @ preconditioned
+        converged, iterations = False, 0
+        for iterations in range(self.cg_max_iterations + 1):
+            if np.linalg.norm(residual) <= self.cg_tolerance * scale:
+                converged = True
+                break
+            if iterations == self.cg_max_iterations:
                 break
             product = apply(direction)
             curvature = direction @ product
@@ -274,19 +314,19 @@ class QuadraticModel:
             alpha = rho / curvature
             x += alpha * direction
             residual -= alpha * product
-            rho_next = residual @ residual
-            direction = residual + (rho_next / rho) * direction
+            preconditioned = inverse * residual
+            rho_next = residual @ preconditioned
+            direction = preconditioned + (rho_next / rho) * direction
             rho = rho_next
-        else:
-            warnings.warn(
-                f"conjugate gradients stopped after {self.cg_max_iterations} iterations at "
-                f"relative residual {np.sqrt(rho) / scale:.2e}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        warm = np.zeros(self.dimension)
-        warm[kept] = x
-        self._warm = warm
+        self.last_solve = {
+            "converged": converged,
+            "iterations": iterations,
+            "relative_residual": float(np.linalg.norm(residual) / scale),
+        }
+        if converged:
+            warm = np.zeros(self.dimension)
+            warm[kept] = x
+            self._warm = warm
         return x
 
     def cost(self, pruned) -> float:
@@ -313,6 +353,8 @@ class QuadraticModel:
         count = int(count)
         if count not in self._costs:
             self._costs[count] = 0.0 if count == 0 else self.cost(self.support(count))
+            if count and not self.last_solve["converged"]:
+                self.unconverged[count] = self.last_solve["relative_residual"]
         return self._costs[count]
 
     def limit(self, epsilon: float) -> QuadraticLimit:
@@ -339,6 +381,16 @@ class QuadraticModel:
             above = self.cost_of_count(high)
             share = (epsilon - below) / (above - below) if above > below else 0.0
             fraction = (low + float(np.clip(share, 0.0, 1.0))) / dimension
+        notes = list(self.notes)
+        unconverged = [k for k in self._costs if k in self.unconverged]
+        if unconverged:
+            worst = max(self.unconverged[k] for k in unconverged)
+            notes.append(
+                f"conjugate gradients did not converge for {len(unconverged)} of the supports "
+                f"solved (relative residual up to {worst:.1e} after "
+                f"{self.cg_max_iterations} iterations): their q, evaluated at a feasible "
+                "point, is an upper bound, so p* is a lower bound"
+            )
         return QuadraticLimit(
             removal_fraction=fraction,
             count=low,
@@ -348,7 +400,8 @@ class QuadraticModel:
             dimension=dimension,
             solver=self.solver,
             evaluations=len(self._costs) - before,
-            notes=tuple(self.notes),
+            notes=tuple(notes),
+            unconverged=len(unconverged),
         )
 
 

@@ -48,6 +48,11 @@ def read_json(path: str | Path, what: str) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"no {what} file at {path}")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not a {what} file: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path} is not a {what} file: it holds a JSON {type(data).__name__}, not an object"
+        )
+    return data

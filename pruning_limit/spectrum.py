@@ -72,6 +72,10 @@ class Spectrum:
         belongs to a given model.
     provenance
         How it was obtained: dtype, device, seed, steps, probes, timings, version.
+    fingerprint
+        Of the weights and the data it was computed at
+        (:mod:`pruning_limit.fingerprint`): ``weights``, ``other``, ``data``, ``samples``.
+        Empty for a plain matrix's spectrum and for files written before it was recorded.
     """
 
     nodes: np.ndarray
@@ -84,6 +88,7 @@ class Spectrum:
     alphas: np.ndarray | None = None
     betas: np.ndarray | None = None
     provenance: dict = field(default_factory=dict)
+    fingerprint: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.nodes = np.atleast_2d(np.asarray(self.nodes, dtype=np.float64))
@@ -212,6 +217,7 @@ class Spectrum:
             "method": self.method,
             "parameters": [asdict(p) for p in self.parameters],
             "provenance": self.provenance,
+            "fingerprint": self.fingerprint,
         }
         arrays = {"nodes": self.nodes, "weights": self.weights}
         if self.alphas is not None:
@@ -253,6 +259,7 @@ class Spectrum:
                 ParameterInfo(p["name"], tuple(p["shape"])) for p in metadata["parameters"]
             ),
             provenance=metadata["provenance"],
+            fingerprint=metadata.get("fingerprint") or {},
         )
 
 

@@ -668,6 +668,7 @@ def run_study(
     out = Path(config["study"]["out"] if out is None else out)
     config["study"]["out"] = str(out)
     runs = expand_runs(config)
+    datasets = _load_datasets(runs)  # every run's data checked before any run starts
     out.mkdir(parents=True, exist_ok=True)
     threads = config["study"]["threads"]
     if threads > 0:
@@ -677,18 +678,31 @@ def run_study(
         torch.set_num_threads(threads)
         try:
             with threadpool_limits(limits=threads):
-                return _run_all(config, runs, out, log)
+                return _run_all(config, runs, out, log, datasets)
         finally:
             torch.set_num_threads(previous)
-    return _run_all(config, runs, out, log)
+    return _run_all(config, runs, out, log, datasets)
 
 
-def _run_all(config: dict, runs: list, out: Path, log) -> StudyResult:
+def _load_datasets(runs: list) -> dict:
+    """Every distinct dataset of the study, loaded once: a bad entry (``d = -3``, an
+    unknown name) is refused before the first run, and before anything is written."""
+    datasets: dict = {}
+    for run in runs:
+        key = json.dumps(run.dataset, sort_keys=True)
+        if key not in datasets:
+            try:
+                datasets[key] = load_dataset(**run.dataset)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"[[datasets]] of run {run.name}: {error}") from error
+    return datasets
+
+
+def _run_all(config: dict, runs: list, out: Path, log, datasets: dict) -> StudyResult:
     from . import plots
 
     log = log or (lambda line: None)
     started = time.perf_counter()
-    datasets: dict = {}
     rows, skipped = [], []
     for index, run in enumerate(runs, start=1):
         run_dir = out / run.name

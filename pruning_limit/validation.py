@@ -89,6 +89,7 @@ from .pruning import (
     LossBudget,
     SweepPoint,
     accuracy_interval,
+    is_measurement,
     limit_from_sweep,
     limit_interval,
 )
@@ -846,7 +847,11 @@ def validate(
 
 def _bracket(points: Sequence[SweepPoint], is_broken) -> tuple[float, float | None]:
     limit = limit_from_sweep(points, is_broken)
-    after = [p.amount for p in points if p.amount > limit and is_broken(p.metrics)]
+    after = [
+        p.amount
+        for p in points
+        if p.amount > limit and is_measurement(p) and is_broken(p.metrics)
+    ]
     return limit, (min(after) if after else None)
 
 
@@ -854,6 +859,15 @@ def _read_limits(
     variant, points, drop, budget_criterion, confidence, interval_method, seconds
 ) -> VariantSweep:
     notes = []
+    unconverged = [p for p in points if not is_measurement(p)]
+    if unconverged:
+        worst = max(p.metrics.get("refit_relative_residual", float("nan")) for p in unconverged)
+        notes.append(
+            f"{len(unconverged)} point(s) unconverged (the solver stopped short, relative "
+            f"residual up to {worst:.1e}) at p = "
+            + ", ".join(f"{p.amount:.4g}" for p in unconverged)
+            + ": reported, but left out of the limits"
+        )
     accuracy_limit = accuracy_bracket = accuracy_limits_interval = None
     every_point = points
     # The sweep's own points carry every metric; those of the above-dense grid scan

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .metrics import metrics_function, targets_like
+from .pruning import UNCONVERGED
 from .quadratic import QuadraticModel
 
 
@@ -100,14 +101,23 @@ class PrunedWeights:
 
 
 def refit_evaluator(weights: PrunedWeights, quadratic: QuadraticModel, metrics_of) -> Callable:
+    """Metrics of the re-fitted network; a re-fit whose conjugate gradients did not
+    converge is no re-fit, so its point is marked ``unconverged`` (with the final
+    relative residual), which keeps it out of the limits
+    (:data:`~pruning_limit.pruning.UNCONVERGED`)."""
+
     def evaluate(model: nn.Module) -> dict[str, float]:
         if weights.unchanged():  # p = 0: the dense network, nothing to re-fit
             return metrics_of(model)
         try:
             weights.write_flat(quadratic.refit(weights.flat_pruned(weights.keep_masks())))
-            return metrics_of(model)
+            metrics = metrics_of(model)
         finally:
             weights.restore()
+        if not quadratic.last_solve["converged"]:
+            metrics[UNCONVERGED] = 1
+            metrics["refit_relative_residual"] = quadratic.last_solve["relative_residual"]
+        return metrics
 
     return evaluate
 

@@ -66,6 +66,7 @@ def compute(pl, model, loss_fn, train, test, block, state_path) -> dict:
         results[f"{curvature}_slq_nodes"] = spectrum.nodes
         results[f"{curvature}_slq_weights"] = spectrum.weights
         results[f"{curvature}_provenance"] = spectrum.provenance
+        results[f"{curvature}_fingerprint"] = spectrum.fingerprint
         sharded = pl.estimate_spectrum(model, loss_fn, train, curvature=curvature,
                                        batch_size=BATCH, device="cpu", basis_shard=True,
                                        **SLQ)  # fmt: skip

@@ -5,6 +5,7 @@ wherever data meet a model; the command line turns every user mistake into exit 
 one line on stderr, no traceback, and no file left behind.
 """
 
+import copy
 import fcntl
 import json
 import os
@@ -327,10 +328,36 @@ def assets(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.trace(model.train(), torch.randn(5, 8)).save(str(folder / "traced_train.pt"))
+    np.savez(folder / "with_test.npz", X=X, y=y, X_test=data.X_test.numpy(),
+             y_test=data.y_test.numpy())  # fmt: skip
+    # spectra of the checkpoint's architecture at other weights, and at other data
+    trained, _ = pl.load_checkpoint(folder / "ckpt")
+    loss, pair = nn.CrossEntropyLoss(), (torch.as_tensor(X), torch.as_tensor(y))
+    other = copy.deepcopy(trained)  # one weight changed
+    with torch.no_grad():
+        next(other.parameters())[0, 0] += 0.1
+    pl.exact_spectrum(other, loss, pair, device="cpu").save(folder / "other_weights.npz")
+    shifted = (pair[0] + 0.01, pair[1])
+    pl.exact_spectrum(trained, loss, shifted, device="cpu").save(folder / "other_data.npz")
+    # predictions edited by hand, or not predictions at all
+    prediction = pl.predict_limit(trained, data=pair, loss_fn=loss, epsilon=0.01,
+                                  methods=("paper",)).to_dict()  # fmt: skip
+    edits = {
+        "p17": lambda d: d["estimates"]["paper"].update(removal_fraction=1.7),
+        "pnan": lambda d: d["estimates"]["paper"].update(removal_fraction=float("nan")),
+        "noestimates": lambda d: d.pop("estimates"),
+    }
+    for name, edit in edits.items():
+        edited = json.loads(json.dumps(prediction))
+        edit(edited)
+        (folder / f"{name}.json").write_text(json.dumps(edited))
+    (folder / "list.json").write_text(json.dumps([prediction]))
     return folder
 
 
 SPECTRUM = ["spectrum", "ckpt", "--steps", "3", "--probes", "1", "--quiet"]
+PREDICT = ["predict", "ckpt", "--data", "good.npz", "--method", "paper", "--epsilon", "0.01"]
+VALIDATE = ["validate", "ckpt", "--data", "with_test.npz", "--out", "{tmp}/val", "--prediction"]
 
 BAD_INPUTS = {
     "label 7": (SPECTRUM + ["--data", "label7.npz"], ["labels lie in [0, 7]", "2 outputs"]),
@@ -422,6 +449,17 @@ BAD_INPUTS = {
         ["validate", "ckpt", "--data", "label7.npz", "--out", "{tmp}/val"],
         ["labels lie in"],
     ),
+    "spectrum of other weights": (
+        PREDICT + ["--spectrum", "other_weights.npz"],
+        ["other prunable weights", "--allow-spectrum-mismatch"],
+    ),
+    "spectrum of other data": (
+        PREDICT + ["--spectrum", "other_data.npz"], ["other data", "--allow-spectrum-mismatch"],
+    ),
+    "prediction with p* = 1.7": (VALIDATE + ["p17.json"], ["removal_fraction", "[0, 1]", "1.7"]),
+    "prediction with p* = NaN": (VALIDATE + ["pnan.json"], ["removal_fraction", "nan"]),
+    "prediction without estimates": (VALIDATE + ["noestimates.json"], ["needs 'estimates'"]),
+    "prediction that is a JSON list": (VALIDATE + ["list.json"], ["json list"]),
 }  # fmt: skip
 
 
@@ -574,3 +612,12 @@ def test_ctrl_c_says_that_resume_continues(assets, tmp_path):
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "--resume" in lines[0], stderr
     assert state.exists() and not (tmp_path / "s.npz.lock").exists()
+
+
+def test_predict_says_when_the_seed_has_no_effect(assets, tmp_path):
+    """An exact spectrum and a closed form use no random numbers: --seed is named as
+    having no effect, and the Prediction records no seed."""
+    result = cli(*PREDICT, "--seed", "3", "--out", tmp_path / "p.json", cwd=assets)
+    assert result.returncode == 0, result.stderr
+    assert "--seed 3 has no effect" in result.stdout
+    assert json.loads((tmp_path / "p.json").read_text())["seeds"] == {}

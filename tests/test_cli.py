@@ -147,6 +147,22 @@ def test_spectrum_killed_and_resumed_equals_uninterrupted(checkpoint, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert state.exists() and not target.exists()
+    # Resuming with other data, or other weights, would mix two runs: refused, state kept.
+    other_data = [a if a != common[3] else "manifold:d=3,n=8,n_train=3000,n_test=10,seed=7"
+                  for a in common]  # fmt: skip
+    assert_user_error(run(*other_data, "--out", target, "--resume", check=False), "other data")
+    other_weights = tmp_path / "other"
+    other_weights.mkdir()
+    (other_weights / "card.json").write_text((checkpoint / "card.json").read_text())
+    state_dict = torch.load(checkpoint / "model.pt", weights_only=True)
+    first = next(iter(state_dict))
+    state_dict[first] = state_dict[first] + 0.01
+    torch.save(state_dict, other_weights / "model.pt")
+    moved = [other_weights if a == checkpoint else a for a in common]
+    assert_user_error(
+        run(*moved, "--out", target, "--resume", check=False), "other prunable weights"
+    )
+    assert state.exists() and not target.exists()
     run(*common, "--out", target, "--resume")
     reference, resumed = pl.Spectrum.load(tmp_path / "reference.npz"), pl.Spectrum.load(target)
     assert resumed.provenance["resumed"]

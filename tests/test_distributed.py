@@ -80,6 +80,10 @@ def test_curvature_products_and_spectra_equal_one_process(ranks, single, curvatu
     assert provenance["world_size"] == 2 and provenance["backend"] == "gloo"
     assert provenance["num_samples"] == 123 and provenance["num_batches"] == 9
     assert single[f"{curvature}_provenance"]["world_size"] == 1
+    # the fingerprint is of the whole data, whichever shard a rank holds
+    expected = single[f"{curvature}_fingerprint"]
+    assert [r[f"{curvature}_fingerprint"] for r in ranks] == [expected, expected]
+    assert single[f"{curvature}_fingerprint"]["samples"] == 123
 
 
 @pytest.mark.parametrize("curvature", ["hessian", "ggn"])

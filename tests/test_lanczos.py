@@ -1,5 +1,8 @@
 """SLQ, exact spectra and zero-row deflation against eigvalsh of the exact matrix."""
 
+import copy
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -192,11 +195,73 @@ def test_resume_refuses_a_state_file_of_another_run(tmp_path):
     with pytest.raises(Interrupt):
         pl.slq(operator, steps=5, probes=2, state_path=state, deflate_zero_rows=False,
                progress=False)
-    torch.save({"config": {"steps": 99}}, state)
+    state.mkdir(exist_ok=True)
+    (state / "index.json").write_text(json.dumps({"config": {"steps": 99}}))
     fresh = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
                               curvature="hessian")
     with pytest.raises(ValueError, match="belongs to another run"):
         pl.slq(fresh, steps=5, probes=2, state_path=state, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("change", ["data", "weights"])
+def test_resume_refuses_the_state_of_other_data_or_weights(tmp_path, change):
+    """The state records the fingerprints of the weights and data: no mixed result."""
+    case = __import__("cases").mlp_tanh()
+    options = dict(steps=6, probes=2, block_size=1, seed=3, progress=False)
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    original, calls = operator.apply, {"n": 0}
+
+    def flaky(rows):
+        calls["n"] += 1
+        if calls["n"] == 9:  # in the second probe's block
+            raise Interrupt
+        return original(rows)
+
+    operator.apply = flaky
+    state = tmp_path / "slq.state"
+    with pytest.raises(Interrupt):
+        pl.slq(operator, state_path=state, checkpoint_every=2, **options)
+    model, (X, y) = copy.deepcopy(case.model), case.data
+    if change == "data":
+        X = X.clone()
+        X[0] += 1.0
+    else:
+        with torch.no_grad():
+            next(model.parameters()).mul_(1.01)
+    other = CurvatureOperator(model, case.loss_fn, (X, y), device="cpu")
+    with pytest.raises(ValueError, match=f"other {'data' if change == 'data' else 'prunable'}"):
+        pl.slq(other, state_path=state, resume=True, **options)
+    assert state.exists()  # refused, not discarded: the right run can still continue
+    same = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
+    resumed = pl.slq(same, state_path=state, resume=True, **options)
+    reference = pl.slq(CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu"),
+                       **options)
+    assert resumed.provenance["resumed"]
+    assert np.array_equal(resumed.alphas, reference.alphas)
+
+
+def test_the_state_appends_the_basis_instead_of_rewriting_it(tmp_path, monkeypatch):
+    """Each checkpoint writes only the basis rows computed since the last one."""
+    from pruning_limit import lanczos
+
+    case = __import__("cases").mlp_tanh()
+    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
+                                 dtype=torch.float64)
+    written = []
+    original = lanczos._save_npy
+
+    def record(path, array):
+        written.append((path.name, array.shape))
+        original(path, array)
+
+    monkeypatch.setattr(lanczos, "_save_npy", record)
+    pl.slq(operator, steps=12, probes=2, block_size=2, checkpoint_every=3,
+           state_path=tmp_path / "s.state", progress=False)
+    ranges = [name.split(".")[0].split("-")[2:] for name, _ in written if name.startswith("basis")]
+    ranges = [(int(start), int(end)) for start, end in ranges]
+    # rows 0-3, 4-6, 7-9 at steps 3, 6, 9 (row j + 1 is final after step j): each once
+    assert ranges == [(0, 4), (4, 7), (7, 10)]
+    assert not (tmp_path / "s.state").exists()
 
 
 def test_breakdown_on_a_low_rank_curvature_continues():

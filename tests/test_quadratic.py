@@ -131,7 +131,7 @@ def test_matrix_free_conjugate_gradients_match_the_dense_solver():
     matrix = psd_matrix(dimension, seed=4) + 1e-3 * np.eye(dimension)
     weights = np.random.default_rng(4).standard_normal(dimension)
     operator = MatrixOperator(matrix)
-    sparse = QuadraticModel(operator, weights, dense_limit=0)
+    sparse = QuadraticModel(operator, weights, dense_limit=0, cg_tolerance=1e-10)
     dense = QuadraticModel(matrix, weights)
     assert (sparse.solver, dense.solver) == ("cg", "dense")
     pruned = removed_mask(weights, 0.4)
@@ -195,3 +195,39 @@ def test_masks_and_bad_input():
         QuadraticModel(np.eye(4), weights)
     with pytest.raises(ValueError, match="damping"):
         QuadraticModel(np.eye(5), weights, damping=-1.0)
+
+
+def test_conjugate_gradients_that_cannot_converge_are_reported_not_trusted():
+    """Too few iterations for the problem: every solve is marked, and p* said to be a
+    lower bound (q is evaluated at a feasible point, so it can only be too large)."""
+    dimension = 120
+    matrix = psd_matrix(dimension, seed=6) + 1e-4 * np.eye(dimension)
+    weights = np.random.default_rng(6).standard_normal(dimension)
+    stuck = QuadraticModel(MatrixOperator(matrix), weights, dense_limit=0, cg_max_iterations=2)
+    result = stuck.limit(0.05)
+    assert result.unconverged > 0  # every support solved (all but k = 0 and k = D)
+    assert "did not converge" in result.notes[-1] and "lower bound" in result.notes[-1]
+    assert not stuck.last_solve["converged"] and stuck.last_solve["iterations"] == 2
+    exact = QuadraticModel(matrix, weights).limit(0.05)
+    assert result.count <= exact.count
+    solved = QuadraticModel(MatrixOperator(matrix), weights, dense_limit=0)
+    assert solved.limit(0.05).unconverged == 0 and solved.last_solve["converged"]
+
+
+def test_the_jacobi_preconditioner_handles_a_badly_scaled_curvature():
+    """Weights of very different scales make C's diagonal span decades; Jacobi undoes it
+    (the same solve without it, a unit diagonal, does not converge)."""
+    dimension = 200
+    scales = np.geomspace(1e-2, 1e2, dimension)
+    matrix = scales[:, None] * (0.2 * psd_matrix(dimension, seed=7) + np.eye(dimension)) * scales
+    matrix = 0.5 * (matrix + matrix.T)
+    weights = np.random.default_rng(7).standard_normal(dimension) / scales
+    pruned = removed_mask(weights, 0.3)
+    dense = QuadraticModel(matrix, weights)
+    model = QuadraticModel(MatrixOperator(matrix), weights, dense_limit=0, cg_max_iterations=400)
+    assert model.cost(pruned) == pytest.approx(dense.cost(pruned), rel=1e-4)
+    assert model.last_solve["converged"]
+    plain = QuadraticModel(MatrixOperator(matrix), weights, dense_limit=0, cg_max_iterations=400)
+    plain._diagonal = np.ones(dimension)
+    plain.cost(pruned)
+    assert not plain.last_solve["converged"]

@@ -180,3 +180,19 @@ def test_a_non_default_recipe_is_not_overridden_by_the_studys_training_defaults(
     assert given["training"]["lr"] == 0.05 and given["training"]["steps"] is None
     plain = load_config(write(tmp_path, "[training]\nsteps = 40\n" + DATASET))["training"]
     assert (plain["optimizer"], plain["epochs"], plain["steps"]) == ("adam", None, 40)
+
+
+@pytest.mark.parametrize(
+    ("datasets", "message"),
+    [
+        ('name = "manifold"\nd = [2, 8, -3]\nn = 8\nn_train = 40\nn_test = 20\n', "d"),
+        ('name = "manifold"\nd = [2]\nn = 8\nn_train = 40\nn_test = 20\n'
+         '\n[[datasets]]\nname = "nosuchdata"\n', "unknown dataset"),
+    ],
+)  # fmt: skip
+def test_the_whole_configuration_is_checked_before_the_first_run(tmp_path, datasets, message):
+    """d = [2, 8, -3] used to run two runs before refusing the third; now nothing runs,
+    and no folder or config.json is left behind."""
+    with pytest.raises(ValueError, match=message):
+        run_study(write(tmp_path, "[[datasets]]\n" + datasets), out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

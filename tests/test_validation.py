@@ -585,3 +585,26 @@ def test_data_that_does_not_fit_the_model_is_refused_naming_the_shapes():
     with pytest.raises(TypeError, match="pair of tensors"):
         call(model, train_pair, X)
     assert_bit_identical(before, model)
+
+
+def test_a_refit_whose_solver_did_not_converge_is_no_measurement():
+    """CG with one iteration cannot solve the re-fit: every such point is marked
+    unconverged, reported, and left out of the limits (issue 16: the refit sweep that
+    reported a limit from points where CG had stopped short)."""
+    from pruning_limit.curvature import CurvatureOperator
+    from pruning_limit.pruning import UNCONVERGED
+
+    model, train_pair, test_pair = classification_problem(batchnorm=False)
+    operator = CurvatureOperator(model, nn.CrossEntropyLoss(), train_pair, curvature="ggn",
+                                 dtype=torch.float64, device="cpu")
+    stuck = QuadraticModel(operator, operator.weights().numpy(), dense_limit=0,
+                           cg_max_iterations=1)
+    validation = call(model, train_pair, test_pair, variants=("refit",), curvature=stuck,
+                      amounts=[0.0, 0.2, 0.4, 0.6], resolution=0.1, batch_size=32)
+    refit = validation.variants["refit"]
+    marked = [p for p in refit.points if p.metrics.get(UNCONVERGED)]
+    assert [p.amount for p in marked] == [0.2, 0.4, 0.6]
+    assert all(p.metrics["refit_relative_residual"] > stuck.cg_tolerance for p in marked)
+    assert refit.loss_budget_limit == 0.0 and refit.accuracy_limit == 0.0  # only p = 0 measured
+    assert any("unconverged" in note and "left out of the limits" in note for note in refit.notes)
+    assert Validation.from_dict(json.loads(validation.to_json())).variants["refit"].notes
