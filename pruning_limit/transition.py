@@ -68,6 +68,7 @@ from .pruning import (
     Metrics,
     SweepPoint,
     accuracy_interval,
+    is_measurement,
     number_to_prune,
     sweep,
     sweep_down,
@@ -387,7 +388,8 @@ def read_transition(
     Parameters
     ----------
     points
-        A sweep that includes p = 0 and p = 1.
+        A sweep that includes p = 0 and p = 1. Points flagged unconverged
+        (:func:`~pruning_limit.pruning.is_measurement`) are left out.
     reference_grid
         g of the ``above_dense`` rule; every grid p from the top down to the
         rule's answer must have been evaluated (a point removing the same count of
@@ -413,6 +415,9 @@ def read_transition(
         If p = 0 or p = 1 was not evaluated, or the reference grid was not
         evaluated far enough down to decide the rule.
     """
+    # A point whose evaluation did not converge (a re-fit whose solver stopped short)
+    # is no measurement: it is read neither at the ends nor at a crossing.
+    points = [point for point in points if is_measurement(point)]
     ends = _Ends(points, accuracy_key, loss_key, n)
     if interval_method not in INTERVAL_METHODS:
         raise ValueError(
