@@ -10,6 +10,8 @@ import os
 import socket
 import time
 import traceback
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -122,6 +124,63 @@ def validation_results(pl, model, loss_fn, train, test) -> dict:
     }
 
 
+def results_to_save(pl, model, loss_fn, train, test) -> dict:
+    """A Spectrum, a Prediction, a Validation and a StudyResult of the problem (collective)."""
+    spectrum = pl.exact_spectrum(model, loss_fn, train, batch_size=BATCH, device="cpu")
+    prediction = pl.predict_limit(model, spectrum, data=train, loss_fn=loss_fn,
+                                  methods=("paper",), batch_size=BATCH)  # fmt: skip
+    validation = pl.validate(model, train_data=train, test_data=test, loss_fn=loss_fn,
+                             variants=("one_shot",), amounts=[0.0, 0.5], resolution=0.25,
+                             reference_grid=None, batch_size=BATCH, progress=False)  # fmt: skip
+    study = pl.StudyResult(name="saves", out="", rows=[], summary=[], config={})
+    return {"model": model, "spectrum": spectrum, "prediction": prediction,
+            "validation": validation, "study": study}  # fmt: skip
+
+
+def save_all(results: dict, folder: str) -> dict:
+    """Every library writer, called on this rank; {what: the path it returned}.
+
+    The names lack their suffixes: each writer adds its own (``.npz``, ``.json``,
+    ``.png``), and every rank must return the name rank 0 wrote.
+    """
+    from pruning_limit import plots, training
+
+    folder = Path(folder)
+    return {
+        "spectrum": results["spectrum"].save(folder / "spectrum"),
+        "prediction": results["prediction"].save(folder / "prediction"),
+        "validation": results["validation"].save(folder / "validation"),
+        "study": results["study"].save(folder / "study"),
+        "checkpoint": training.save_checkpoint(results["model"], {"by": "test"},
+                                               folder / "checkpoint"),  # fmt: skip
+        "figure": plots.plot_spectral_density(results["spectrum"], folder / "figures" / "density"),
+    }
+
+
+@contextmanager
+def filesystem_log(folder: str):
+    """A list of the renames and folders this process makes in ``folder`` (every write
+    of the library is a rename; matplotlib's own cache folders are not counted)."""
+    log: list = []
+    replace, mkdir = Path.replace, Path.mkdir
+
+    def logged_replace(self, target):
+        if str(target).startswith(folder):
+            log.append(("replace", str(target)))
+        return replace(self, target)
+
+    def logged_mkdir(self, *args, **kwargs):
+        if str(self).startswith(folder):
+            log.append(("mkdir", str(self)))
+        return mkdir(self, *args, **kwargs)
+
+    Path.replace, Path.mkdir = logged_replace, logged_mkdir
+    try:
+        yield log
+    finally:
+        Path.replace, Path.mkdir = replace, mkdir
+
+
 def worker(rank: int, scenario: str, port: int, folder: str) -> None:
     torch.set_num_threads(1)
     import pruning_limit as pl
@@ -146,6 +205,10 @@ def worker(rank: int, scenario: str, port: int, folder: str) -> None:
                             loss_fn=loss_fn, variants=("finetune",), progress=False)  # fmt: skip
             except ValueError as error:
                 results["finetune_refused"] = str(error)
+            to_save = results_to_save(pl, model, loss_fn, train, distributed.shard(test))
+            with filesystem_log(folder) as log:
+                results["saved"] = save_all(to_save, folder)
+            results["filesystem"] = log
         elif scenario == "bad_data":
             distributed.set_timeout(60)
             if rank == 1:
