@@ -644,6 +644,8 @@ class CalibrationSet:
         )
 
     def save(self, path: str | Path) -> Path:
+        """Write the set as JSON (``.json`` added if missing), atomically; under
+        ``torch.distributed`` rank 0 alone writes and every rank returns the path."""
         return write_json(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod

@@ -15,8 +15,9 @@ result). Without an initialised process group every function here is the identit
 and the package runs as one process.
 
 Random probes come from seeded CPU generators (``lanczos._generator``), so every
-rank draws the same ones. Only rank 0 writes the package's own files (the SLQ state)
-and shows progress bars; state is read on rank 0 and broadcast.
+rank draws the same ones. Only rank 0 writes files (the SLQ state, and every save,
+checkpoint and figure: :func:`~pruning_limit.serialization.write_atomic`) and shows
+progress bars; state is read on rank 0 and broadcast.
 
 Failures. A rank that raises inside :func:`failure_barrier` (every public entry point
 runs inside one) leaves its message in the process group's key-value store and

@@ -51,6 +51,7 @@ from ._version import __version__
 from .curvature import EXACT_LIMIT, CurvatureOperator
 from .fingerprint import describe_mismatch
 from .quadrature import gauss_rule
+from .serialization import write_atomic, write_text
 from .spectrum import Spectrum
 
 STATE_VERSION = 2
@@ -660,9 +661,7 @@ class _StateFolder:
             "betas": [b.tolist() for b in finished_betas],
             "block": block_index,
         }
-        tmp = folder / "index.json.tmp"
-        tmp.write_text(json.dumps(index))  # floats round-trip exactly (repr)
-        tmp.replace(folder / "index.json")
+        write_text(folder / "index.json", json.dumps(index))  # floats round-trip exactly (repr)
         if first:
             folder.replace(self.path)
         if block is None:  # the block is in the index's coefficients: its basis can go
@@ -672,10 +671,7 @@ class _StateFolder:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-    tmp.replace(path)
+    write_atomic(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
 def remove_state(path: str | Path) -> None:

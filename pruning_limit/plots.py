@@ -4,9 +4,11 @@ p is always the fraction of prunable weights REMOVED (``amount`` in
 torch.nn.utils.prune); the fraction kept is 1 - p.
 
 Every function takes result objects and a path, writes one PNG and returns its
-path. Figures are built on matplotlib's object API with the Agg canvas
-(``matplotlib.figure.Figure``), never through ``pyplot``: no global figure state is
-created, so nothing is left open and no display backend is needed.
+path (under ``torch.distributed`` rank 0 alone writes, atomically, and every rank
+returns the path: :mod:`~pruning_limit.serialization`). Figures are built on
+matplotlib's object API with the Agg canvas (``matplotlib.figure.Figure``), never
+through ``pyplot``: no global figure state is created, so nothing is left open and no
+display backend is needed.
 
 - :func:`plot_validation`: test accuracy and training loss against p for each
   variant of a :class:`~pruning_limit.validation.Validation`, the thresholds, the
@@ -27,6 +29,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from . import distributed
+from .serialization import write_atomic
 
 VARIANT_COLOURS = {"one_shot": "#1f77b4", "refit": "#d62728", "finetune": "#2ca02c"}
 METHOD_STYLES = {
@@ -51,8 +56,9 @@ def _save(figure: Figure, path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         path = path.with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI)
+    if distributed.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=DPI))
     figure.clear()
     return path
 

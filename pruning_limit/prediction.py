@@ -290,7 +290,11 @@ class Prediction:
         return json.dumps(self.to_dict(), indent=indent)
 
     def save(self, path: str | Path) -> Path:
-        """Write :meth:`to_json` to ``path`` (``.json`` added if missing), atomically."""
+        """Write :meth:`to_json` to ``path`` (``.json`` added if missing), atomically.
+
+        Returns the path written. Under ``torch.distributed`` rank 0 alone writes and
+        every rank returns the same path (:mod:`~pruning_limit.serialization`).
+        """
         return write_json(path, self.to_json())
 
     @classmethod

@@ -1,11 +1,26 @@
-"""JSON for the result dataclasses: plain values, atomic writes, clear read errors."""
+"""Files of the results: plain JSON values, atomic writes by rank 0 alone, clear read errors.
+
+Every file the library writes (``Spectrum.save``, ``Prediction.save``,
+``Validation.save``, ``StudyResult.save``, ``CalibrationSet.save``,
+``training.save_checkpoint``, the figures of :mod:`~pruning_limit.plots`) goes through
+:func:`write_atomic`: a temporary file next to the target, renamed onto it, so a
+reader never sees half a file. Under ``torch.distributed`` only rank 0 writes; the
+other ranks return the same path without touching the filesystem, so a script may
+call ``save`` on every rank (no race on a shared filesystem) or on rank 0 alone
+(``save`` is no collective: nothing waits for the other ranks). A rank that reads
+the file back must wait until rank 0 has written it (``torch.distributed.barrier()``).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+
+from . import distributed
 
 
 def plain(value):
@@ -21,9 +36,42 @@ def plain(value):
     return value
 
 
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` through ``write(handle)`` on ``path.tmp`` and a rename; rank 0 alone.
+
+    Under ``torch.distributed`` the other ranks neither call ``write`` nor touch the
+    filesystem; every rank returns ``path``.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = write_atomic(pathlib.Path(folder) / "notes.txt", lambda f: f.write(b"hi"))
+    ...     path.read_text(), sorted(p.name for p in path.parent.iterdir())
+    ('hi', ['notes.txt'])
+    """
+    path = Path(path)
+    if distributed.is_main():
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                write(handle)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` with :func:`write_atomic`: rank 0 alone."""
+    return write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
 def write_json(path: str | Path, text: str) -> Path:
-    """Write JSON ``text`` to ``path`` (``.json`` added if missing) through a temporary
-    file and a rename, so that a reader never sees half a file.
+    """Write JSON ``text`` to ``path`` (``.json`` added if missing) with
+    :func:`write_atomic`: a temporary file and a rename, so that a reader never sees
+    half a file; under ``torch.distributed`` rank 0 alone writes, and every rank
+    returns the same path.
 
     Example
     -------
@@ -36,10 +84,7 @@ def write_json(path: str | Path, text: str) -> Path:
     path = Path(path)
     if path.suffix != ".json":
         path = path.with_suffix(".json")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return write_text(path, text)
 
 
 def read_json(path: str | Path, what: str) -> dict:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .quadrature import gauss_rule
+from .serialization import write_atomic
 
 FORMAT_VERSION = 1
 
@@ -205,7 +206,12 @@ class Spectrum:
         return norm * (self.active_dimension * active + self.zero_rows * zeros) / self.dimension
 
     def save(self, path: str | Path) -> Path:
-        """Write the Spectrum to an ``.npz`` file (arrays, plus metadata as JSON text)."""
+        """Write the Spectrum to an ``.npz`` file (arrays, plus metadata as JSON text).
+
+        ``.npz`` is added if missing; the path written is returned. Under
+        ``torch.distributed`` rank 0 alone writes and every rank returns the same path
+        (:mod:`~pruning_limit.serialization`).
+        """
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(".npz")
@@ -222,10 +228,9 @@ class Spectrum:
         arrays = {"nodes": self.nodes, "weights": self.weights}
         if self.alphas is not None:
             arrays.update(alphas=self.alphas, betas=self.betas)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, metadata=np.array(json.dumps(metadata)), **arrays)
-        tmp.replace(path)
-        return path
+        return write_atomic(
+            path, lambda handle: np.savez(handle, metadata=np.array(json.dumps(metadata)), **arrays)
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> Spectrum:

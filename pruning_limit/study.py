@@ -105,7 +105,7 @@ from .datasets import load_dataset
 from .models import model_spec
 from .pipeline import Pipeline
 from .prediction import BASELINES, METHODS, STATDIM_EXACT_LIMIT, Prediction
-from .serialization import write_json
+from .serialization import write_json, write_text
 from .spectrum import Spectrum
 from .study_config import StudyRun, expand_runs, load_config, without_keys
 from .training import DTYPES, load_checkpoint, train
@@ -396,7 +396,8 @@ class StudyResult:
         return json.dumps(self.to_dict(), indent=indent)
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Write the JSON (default: ``out/study.json``), atomically."""
+        """Write the JSON (default: ``out/study.json``), atomically; under
+        ``torch.distributed`` rank 0 alone writes and every rank returns the path."""
         path = Path(self.out) / "study.json" if path is None else Path(path)
         return write_json(path, self.to_json())
 
@@ -722,7 +723,7 @@ def _run_all(config: dict, runs: list, out: Path, log, datasets: dict) -> StudyR
             log(f"[{index}/{len(runs)}] {run.name}: already done, skipped")
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(json.dumps(own_config, indent=2) + "\n")
+        write_text(config_path, json.dumps(own_config, indent=2) + "\n")
         run_started = time.perf_counter()
         row = _execute(run, config, run_dir, datasets)
         row["seconds"]["total"] = time.perf_counter() - run_started
@@ -741,7 +742,7 @@ def _run_all(config: dict, runs: list, out: Path, log, datasets: dict) -> StudyR
         version=__version__,
     )
     result.save()
-    (out / "study.md").write_text(result.to_markdown())
+    write_text(out / "study.md", result.to_markdown())
     plots.plot_study(result, out / "study.png")
     return result
 

@@ -71,12 +71,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._checks import check_mean_reduction
 from ._version import __version__
 from .datasets import Dataset
 from .metrics import split_metrics
 from .models import build_model, count_parameters
 from .parameters import eval_mode, prunable_parameters
+from .serialization import write_atomic, write_text
 
 OPTIMIZERS = ("adam", "sgd")
 INITIALISATIONS = ("default", "kaiming_normal")
@@ -429,7 +431,9 @@ def _is_normalisation(model: nn.Module, name: str) -> bool:
 def save_checkpoint(model: nn.Module, card: dict, directory: str | Path) -> Path:
     """Write ``model.pt`` (the state_dict) and ``card.json`` into ``directory``.
 
-    The directory is created if needed; files already there are replaced.
+    The directory is created if needed; files already there are replaced, each
+    atomically. Under ``torch.distributed`` rank 0 alone writes, and every rank returns
+    the same directory (:mod:`~pruning_limit.serialization`).
 
     Returns
     -------
@@ -439,9 +443,11 @@ def save_checkpoint(model: nn.Module, card: dict, directory: str | Path) -> Path
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"checkpoint path {directory} exists and is not a directory")
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), directory / WEIGHTS_FILE)
-    (directory / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    if distributed.is_main():
+        directory.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    write_atomic(directory / WEIGHTS_FILE, lambda handle: torch.save(state, handle))
+    write_text(directory / CARD_FILE, json.dumps(card, indent=2) + "\n")
     return directory
 
 

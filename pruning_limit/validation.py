@@ -369,7 +369,11 @@ class Validation:
         return json.dumps(self.to_dict(), indent=indent)
 
     def save(self, path: str | Path) -> Path:
-        """Write :meth:`to_json` to ``path`` (``.json`` added if missing), atomically."""
+        """Write :meth:`to_json` to ``path`` (``.json`` added if missing), atomically.
+
+        Returns the path written. Under ``torch.distributed`` rank 0 alone writes and
+        every rank returns the same path (:mod:`~pruning_limit.serialization`).
+        """
         return write_json(path, self.to_json())
 
     @classmethod
@@ -551,8 +555,9 @@ def validate(
     train_data, test_data
         ``(X, y)`` pairs of tensors. Integer class labels (1-d) give accuracies; any
         other targets (e.g. float regression targets) give losses only. Under
-        ``torch.distributed``: this rank's shards (the ``one_shot`` and ``refit``
-        variants; ``finetune`` runs in one process).
+        ``torch.distributed``: this rank's shards; every variant then gives the
+        result of one process on the concatenated shards (``finetune``: its
+        mini-batches are cut from all the data, see :class:`FinetuneBudget`).
     loss_fn
         A batch-mean loss, ``loss_fn(outputs, targets)``: the loss the model was
         trained on and the prediction used (e.g. ``nn.CrossEntropyLoss()``).
@@ -657,12 +662,6 @@ def validate(
     if unknown:
         raise ValueError(f"unknown reference variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     budget = FinetuneBudget.of(finetune) if "finetune" in variants else None
-    if budget is not None and distributed.is_distributed():
-        raise ValueError(
-            f"the finetune variant runs in one process (its mini-batches are drawn from all "
-            f"the data), not over {distributed.world_size()} ranks: validate it without "
-            "torch.distributed, or ask for one_shot and refit"
-        )
     check_mean_reduction(loss_fn)
     grid = sorted({0.0, *(DEFAULT_AMOUNTS if amounts is None else map(float, amounts))})
 

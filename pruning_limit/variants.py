@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .metrics import metrics_function, targets_like
 from .pruning import UNCONVERGED
 from .quadratic import QuadraticModel
@@ -27,6 +28,15 @@ class FinetuneBudget:
     biases and other non-pruned parameters are held fixed, as in the theory. The
     result is the iterate (start or end of an epoch) with the lowest full training
     loss, so fine-tuning never does worse than no fine-tuning.
+
+    Under ``torch.distributed`` the mini-batches are those of one process on the
+    concatenated data: epoch e draws one permutation of the N global sample indices
+    (the ranks' shards in rank order, N their total) from the seeded generator, the
+    same on every rank, and cuts it into batches B_i of ``batch_size``. Each rank
+    differentiates the mean loss over its own samples of B_i, weighted by their
+    share n_{r,i} / |B_i| (a rank with none adds zeros), and one all-reduce sums
+    these into the gradient of the mean over B_i. Every rank then takes the same
+    Adam step, and the trajectory is one process's up to the order of the additions.
 
     Example
     -------
@@ -133,6 +143,11 @@ def finetune_evaluator(
     """
     inputs, targets = train_pair
     train_loss = metrics_function({"train": train_pair}, loss_fn, classification=False)
+    # Where this rank's shard lies among the global sample indices (rank order).
+    counts = distributed.gather_rows(
+        torch.tensor([inputs.shape[0]], dtype=torch.int64), "the fine-tune's shard sizes"
+    ).tolist()
+    shard = (sum(counts[: distributed.rank()]), sum(counts))
 
     def finetuned(model: nn.Module) -> dict[str, float]:
         masks = weights.keep_masks()
@@ -141,7 +156,7 @@ def finetune_evaluator(
             for tensor in weights.tensors:
                 tensor.requires_grad_(True)
             _adam_on_kept(
-                model, weights.tensors, masks, inputs, targets, loss_fn, budget, seed, train_loss
+                model, weights.tensors, masks, train_pair, shard, loss_fn, budget, seed, train_loss
             )
             return metrics_of(model)
         finally:
@@ -156,17 +171,20 @@ def finetune_evaluator(
 
 
 
-def _adam_on_kept(model, tensors, masks, inputs, targets, loss_fn, budget, seed, train_loss):
+def _adam_on_kept(model, tensors, masks, train_pair, shard, loss_fn, budget, seed, train_loss):
     """Adam on the kept entries of ``tensors``; leaves them at the best iterate.
 
     The full training loss is measured before the first step and after every epoch,
     and the weights end at the iterate where it was lowest: a fresh Adam's first
     steps have size ~lr whatever the gradient, so near a minimum they can raise the
     loss, and "is there a point of V_K in S(eps)" asks for the best point found, not
-    the last. No ``.grad`` attribute and no optimizer object is touched.
+    the last. No ``.grad`` attribute and no optimizer object is touched. ``shard`` is
+    (offset of this rank's first sample, N): the batches are cut from a permutation
+    of all N samples (:class:`FinetuneBudget`).
     """
     beta1, beta2, tiny = 0.9, 0.999, 1e-8
-    reference = tensors[0]
+    inputs, targets = train_pair
+    offset, total = shard
     keeps = [keep.to(tensor.dtype) for keep, tensor in zip(masks, tensors)]
     first = [torch.zeros_like(tensor) for tensor in tensors]
     second = [torch.zeros_like(tensor) for tensor in tensors]
@@ -175,17 +193,14 @@ def _adam_on_kept(model, tensors, masks, inputs, targets, loss_fn, budget, seed,
     order = torch.Generator().manual_seed(seed)
     step = 0
     for _ in range(budget.epochs):
-        for batch in torch.randperm(inputs.shape[0], generator=order).split(budget.batch_size):
-            x = inputs[batch].to(device=reference.device, dtype=reference.dtype)
-            t = targets_like(targets[batch], reference)
-            with torch.enable_grad():
-                loss = loss_fn(model(x), t)
-                grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+        for batch in torch.randperm(total, generator=order).split(budget.batch_size):
+            own = batch[(batch >= offset) & (batch < offset + inputs.shape[0])] - offset
+            grads = _minibatch_gradient(
+                model, tensors, inputs[own], targets[own], loss_fn, len(own) / len(batch)
+            )
             step += 1
             with torch.no_grad():
                 for tensor, grad, keep, m, v in zip(tensors, grads, keeps, first, second):
-                    if grad is None:
-                        continue
                     grad = grad * keep
                     m.mul_(beta1).add_(grad, alpha=1 - beta1)
                     v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -198,3 +213,27 @@ def _adam_on_kept(model, tensors, masks, inputs, targets, loss_fn, budget, seed,
     with torch.no_grad():
         for tensor, value in zip(tensors, best):
             tensor.copy_(value)
+
+
+def _minibatch_gradient(model, tensors, inputs, targets, loss_fn, share) -> list[torch.Tensor]:
+    """share x the gradient of the mean loss over (inputs, targets), summed over ranks.
+
+    A rank without samples in the batch adds zeros; a tensor the loss does not
+    depend on gets a zero gradient (so Adam leaves it where it is).
+    """
+    reference = tensors[0]
+    grads = [None] * len(tensors)
+    if inputs.shape[0] > 0:
+        x = inputs.to(device=reference.device, dtype=reference.dtype)
+        t = targets_like(targets, reference)
+        with torch.enable_grad():
+            loss = loss_fn(model(x), t) * share
+            grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+    grads = [torch.zeros_like(tensor) if g is None else g for tensor, g in zip(tensors, grads)]
+    if not distributed.is_distributed():
+        return grads
+    summed = distributed.all_reduce_sum(
+        torch.cat([g.reshape(-1) for g in grads]), "the fine-tune's gradient"
+    )
+    pieces = summed.split([tensor.numel() for tensor in tensors])
+    return [piece.view_as(tensor) for piece, tensor in zip(pieces, tensors)]

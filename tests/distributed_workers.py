@@ -10,6 +10,8 @@ import os
 import socket
 import time
 import traceback
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -20,8 +22,10 @@ BATCH = 16
 SPLIT = 70  # rank 0: samples [0, 70), rank 1: [70, 123): unequal shards, short last batches
 SLQ = dict(steps=10, probes=3, seed=5, progress=False)
 METHODS = ("paper", "orthogonal", "trace_bound", "quadratic")
-VALIDATION = dict(variants=("one_shot", "refit"), amounts=[0.0, 0.3, 0.6, 0.9],
-                  resolution=0.05, progress=False)  # fmt: skip
+# Fine-tune batches of 5 of the 123 samples: some lie on one rank alone (the other adds zeros).
+FINETUNE = dict(epochs=2, lr=1e-2, batch_size=5)
+VALIDATION = dict(variants=("one_shot", "refit", "finetune"), amounts=[0.0, 0.3, 0.6, 0.9],
+                  resolution=0.05, finetune=FINETUNE, seed=3, progress=False)  # fmt: skip
 
 
 def problem():
@@ -119,7 +123,65 @@ def validation_results(pl, model, loss_fn, train, test) -> dict:
             v: [(p.amount, p.metrics) for p in validation.variants[v].points]
             for v in VALIDATION["variants"]
         },
+        "finetuned_dense": validation.variants["finetune"].reference,
     }
+
+
+def results_to_save(pl, model, loss_fn, train, test) -> dict:
+    """A Spectrum, a Prediction, a Validation and a StudyResult of the problem (collective)."""
+    spectrum = pl.exact_spectrum(model, loss_fn, train, batch_size=BATCH, device="cpu")
+    prediction = pl.predict_limit(model, spectrum, data=train, loss_fn=loss_fn,
+                                  methods=("paper",), batch_size=BATCH)  # fmt: skip
+    validation = pl.validate(model, train_data=train, test_data=test, loss_fn=loss_fn,
+                             variants=("one_shot",), amounts=[0.0, 0.5], resolution=0.25,
+                             reference_grid=None, batch_size=BATCH, progress=False)  # fmt: skip
+    study = pl.StudyResult(name="saves", out="", rows=[], summary=[], config={})
+    return {"model": model, "spectrum": spectrum, "prediction": prediction,
+            "validation": validation, "study": study}  # fmt: skip
+
+
+def save_all(results: dict, folder: str) -> dict:
+    """Every library writer, called on this rank; {what: the path it returned}.
+
+    The names lack their suffixes: each writer adds its own (``.npz``, ``.json``,
+    ``.png``), and every rank must return the name rank 0 wrote.
+    """
+    from pruning_limit import plots, training
+
+    folder = Path(folder)
+    return {
+        "spectrum": results["spectrum"].save(folder / "spectrum"),
+        "prediction": results["prediction"].save(folder / "prediction"),
+        "validation": results["validation"].save(folder / "validation"),
+        "study": results["study"].save(folder / "study"),
+        "checkpoint": training.save_checkpoint(results["model"], {"by": "test"},
+                                               folder / "checkpoint"),  # fmt: skip
+        "figure": plots.plot_spectral_density(results["spectrum"], folder / "figures" / "density"),
+    }
+
+
+@contextmanager
+def filesystem_log(folder: str):
+    """A list of the renames and folders this process makes in ``folder`` (every write
+    of the library is a rename; matplotlib's own cache folders are not counted)."""
+    log: list = []
+    replace, mkdir = Path.replace, Path.mkdir
+
+    def logged_replace(self, target):
+        if str(target).startswith(folder):
+            log.append(("replace", str(target)))
+        return replace(self, target)
+
+    def logged_mkdir(self, *args, **kwargs):
+        if str(self).startswith(folder):
+            log.append(("mkdir", str(self)))
+        return mkdir(self, *args, **kwargs)
+
+    Path.replace, Path.mkdir = logged_replace, logged_mkdir
+    try:
+        yield log
+    finally:
+        Path.replace, Path.mkdir = replace, mkdir
 
 
 def worker(rank: int, scenario: str, port: int, folder: str) -> None:
@@ -141,11 +203,10 @@ def worker(rank: int, scenario: str, port: int, folder: str) -> None:
             results["validation"] = validation_results(
                 pl, model, loss_fn, aligned, distributed.shard(test)
             )
-            try:
-                pl.validate(model, train_data=aligned, test_data=distributed.shard(test),
-                            loss_fn=loss_fn, variants=("finetune",), progress=False)  # fmt: skip
-            except ValueError as error:
-                results["finetune_refused"] = str(error)
+            to_save = results_to_save(pl, model, loss_fn, train, distributed.shard(test))
+            with filesystem_log(folder) as log:
+                results["saved"] = save_all(to_save, folder)
+            results["filesystem"] = log
         elif scenario == "bad_data":
             distributed.set_timeout(60)
             if rank == 1:

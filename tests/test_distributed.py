@@ -2,10 +2,12 @@
 
 One group of 2 spawned processes computes every sharded quantity (products,
 gradient, loss, eps, exact and SLQ spectra of the Hessian and the GGN, a prediction,
-an interrupted and resumed SLQ, a validation sweep); the tests compare each with one
+an interrupted and resumed SLQ, a validation sweep with one-shot, re-fit and fine-tune);
+the tests compare each with one
 process on the concatenated data (float64, relative error <= 1e-7) and the two ranks
-with each other (bit for bit). Two more groups check that a failing or a stuck rank
-ends every rank with a clear error instead of a hang.
+with each other (bit for bit). Both ranks then call every library writer on one
+folder: rank 0 alone writes, and both return the same paths. Two more groups check
+that a failing or a stuck rank ends every rank with a clear error instead of a hang.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 import torch
 from distributed_workers import (
     BATCH,
+    FINETUNE,
     METHODS,
     SPLIT,
     VALIDATION,
@@ -148,7 +151,37 @@ def test_validation_sweep_equals_one_process(ranks, single):
         for (_, a), (_, b) in zip(ours, theirs):
             for key in ("test_loss", "train_loss", "test_accuracy", "train_accuracy"):
                 assert close(a[key], b[key]), (variant, key)
-    assert "finetune variant runs in one process" in ranks[1]["finetune_refused"]
+    for key in ("test_loss", "train_loss", "test_accuracy", "train_accuracy"):
+        assert close(result["finetuned_dense"][key], reference["finetuned_dense"][key]), key
+    # the fine-tune really moved the weights, and some of its batches lay on one rank alone
+    assert result["finetuned_dense"]["train_loss"] < result["dense"]["train_loss"] - 1e-3
+    boundary = distributed.shard_range(123, BATCH, 1, 2)[0]  # the validation's shards
+    order = torch.Generator().manual_seed(VALIDATION["seed"])
+    batches = [
+        batch
+        for _ in range(FINETUNE["epochs"])
+        for batch in torch.randperm(123, generator=order).split(FINETUNE["batch_size"])
+    ]
+    assert any(bool((b < boundary).all() or (b >= boundary).all()) for b in batches)
+
+
+def test_only_rank_zero_writes_and_every_rank_returns_the_same_paths(ranks):
+    first, second = ranks
+    saved = first["saved"]
+    assert second["saved"] == saved
+    assert second["filesystem"] == []  # no rename, no folder: rank 1 touched nothing
+    written = sorted(target for kind, target in first["filesystem"] if kind == "replace")
+    folder = saved["checkpoint"].parent
+    expected = ["spectrum.npz", "prediction.json", "validation.json", "study.json",
+                "checkpoint/model.pt", "checkpoint/card.json", "figures/density.png"]  # fmt: skip
+    assert written == sorted(str(folder / name) for name in expected)
+    assert {saved[k].name for k in saved} == {
+        "spectrum.npz", "prediction.json", "validation.json", "study.json", "checkpoint",
+        "density.png",
+    }  # fmt: skip
+    assert all((folder / name).is_file() for name in expected)
+    assert not list(folder.rglob("*.tmp"))
+    assert pl.Validation.load(saved["validation"]).dense == first["validation"]["dense"]
 
 
 def test_a_failing_rank_ends_every_rank_with_a_clear_error(tmp_path):
