@@ -19,7 +19,6 @@ from pruning_limit.budget import loss_budget
 from pruning_limit.limit import predict_from_spectrum, pruned_norm, statistical_dimension_curve
 from pruning_limit.pipeline import predict_limit
 from pruning_limit.prediction import (
-    BASELINES,
     CONVENTION,
     DEFAULT_METHODS,
     METHODS,
@@ -353,14 +352,13 @@ def test_prediction_round_trips_through_json(tmp_path):
 
 def test_summary_quotes_the_measured_error_of_each_predictor_it_shows():
     measured = measured_errors()
-    # The same actual limits for every predictor; the curvature-based ones all measured
-    # (the baseline emp from the run that introduced it on).
+    # The same actual limits for every predictor, every default predictor measured
+    # (the baseline emp included), against the onset and the collapse centre.
     against = tuple(measured["methods"]["paper"])
-    assert against[0] == "one_shot/accuracy" and "refit/loss_budget" in against
+    assert against[0] == "one_shot/accuracy" and "one_shot/collapse" in against
+    assert "refit/loss_budget" in against
     assert measured["runs"] > 0 and "prediction_vs_actual" in measured["source"]
     for method in DEFAULT_METHODS:
-        if method in BASELINES and method not in measured["methods"]:
-            continue
         assert tuple(measured["methods"][method]) == against, method
         for cell in measured["methods"][method].values():
             assert 0 < cell["runs"] <= measured["runs"]
