@@ -225,8 +225,7 @@ def eval_mode(model: nn.Module):
     """Run ``model`` in eval mode and restore every submodule's mode afterwards.
 
     >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
-    >>> model[1].eval()   # one submodule already in eval mode stays so
-    Dropout(p=0.5, inplace=False)
+    >>> _ = model[1].eval()   # one submodule already in eval mode stays so
     >>> with eval_mode(model):
     ...     inside = [m.training for m in model.modules()]
     >>> inside, [m.training for m in model.modules()]
