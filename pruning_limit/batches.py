@@ -25,12 +25,25 @@ DEFAULT_BATCH_SIZE = 256
 
 
 class EmptyDataError(ValueError):
-    """The data yielded no batch, or a batch with no sample."""
+    """The data yielded no batch, or a batch with no sample.
+
+    >>> as_batches([])
+    Traceback (most recent call last):
+    ...
+    pruning_limit.batches.EmptyDataError: the data yielded no batch
+    """
 
 
 @dataclass(frozen=True)
 class Batches:
-    """A re-iterable list of ``(inputs, targets)`` batches and their sample counts."""
+    """A re-iterable list of ``(inputs, targets)`` batches and their sample counts.
+
+    >>> batches = as_batches((torch.zeros(5, 2), torch.zeros(5)), batch_size=2)
+    >>> batches.sizes, batches.num_samples, len(batches)
+    ((2, 2, 1), 5, 3)
+    >>> batches.to("cpu", torch.float64).batches[0][0].dtype   # floating inputs cast
+    torch.float64
+    """
 
     batches: tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
@@ -75,6 +88,15 @@ def as_batches(data, batch_size: int = DEFAULT_BATCH_SIZE) -> Batches:
     ------
     EmptyDataError
         If no batch, or a batch with zero samples, comes out.
+
+    Example
+    -------
+    >>> X, y = torch.arange(10.0).reshape(5, 2), torch.arange(5)
+    >>> as_batches((X, y), batch_size=2).sizes              # the last batch is short
+    (2, 2, 1)
+    >>> loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=4)
+    >>> [targets.tolist() for _, targets in as_batches(loader)]
+    [[0, 1, 2, 3], [4]]
     """
     if isinstance(data, Batches):
         result = data

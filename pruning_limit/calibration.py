@@ -135,7 +135,11 @@ def _ranks(n: int, coverage: float, rule: str) -> tuple[int, int]:
 
 
 def required_runs(coverage: float, rule: str) -> int:
-    """The smallest n for which ``rule`` attains ``coverage`` (see the module docstring)."""
+    """The smallest n for which ``rule`` attains ``coverage`` (see the module docstring).
+
+    >>> required_runs(0.9, "asymmetric"), required_runs(0.8, "symmetric")   # 2/a - 1, 1/a - 1
+    (19, 4)
+    """
     n = 1
     while True:
         low, high = _ranks(n, coverage, rule)
@@ -146,7 +150,13 @@ def required_runs(coverage: float, rule: str) -> int:
 
 def choose_rule(n: int, coverage: float, rule: str = "auto") -> str | None:
     """The rule used with n calibration units: ``rule`` itself, or for ``"auto"`` the
-    asymmetric one if n allows it, else the symmetric one; ``None`` if n is too small."""
+    asymmetric one if n allows it, else the symmetric one; ``None`` if n is too small.
+
+    >>> choose_rule(19, 0.9), choose_rule(10, 0.9), choose_rule(19, 0.9, "symmetric")
+    ('asymmetric', 'symmetric', 'symmetric')
+    >>> print(choose_rule(5, 0.9))   # the symmetric rule needs 9 at 90 %
+    None
+    """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     candidates = ("asymmetric", "symmetric") if rule == "auto" else (rule,)
@@ -176,6 +186,18 @@ def conformal_offsets(
     ValueError
         If there are too few residuals for the coverage (:func:`required_runs`), or a
         residual is not finite.
+
+    Example
+    -------
+    >>> residuals = np.arange(1, 20) / 100                          # 0.01 .. 0.19
+    >>> conformal_offsets(residuals, 0.9)                           # r_(1), r_(19)
+    (0.01, 0.19)
+    >>> conformal_offsets(-residuals[:9], 0.9, rule="symmetric")   # |r|_(9)
+    (-0.09, 0.09)
+    >>> conformal_offsets(residuals[:5], 0.9)   # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: 5 calibration residuals are too few for 90% coverage ... (it needs 19)
     """
     r = np.sort(np.asarray(list(residuals), dtype=np.float64))
     if not np.all(np.isfinite(r)):
@@ -214,6 +236,21 @@ class CalibrationRun:
         Variant -> criterion -> the actual limit (``None`` where the criterion has no value).
     source
         The key of its source file in the set's provenance.
+
+    Example
+    -------
+    >>> regime = Regime(train_accuracy=1.0, train_loss=0.01, l1=1e-3, optimizer="adam",
+    ...                 small_weight_share=0.3, dimension=100, num_train=200,
+    ...                 removal_fraction=0.5, removal_fraction_method="paper",
+    ...                 pruned_norm_ratio=0.2, curvature="ggn", epsilon_source="batch_std")
+    >>> runs = [CalibrationRun(f"net{i}", f"net{i}", regime, {"paper": 0.5},
+    ...                        {"one_shot": {"accuracy": 0.5 + i / 100}}) for i in range(1, 20)]
+    >>> round(runs[0].residual("paper", "one_shot", "accuracy"), 6)   # 0.51 - 0.5
+    0.01
+    >>> print(runs[0].residual("paper", "refit", "accuracy"))          # never measured
+    None
+    >>> CalibrationRun.from_dict(runs[0].to_dict()) == runs[0]
+    True
     """
 
     run: str
@@ -284,6 +321,25 @@ class CalibratedInterval:
         calibration networks of the regime (:meth:`CalibrationSet.leave_one_out`:
         ``units``, ``answered``, ``coverage``, ``mean_width``), when attached with
         :meth:`with_measured`.
+
+    Example
+    -------
+    19 calibration networks whose residuals are 0.01 .. 0.19 (see
+    :class:`CalibrationSet`): around p* = 0.6 the asymmetric rule gives
+    [0.6 + r_(1), 0.6 + r_(19)].
+
+    >>> regime = Regime(train_accuracy=1.0, train_loss=0.01, l1=1e-3, optimizer="adam",
+    ...                 small_weight_share=0.3, dimension=100, num_train=200,
+    ...                 removal_fraction=0.5, removal_fraction_method="paper",
+    ...                 pruned_norm_ratio=0.2, curvature="ggn", epsilon_source="batch_std")
+    >>> runs = [CalibrationRun(f"net{i}", f"net{i}", regime, {"paper": 0.5},
+    ...                        {"one_shot": {"accuracy": 0.5 + i / 100}}) for i in range(1, 20)]
+    >>> result = CalibrationSet(runs).interval("paper", "one_shot", "accuracy", regime, 0.6)
+    >>> print(result)   # doctest: +NORMALIZE_WHITESPACE
+    paper vs one_shot accuracy: [0.610, 0.790] at 90% (asymmetric split-conformal,
+    19 calibration units, regime 'sparse, fits the data')
+    >>> round(result.width, 6), result.with_reason("not asked").bounds
+    (0.18, None)
     """
 
     low: float | None
@@ -368,6 +424,29 @@ class CalibrationSet:
 
     Load the shipped set with :meth:`load` (no argument), or any file written by
     ``benchmarks/calibration_set.py``.
+
+    Example
+    -------
+    19 networks of one regime, each predicted at 0.5 and pruned at 0.5 + i/100:
+
+    >>> regime = Regime(train_accuracy=1.0, train_loss=0.01, l1=1e-3, optimizer="adam",
+    ...                 small_weight_share=0.3, dimension=100, num_train=200,
+    ...                 removal_fraction=0.5, removal_fraction_method="paper",
+    ...                 pruned_norm_ratio=0.2, curvature="ggn", epsilon_source="batch_std")
+    >>> runs = [CalibrationRun(f"net{i}", f"net{i}", regime, {"paper": 0.5},
+    ...                        {"one_shot": {"accuracy": 0.5 + i / 100}}) for i in range(1, 20)]
+    >>> calibration = CalibrationSet(runs)
+    >>> calibration.methods(), calibration.targets(), calibration.regime_classes()
+    (['paper'], [('one_shot', 'accuracy')], ['sparse, fits the data'])
+    >>> np.round(calibration.interval("paper", "one_shot", "accuracy", regime, 0.6).bounds, 6)
+    array([0.61, 0.79])
+    >>> calibration.leave_one_out("paper", "one_shot", "accuracy", regime.name)["answered"]
+    19
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     loaded = CalibrationSet.load(calibration.save(Path(folder) / "calibration"))
+    >>> loaded.runs == calibration.runs
+    True
     """
 
     runs: list
@@ -709,7 +788,11 @@ _SHIPPED: list[CalibrationSet] = []
 
 
 def shipped() -> CalibrationSet:
-    """The calibration set shipped with the package (read once)."""
+    """The calibration set shipped with the package (read once).
+
+    >>> shipped() is shipped(), "paper" in shipped().methods()
+    (True, True)
+    """
     if not _SHIPPED:
         _SHIPPED.append(CalibrationSet.load())
     return _SHIPPED[0]
@@ -724,13 +807,38 @@ def interval(
     coverage: float = 0.9,
     calibration: CalibrationSet | None = None,
 ) -> CalibratedInterval:
-    """:meth:`CalibrationSet.interval` on the shipped set (or ``calibration``)."""
+    """:meth:`CalibrationSet.interval` on the shipped set (or ``calibration``).
+
+    >>> print(interval("paper", "one_shot", "accuracy", regime=None, predicted=0.6).reason)
+    the network's regime is unknown; intervals are calibrated per regime
+    >>> regime = Regime(train_accuracy=1.0, train_loss=0.01, l1=1e-3, optimizer="adam",
+    ...                 small_weight_share=0.3, dimension=100, num_train=200,
+    ...                 removal_fraction=0.5, removal_fraction_method="paper",
+    ...                 pruned_norm_ratio=0.2, curvature="ggn", epsilon_source="batch_std")
+    >>> runs = [CalibrationRun(f"net{i}", f"net{i}", regime, {"paper": 0.5},
+    ...                        {"one_shot": {"accuracy": 0.5 + i / 100}}) for i in range(1, 20)]
+    >>> result = interval("paper", "one_shot", "accuracy", regime, 0.6,
+    ...                   calibration=CalibrationSet(runs))
+    >>> result.rule, round(result.low, 6), round(result.high, 6)
+    ('asymmetric', 0.61, 0.79)
+    """
     calibration = shipped() if calibration is None else calibration
     return calibration.interval(method, variant, criterion, regime, predicted, coverage)
 
 
 def leave_one_out_markdown(rows: list[dict]) -> str:
-    """A markdown table of :meth:`CalibrationSet.leave_one_out` rows (widths in points)."""
+    """A markdown table of :meth:`CalibrationSet.leave_one_out` rows (widths in points).
+
+    >>> regime = Regime(train_accuracy=1.0, train_loss=0.01, l1=1e-3, optimizer="adam",
+    ...                 small_weight_share=0.3, dimension=100, num_train=200,
+    ...                 removal_fraction=0.5, removal_fraction_method="paper",
+    ...                 pruned_norm_ratio=0.2, curvature="ggn", epsilon_source="batch_std")
+    >>> runs = [CalibrationRun(f"net{i}", f"net{i}", regime, {"paper": 0.5},
+    ...                        {"one_shot": {"accuracy": 0.5 + i / 100}}) for i in range(1, 20)]
+    >>> table = leave_one_out_markdown(CalibrationSet(runs).leave_one_out_table())
+    >>> print(table.splitlines()[-1])
+    | paper | one_shot | accuracy | sparse, fits the data | 19 | 19 | 95 % | 37.9 | - |
+    """
     lines = [
         "| method | variant | criterion | regime | units | answered | LOO coverage "
         "| mean width (points) | refused because |",

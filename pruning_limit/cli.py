@@ -71,12 +71,12 @@ LOSSES: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-class UserError(Exception):
+class _UserError(Exception):
     """Something the user can fix: printed as one line, exit code 2."""
 
 
 USER_ERRORS = (
-    UserError,
+    _UserError,
     FileNotFoundError,
     NotADirectoryError,
     PermissionError,
@@ -90,7 +90,7 @@ USER_ERRORS = (
 # -- parsing of specs ------------------------------------------------------------------
 
 
-def parse_value(text: str):
+def _parse_value(text: str):
     """``"8"`` -> 8, ``"1e-3"`` -> 0.001, ``"true"`` -> True, ``"32x32"`` stays a string."""
     lowered = text.lower()
     if lowered in ("true", "false"):
@@ -105,15 +105,15 @@ def parse_value(text: str):
     return text
 
 
-def parse_spec(text: str) -> tuple[str, dict]:
+def _parse_spec(text: str) -> tuple[str, dict]:
     """``"manifold:d=8,n=100"`` -> ``("manifold", {"d": 8, "n": 100})``."""
     name, _, arguments = text.partition(":")
     options = {}
     for item in filter(None, arguments.split(",")):
         key, equals, value = item.partition("=")
         if not equals:
-            raise UserError(f"cannot read {item!r} in {text!r}: expected key=value")
-        options[key.strip()] = parse_value(value.strip())
+            raise _UserError(f"cannot read {item!r} in {text!r}: expected key=value")
+        options[key.strip()] = _parse_value(value.strip())
     return name.strip(), options
 
 
@@ -125,7 +125,21 @@ def load_data(text: str, seed: int | None = None) -> Dataset | dict:
     """Data from a built-in spec, an .npz/.pt file, or ``module:function``.
 
     Returns a :class:`Dataset` for built-in data, otherwise a dict with ``X``, ``y``
-    and optionally ``X_test``, ``y_test``.
+    and optionally ``X_test``, ``y_test``. ``seed`` is the built-in data's seed
+    unless the spec gives one.
+
+    Example
+    -------
+    >>> data = load_data("manifold:d=2,n=6,n_train=40,n_test=20", seed=0)
+    >>> type(data).__name__, tuple(data.X_train.shape), data.nominal_intrinsic_dimension
+    ('Dataset', (40, 6), 2)
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = Path(folder) / "data.npz"
+    ...     np.savez(path, X=np.zeros((5, 3), dtype=np.float32), y=np.arange(5))
+    ...     pair = load_data(str(path))
+    >>> sorted(pair), tuple(pair["X"].shape), pair["y"].tolist()
+    (['X', 'y'], (5, 3), [0, 1, 2, 3, 4])
     """
     path = Path(text)
     if path.suffix in (".npz", ".pt", ".pth"):
@@ -135,19 +149,19 @@ def load_data(text: str, seed: int | None = None) -> Dataset | dict:
     module_name, _, function_name = text.partition(":")
     if module_name.strip() not in DATASETS and function_name.strip().isidentifier():
         return _data_from_function(module_name.strip(), function_name.strip())
-    name, options = parse_spec(text)
+    name, options = _parse_spec(text)
     options = {DATA_ALIASES.get(k, k): v for k, v in options.items()}
     if seed is not None:
         options.setdefault("seed", seed)
     try:
         return load_dataset(name, **options)
     except TypeError as error:
-        raise UserError(f"bad option for dataset {name!r}: {error}") from error
+        raise _UserError(f"bad option for dataset {name!r}: {error}") from error
 
 
 def _data_from_file(path: Path) -> dict:
     if path.stat().st_size == 0:
-        raise UserError(f"cannot read data file {path}: the file is empty (0 bytes)")
+        raise _UserError(f"cannot read data file {path}: the file is empty (0 bytes)")
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
@@ -162,9 +176,9 @@ def _data_from_file(path: Path) -> dict:
         zipfile.BadZipFile,
         pickle.UnpicklingError,
     ) as error:
-        raise UserError(f"cannot read data file {path}: {_reason(error)}") from error
+        raise _UserError(f"cannot read data file {path}: {_reason(error)}") from error
     if not isinstance(raw, dict) or "X" not in raw or "y" not in raw:
-        raise UserError(
+        raise _UserError(
             f"data file {path} must hold arrays named X and y (and optionally X_test, y_test)"
         )
     return _tensors(raw, f"data file {path}")
@@ -181,7 +195,7 @@ def _tensors(raw: dict, source: str) -> dict:
             tensors[key] = torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError) as error:
             kind = getattr(getattr(value, "dtype", None), "name", type(value).__name__)
-            raise UserError(
+            raise _UserError(
                 f"{source}: {key} must be an array of numbers, got {kind} ({_reason(error)})"
             ) from error
     return tensors
@@ -206,7 +220,9 @@ def _import_user_module(module_name: str, what: str):
     try:
         return importlib.import_module(module_name)
     except Exception as error:  # ImportError, or any error the module raises on import
-        raise UserError(f"cannot import {what} module {module_name!r}: {_reason(error)}") from error
+        raise _UserError(
+            f"cannot import {what} module {module_name!r}: {_reason(error)}"
+        ) from error
 
 
 def _call_user_function(module_name: str, function_name: str, what: str):
@@ -214,16 +230,16 @@ def _call_user_function(module_name: str, function_name: str, what: str):
     module = _import_user_module(module_name, what)
     function = getattr(module, function_name, None)
     if function is None:
-        raise UserError(f"module {module_name!r} has no {what} {function_name!r}")
+        raise _UserError(f"module {module_name!r} has no {what} {function_name!r}")
     if not callable(function):
-        raise UserError(
+        raise _UserError(
             f"{module_name}:{function_name} is a {type(function).__name__}, not a function: "
             f"give the {what} to call"
         )
     try:
         return function()
     except Exception as error:  # the user's code: say where it failed, in one line
-        raise UserError(
+        raise _UserError(
             f"{module_name}:{function_name}() raised {type(error).__name__}: {_reason(error)}"
         ) from error
 
@@ -238,13 +254,13 @@ def _data_from_function(module_name: str, function_name: str) -> dict | Dataset:
     if isinstance(result, (tuple, list)) and len(result) in (2, 4):
         keys = ("X", "y", "X_test", "y_test")[: len(result)]
         return _tensors(dict(zip(keys, result)), source)
-    raise UserError(
+    raise _UserError(
         f"{source} must return a Dataset, a dict with X and y, "
         "or a tuple (X, y[, X_test, y_test]); got " + type(result).__name__
     )
 
 
-def split(data: Dataset | dict) -> tuple[tuple, tuple | None]:
+def _split(data: Dataset | dict) -> tuple[tuple, tuple | None]:
     """(train pair, test pair or None)."""
     if isinstance(data, Dataset):
         return (data.X_train, data.y_train), (data.X_test, data.y_test)
@@ -252,13 +268,13 @@ def split(data: Dataset | dict) -> tuple[tuple, tuple | None]:
     return (data["X"], data["y"]), test
 
 
-def rank_shards(
+def _rank_shards(
     train_pair: tuple, test_pair: tuple | None, batch_size: int
 ) -> tuple[tuple, tuple | None]:
     """This rank's shards of (train pair, test pair or None); all of it in one process.
 
     The pairs are the whole data, already checked against the model
-    (:func:`load_model_and_data`), so every rank refuses the same bad input. The
+    (:func:`_load_model_and_data`), so every rank refuses the same bad input. The
     training shard is whole batches of ``batch_size``, so that the ranks' batches
     are the ones a single process forms (eps = batch_std is the same).
     """
@@ -268,19 +284,19 @@ def rank_shards(
     return train_pair, (None if test_pair is None else distributed.shard(test_pair))
 
 
-def parse_model_spec(text: str, input_dim: int, classes: int) -> dict:
+def _parse_model_spec(text: str, input_dim: int, classes: int) -> dict:
     """``"mlp:64x64"``, ``"mlp:64x64,activation=tanh"``, ``"cnn1d"``, ``"cnn2d:8x16"``."""
     kind, _, rest = text.partition(":")
     head, _, options_text = rest.partition(",")
-    _, options = parse_spec(f"{kind}:{options_text}")
+    _, options = _parse_spec(f"{kind}:{options_text}")
     if head:
         if "=" in head:
-            options.update(parse_spec(f"{kind}:{head}")[1])
+            options.update(_parse_spec(f"{kind}:{head}")[1])
         else:
             try:
                 widths = [int(w) for w in head.split("x")]
             except ValueError as error:
-                raise UserError(f"cannot read layer widths {head!r} in {text!r}") from error
+                raise _UserError(f"cannot read layer widths {head!r} in {text!r}") from error
             options["hidden" if kind == "mlp" else "channels"] = widths
     return model_spec(kind, input_dim=input_dim, classes=classes, **options)
 
@@ -288,7 +304,7 @@ def parse_model_spec(text: str, input_dim: int, classes: int) -> dict:
 # -- checkpoints -----------------------------------------------------------------------
 
 
-def load_model(path_text: str, *, model_factory: str | None, trust_pickle: bool):
+def _load_model(path_text: str, *, model_factory: str | None, trust_pickle: bool):
     """A model and its card (``{}`` when the checkpoint has none).
 
     Accepts the project's checkpoint folders, a plain state_dict with
@@ -301,29 +317,29 @@ def load_model(path_text: str, *, model_factory: str | None, trust_pickle: bool)
     if path.is_dir() or path.name == "card.json":
         return load_checkpoint(path)
     if path.stat().st_size == 0:
-        raise UserError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
+        raise _UserError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
     if zipfile.is_zipfile(path) and _is_torchscript(path):
         return _load_torchscript(path), {"format": "torchscript"}
     try:
         content = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
         if "Unsupported global" not in str(error) and "Unsupported class" not in str(error):
-            raise UserError(
+            raise _UserError(
                 f"cannot read checkpoint {path}: not a torch file, or truncated ({_reason(error)})"
             ) from error
         if not trust_pickle:
-            raise UserError(
+            raise _UserError(
                 f"{path} holds pickled Python objects, which can run code when loaded; refusing "
                 "(torch.load weights_only=True). Pass --trust-pickle only if you trust the file"
             ) from error
         content = torch.load(path, weights_only=False, map_location="cpu")
     except EOFError as error:
-        raise UserError(
+        raise _UserError(
             f"cannot read checkpoint {path}: the file ends early (truncated, "
             f"{path.stat().st_size} bytes)"
         ) from error
     except (RuntimeError, OSError, zipfile.BadZipFile) as error:
-        raise UserError(
+        raise _UserError(
             f"cannot read checkpoint {path}: not a torch file, or truncated ({_reason(error)})"
         ) from error
     if isinstance(content, nn.Module):
@@ -336,7 +352,7 @@ def load_model(path_text: str, *, model_factory: str | None, trust_pickle: bool)
         content = content["state_dict"]
     if isinstance(content, dict) and all(isinstance(v, torch.Tensor) for v in content.values()):
         if model_factory is None:
-            raise UserError(
+            raise _UserError(
                 f"{path} is a plain state_dict: say which model it belongs to with "
                 "--model module:factory"
             )
@@ -345,12 +361,12 @@ def load_model(path_text: str, *, model_factory: str | None, trust_pickle: bool)
             model.load_state_dict(content)
         except RuntimeError as error:
             first = str(error).strip().splitlines()
-            raise UserError(
+            raise _UserError(
                 f"the state_dict in {path} does not fit {model_factory}: "
                 + " ".join(line.strip() for line in first[:3])
             ) from error
         return model, {"format": "state_dict", "factory": model_factory}
-    raise UserError(f"{path} holds neither a model nor a state_dict")
+    raise _UserError(f"{path} holds neither a model nor a state_dict")
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -366,7 +382,7 @@ def _load_torchscript(path: Path) -> nn.Module:
             warnings.simplefilter("ignore", DeprecationWarning)
             return torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, OSError) as error:
-        raise UserError(
+        raise _UserError(
             f"cannot read TorchScript checkpoint {path} (truncated or corrupt?): {_reason(error)}"
         ) from error
 
@@ -374,51 +390,51 @@ def _load_torchscript(path: Path) -> nn.Module:
 def _model_from_factory(text: str) -> nn.Module:
     module_name, _, factory_name = text.partition(":")
     if not factory_name:
-        raise UserError(f"--model must read module:factory, got {text!r}")
+        raise _UserError(f"--model must read module:factory, got {text!r}")
     model = _call_user_function(module_name, factory_name, "model factory")
     if not isinstance(model, nn.Module):
-        raise UserError(f"{text} returned {type(model).__name__}, not a torch.nn.Module")
+        raise _UserError(f"{text} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
-def load_model_and_data(args, *, need_test: bool = False) -> tuple[nn.Module, dict, tuple, tuple]:
+def _load_model_and_data(args, *, need_test: bool = False) -> tuple[nn.Module, dict, tuple, tuple]:
     """The checkpoint, its card, and ``--data`` as (train pair, test pair or None),
     checked against each other and ``--loss``; built-in data default to the card's seed."""
-    model, card = load_model(
+    model, card = _load_model(
         args.checkpoint, model_factory=args.model, trust_pickle=args.trust_pickle
     )
     if args.output is not None:
         try:
-            model = SelectOutput(model, parse_value(args.output))
+            model = SelectOutput(model, _parse_value(args.output))
         except TypeError as error:
-            raise UserError(f"--output: {error}") from error
+            raise _UserError(f"--output: {error}") from error
     seed = args.data_seed
     if seed is None:
         seed = card.get("dataset", {}).get("seed")
-    train_pair, test_pair = split(load_data(args.data, seed=seed))
+    train_pair, test_pair = _split(load_data(args.data, seed=seed))
     if need_test and test_pair is None:
-        raise UserError("validate needs test data: give X_test and y_test, or built-in data")
+        raise _UserError("validate needs test data: give X_test and y_test, or built-in data")
     loss_fn = LOSSES[args.loss]()
     for what, pair in (("the training data", train_pair), ("the test data", test_pair)):
         if pair is not None:
-            check_fit(model, loss_fn, pair, what)
+            _check_fit(model, loss_fn, pair, what)
     return model, card, train_pair, test_pair
 
 
-def check_fit(model: nn.Module, loss_fn: nn.Module, pair: tuple, what: str) -> None:
-    """The model, the loss and the data fit, or a :class:`UserError` that says how not."""
+def _check_fit(model: nn.Module, loss_fn: nn.Module, pair: tuple, what: str) -> None:
+    """The model, the loss and the data fit, or a :class:`_UserError` that says how not."""
     try:
         check_model_and_data(
             model, loss_fn, pair, what=f"{what} (--data)", min_samples=2 if "train" in what else 1
         )
     except (TypeError, ValueError, FloatingPointError) as error:
-        raise UserError(str(error)) from error
+        raise _UserError(str(error)) from error
 
 
 # -- output ----------------------------------------------------------------------------
 
 
-class Output:
+class _Output:
     """Where results and logs go: the result to stdout (as JSON with --json), logs to
     stdout (stderr with --json) unless --quiet."""
 
@@ -449,7 +465,7 @@ def _json_default(value):
     return str(value)
 
 
-def output_folder(path_text: str, *, given: bool = True) -> Path:
+def _output_folder(path_text: str, *, given: bool = True) -> Path:
     """``--out`` as a folder that can be written, checked before any work and not created.
 
     The folder itself is created when results are written to it; the parent of a
@@ -465,17 +481,17 @@ def output_folder(path_text: str, *, given: bool = True) -> Path:
         try:
             path.parent.mkdir(parents=True)
         except OSError as error:
-            raise UserError(f"cannot create {path.parent}: {error.strerror or error}") from error
+            raise _UserError(f"cannot create {path.parent}: {error.strerror or error}") from error
     if path.exists():
         if not path.is_dir():
-            raise UserError(f"--out {path} exists and is not a folder")
+            raise _UserError(f"--out {path} exists and is not a folder")
         _check_writable(path, path)
     else:
         _check_parent(path)
     return path
 
 
-def output_file(path_text: str, suffix: str) -> Path:
+def _output_file(path_text: str, suffix: str) -> Path:
     """``--out`` as a file with ``suffix`` (added if missing) in an existing, writable folder."""
     path = Path(path_text)
     if path.suffix != suffix:
@@ -483,7 +499,7 @@ def output_file(path_text: str, suffix: str) -> Path:
     if not distributed.is_main():
         return path
     if path.is_dir():
-        raise UserError(f"--out {path} is a folder; give a file name")
+        raise _UserError(f"--out {path} is a folder; give a file name")
     _check_parent(path)
     return path
 
@@ -491,7 +507,7 @@ def output_file(path_text: str, suffix: str) -> Path:
 def _check_parent(path: Path) -> None:
     parent = path.parent
     if not parent.is_dir():
-        raise UserError(
+        raise _UserError(
             f"the folder {parent} of --out {path} does not exist: create it first "
             "(it is not created for you, so that a mistyped path is caught)"
         )
@@ -500,11 +516,11 @@ def _check_parent(path: Path) -> None:
 
 def _check_writable(folder: Path, target: Path) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {target}: no write permission in {folder}")
+        raise _UserError(f"cannot write {target}: no write permission in {folder}")
 
 
 @contextlib.contextmanager
-def locked(target: Path) -> Iterator[None]:
+def _locked(target: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``target`` (through ``TARGET.lock``) while writing it.
 
     A second run on the same ``--out`` is refused instead of racing the first. The
@@ -520,12 +536,12 @@ def locked(target: Path) -> Iterator[None]:
         try:
             descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
-            raise UserError(f"cannot write {lock_path}: {error.strerror or error}") from error
+            raise _UserError(f"cannot write {lock_path}: {error.strerror or error}") from error
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(descriptor)
-            raise UserError(
+            raise _UserError(
                 f"another pruning-limit run is writing {target} (it holds {lock_path}): "
                 "wait for it to finish, or choose another --out"
             ) from None
@@ -543,14 +559,14 @@ def locked(target: Path) -> Iterator[None]:
 # -- subcommands -----------------------------------------------------------------------
 
 
-def command_train(args, out: Output) -> int:
-    folder = output_folder(args.out)
+def _command_train(args, out: _Output) -> int:
+    folder = _output_folder(args.out)
     dataset = load_data(args.data, seed=args.seed)
     if not isinstance(dataset, Dataset):
-        raise UserError("train needs built-in data (e.g. manifold:d=8, digits:pca=8, mnist1d)")
-    spec = parse_model_spec(args.model, dataset.ambient_dimension, dataset.num_classes)
+        raise _UserError("train needs built-in data (e.g. manifold:d=8, digits:pca=8, mnist1d)")
+    spec = _parse_model_spec(args.model, dataset.ambient_dimension, dataset.num_classes)
     out.log(f"training {spec['kind']} on {dataset.name} ({dataset.ambient_dimension} features)")
-    with locked(folder):
+    with _locked(folder):
         result = train(
             spec,
             dataset,
@@ -580,21 +596,21 @@ def command_train(args, out: Output) -> int:
     return 0
 
 
-def command_spectrum(args, out: Output) -> int:
-    target = output_file(args.out, ".npz")
+def _command_spectrum(args, out: _Output) -> int:
+    target = _output_file(args.out, ".npz")
     state_path = target.with_name(target.name + ".state")
     if args.resume and args.overwrite:
-        raise UserError(
+        raise _UserError(
             "--resume continues the interrupted run and --overwrite discards it: give one"
         )
-    model, _, train_pair, _ = load_model_and_data(args)
-    train_pair, _ = rank_shards(train_pair, None, args.batch_size)
+    model, _, train_pair, _ = _load_model_and_data(args)
+    train_pair, _ = _rank_shards(train_pair, None, args.batch_size)
     loss_fn = LOSSES[args.loss]()
     dtype = DTYPES[args.dtype] if args.dtype else None
-    with locked(target):
+    with _locked(target):
         main = distributed.is_main()  # rank 0 alone reads, writes and discards the state
         if main and state_path.exists() and not args.exact and not (args.resume or args.overwrite):
-            raise UserError(
+            raise _UserError(
                 f"an interrupted run left {state_path}: continue it with --resume, or discard "
                 "it with --overwrite"
             )
@@ -663,26 +679,26 @@ def command_spectrum(args, out: Output) -> int:
     return 0
 
 
-def parse_epsilon(text: str) -> str | float:
+def _parse_epsilon(text: str) -> str | float:
     if text in EPSILON_KINDS:
         return text
     try:
         value = float(text)
     except ValueError as error:
-        raise UserError(
+        raise _UserError(
             f"--epsilon must be batch_std, reference or a number, got {text!r}"
         ) from error
     try:
         return check_epsilon(value)  # the library's one check: finite and > 0
     except ValueError as error:
-        raise UserError(f"--epsilon {text}: {error}") from error
+        raise _UserError(f"--epsilon {text}: {error}") from error
 
 
-def command_predict(args, out: Output) -> int:
-    target = output_file(args.out, ".json") if args.out else None
-    epsilon = parse_epsilon(args.epsilon)
-    model, card, train_pair, _ = load_model_and_data(args)
-    train_pair, _ = rank_shards(train_pair, None, args.batch_size)
+def _command_predict(args, out: _Output) -> int:
+    target = _output_file(args.out, ".json") if args.out else None
+    epsilon = _parse_epsilon(args.epsilon)
+    model, card, train_pair, _ = _load_model_and_data(args)
+    train_pair, _ = _rank_shards(train_pair, None, args.batch_size)
     spectrum = Spectrum.load(args.spectrum) if args.spectrum else None
     methods = tuple(args.method) if args.method else DEFAULT_METHODS
     slow = [m for m in methods if m in SLOW_METHODS]
@@ -719,7 +735,7 @@ def command_predict(args, out: Output) -> int:
             "for draws random numbers"
         )
     if target is not None and distributed.is_main():
-        with locked(target):
+        with _locked(target):
             target = prediction.save(target)
     payload = json.loads(prediction.to_json())
     payload["calibrated_intervals"] = [c.to_dict() for c in prediction.calibrated_intervals()]
@@ -730,17 +746,17 @@ def command_predict(args, out: Output) -> int:
     return 0
 
 
-def command_validate(args, out: Output) -> int:
-    folder = output_folder(args.out)
-    epsilon = parse_epsilon(args.epsilon) if args.epsilon else None
-    model, _, train_pair, test_pair = load_model_and_data(args, need_test=True)
-    train_pair, test_pair = rank_shards(train_pair, test_pair, args.batch_size)
+def _command_validate(args, out: _Output) -> int:
+    folder = _output_folder(args.out)
+    epsilon = _parse_epsilon(args.epsilon) if args.epsilon else None
+    model, _, train_pair, test_pair = _load_model_and_data(args, need_test=True)
+    train_pair, test_pair = _rank_shards(train_pair, test_pair, args.batch_size)
     prediction = None
     if args.prediction:
         prediction = Prediction.load(args.prediction)
     if epsilon is None:
         epsilon = prediction.epsilon if prediction is not None else "batch_std"
-    with locked(folder):
+    with _locked(folder):
         validation = validate(
             model,
             train_data=train_pair,
@@ -772,7 +788,7 @@ def command_validate(args, out: Output) -> int:
     return 0
 
 
-def report_study(result, out: Output) -> int:
+def _report_study(result, out: _Output) -> int:
     """Print a study's tables (study.md) or, with --json, the whole result."""
     markdown = Path(result.out) / "study.md"
     out.result(
@@ -782,20 +798,20 @@ def report_study(result, out: Output) -> int:
     return 0
 
 
-def command_study(args, out: Output) -> int:
+def _command_study(args, out: _Output) -> int:
     config = load_config(args.config)
     if args.out is None:
-        folder = output_folder(config["study"]["out"], given=False)
+        folder = _output_folder(config["study"]["out"], given=False)
     else:
-        folder = output_folder(args.out)
+        folder = _output_folder(args.out)
     args.rerun_continues = True
-    with locked(folder):
+    with _locked(folder):
         result = run_study(config, out=folder, log=None if args.quiet else out.log)
-    return report_study(result, out)
+    return _report_study(result, out)
 
 
-def command_demo(args, out: Output) -> int:
-    folder = output_folder(args.out or DEMO_OUT, given=args.out is not None)
+def _command_demo(args, out: _Output) -> int:
+    folder = _output_folder(args.out or DEMO_OUT, given=args.out is not None)
     config = load_config(str(resources.files("pruning_limit") / "data" / "demo.toml"))
     config["study"]["seed"] = args.seed
     if args.quick:  # a first look in seconds: one small dataset, plain and L1, a smaller model
@@ -813,22 +829,22 @@ def command_demo(args, out: Output) -> int:
         "and as the transition (collapse centre and 10-90 % width)"
     )
     args.rerun_continues = True
-    with locked(folder):
+    with _locked(folder):
         result = run_study(config, out=folder, log=None if args.quiet else out.log)
-    return report_study(result, out)
+    return _report_study(result, out)
 
 
 # -- the parser ------------------------------------------------------------------------
 
 
-class Parser(argparse.ArgumentParser):
+class _Parser(argparse.ArgumentParser):
     """argparse, with its errors in one line that ends with where to read the usage."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def parse_device(text: str) -> str:
+def _parse_device(text: str) -> str:
     """``--device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and available."""
     if text != "auto":
         try:
@@ -849,12 +865,23 @@ def parse_device(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = Parser(add_help=False)
+    """The parser of ``pruning-limit``: one subcommand each for train, spectrum,
+    predict, validate, study and demo; each sets ``handler``, the function that runs it.
+
+    Example
+    -------
+    >>> args = build_parser().parse_args(
+    ...     ["predict", "runs/m8", "--data", "manifold:d=8", "--method", "paper"]
+    ... )
+    >>> args.command, args.checkpoint, args.method, args.epsilon, args.policy, args.device
+    ('predict', 'runs/m8', ['paper'], 'batch_std', 'abs', 'auto')
+    """
+    common = _Parser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="no logs or progress bars")
     common.add_argument("--json", action="store_true", help="machine-readable result on stdout")
     common.add_argument(
         "--device",
-        type=parse_device,
+        type=_parse_device,
         default="auto",
         help="auto, cpu, cuda, cuda:N or mps (default: auto)",
     )
@@ -872,7 +899,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="under torchrun: the torch.distributed backend (default: nccl with CUDA, else gloo)",
     )
 
-    checkpoint = Parser(add_help=False)
+    checkpoint = _Parser(add_help=False)
     checkpoint.add_argument(
         "checkpoint", help="checkpoint folder, state_dict, TorchScript or pickle"
     )
@@ -908,7 +935,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     checkpoint.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
 
-    parser = Parser(
+    parser = _Parser(
         prog="pruning-limit",
         description="Predict how large a fraction of a network's weights global one-shot "
         "magnitude pruning can remove (the fraction REMOVED, as torch's `amount`), "
@@ -947,7 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", choices=INITIALISATIONS, default=None, help="weight initialisation")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--target-loss", type=float, default=None, help="stop at this train loss")
-    p.set_defaults(handler=command_train)
+    p.set_defaults(handler=_command_train)
 
     p = commands.add_parser(
         "spectrum",
@@ -976,7 +1003,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write OUT.state every STEPS Lanczos steps (default: every 60 s)",
     )
     p.add_argument("--out", default="spectrum.npz")
-    p.set_defaults(handler=command_spectrum)
+    p.set_defaults(handler=_command_spectrum)
 
     p = commands.add_parser(
         "predict",
@@ -1020,7 +1047,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None)
     p.add_argument("--out", default=None, help="write the Prediction as JSON here")
-    p.set_defaults(handler=command_predict)
+    p.set_defaults(handler=_command_predict)
 
     p = commands.add_parser(
         "validate",
@@ -1051,33 +1078,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="curvature of the refit's quadratic model",
     )
     p.add_argument("--out", default="validation", help="results folder")
-    p.set_defaults(handler=command_validate)
+    p.set_defaults(handler=_command_validate)
 
     p = commands.add_parser(
         "study", parents=[common], help="the full experiment from a TOML configuration"
     )
     p.add_argument("config", help="study configuration (TOML); see pruning_limit.study")
     p.add_argument("--out", default=None, help="results folder (default: the config's)")
-    p.set_defaults(handler=command_study)
+    p.set_defaults(handler=_command_study)
 
     p = commands.add_parser(
         "demo", parents=[common], help="the main job on built-in data (a few minutes on a CPU)"
     )
     p.add_argument("--out", default=None, help=f"results folder (default: {DEMO_OUT})")
     p.add_argument("--quick", action="store_true", help="smaller models and data (seconds)")
-    p.set_defaults(handler=command_demo)
+    p.set_defaults(handler=_command_demo)
     return parser
 
 
 DISTRIBUTED_COMMANDS = ("spectrum", "predict", "validate")
 
 
-def run_command(args, out: Output) -> int:
+def _run_command(args, out: _Output) -> int:
     """The subcommand, across the ranks of torchrun when its variables are set."""
     if not distributed.init_from_environment(args.backend):
         return args.handler(args, out)
     if args.command not in DISTRIBUTED_COMMANDS:
-        raise UserError(
+        raise _UserError(
             f"{args.command} runs in one process; under torchrun only "
             + ", ".join(DISTRIBUTED_COMMANDS)
             + " are spread over the ranks"
@@ -1096,14 +1123,28 @@ def _where() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``pruning-limit`` on ``argv`` (default: ``sys.argv[1:]``); the exit code.
+
+    0 on success, 2 on a user error (one line on stderr), 1 on an internal error, 130
+    on Ctrl-C; a command line that argparse cannot read exits 2 (``SystemExit``).
+
+    Example
+    -------
+    >>> main(["predict", "no/such/checkpoint", "--data", "manifold:d=2"])  # one line on stderr
+    2
+    >>> main(["predict", "--data", "manifold:d=2"])  # no checkpoint given
+    Traceback (most recent call last):
+    ...
+    SystemExit: 2
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     args.seed_given = args.seed is not None
     if args.seed is None:
         args.seed = 0
-    out = Output(args)
+    out = _Output(args)
     try:
-        return run_command(args, out)
+        return _run_command(args, out)
     except distributed.RankFailedError as error:
         print(f"pruning-limit: error: {_where()}{error}", file=sys.stderr)
         return 1

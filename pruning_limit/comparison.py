@@ -31,6 +31,31 @@ class ComparisonRow:
     :meth:`~pruning_limit.validation.VariantSweep.interval` for the transition's).
     A criterion whose limit is None (e.g. ``above_dense`` when no p is above dense)
     gives no row; the comparison's notes carry the reason.
+
+    Example
+    -------
+    Least squares on w* = (1, -2, 3, -4) with inputs e_1..e_4, eps = 1: the GGN is I/2,
+    so the paper's p* solves p = 1 / (1 + R(p)^2 / 4) with R^2 = 16 p - 3 on [1/4, 1/2],
+    16 p^2 + p - 4 = 0, p* = (sqrt(257) - 1) / 32 = 0.4697; pruning meets the loss
+    budget up to p = 1/4 (see :class:`~pruning_limit.validation.VariantSweep`).
+
+    >>> import torch
+    >>> model = torch.nn.Linear(4, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
+    >>> X = torch.eye(4).repeat(10, 1)
+    >>> y = X @ model.weight.detach().T   # the train loss of w_P = 0 is sum_P w_j^2 / 4
+    >>> import pruning_limit as pl
+    >>> prediction = pl.predict_limit(model, data=(X, y), loss_fn=torch.nn.MSELoss(),
+    ...                               epsilon=1.0, methods=("paper",))
+    >>> validation = pl.validate(model, train_data=(X, y), test_data=(X, y),
+    ...                          loss_fn=torch.nn.MSELoss(), epsilon=1.0, variants=("one_shot",),
+    ...                          amounts=[0.25, 0.5, 0.75], reference_grid=None, progress=False)
+    >>> row = compare(prediction, validation).row("paper", "one_shot", "loss_budget")
+    >>> round(row.predicted, 4), row.actual, row.actual_interval, round(row.error_pp, 1)
+    (0.4697, 0.25, (0.25, 0.5), 22.0)
+    >>> row.inside, row.overlap   # p* is outside the bracket [0.25, 0.5) but meets it
+    (False, True)
     """
 
     method: str
@@ -49,7 +74,32 @@ class ComparisonRow:
 
 @dataclass
 class Comparison:
-    """Every predictor of a Prediction against every variant and criterion of a Validation."""
+    """Every predictor of a Prediction against every variant and criterion of a Validation.
+
+    Example
+    -------
+    The least-squares network of :class:`ComparisonRow`:
+
+    >>> import torch
+    >>> model = torch.nn.Linear(4, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
+    >>> X = torch.eye(4).repeat(10, 1)
+    >>> y = X @ model.weight.detach().T   # the train loss of w_P = 0 is sum_P w_j^2 / 4
+    >>> import pruning_limit as pl
+    >>> prediction = pl.predict_limit(model, data=(X, y), loss_fn=torch.nn.MSELoss(),
+    ...                               epsilon=1.0, methods=("paper",))
+    >>> validation = pl.validate(model, train_data=(X, y), test_data=(X, y),
+    ...                          loss_fn=torch.nn.MSELoss(), epsilon=1.0, variants=("one_shot",),
+    ...                          amounts=[0.25, 0.5, 0.75], reference_grid=None, progress=False)
+    >>> comparison = compare(prediction, validation)
+    >>> [(row.method, row.variant, row.criterion) for row in comparison.rows]
+    [('paper', 'one_shot', 'loss_budget')]
+    >>> comparison.to_markdown().splitlines()[2].split(" | ")[3:]   # the row's table cells
+    ['0.4697', '[0.4697, 0.4697]', '0.2500', '[0.2500, 0.5000]', '+22.0', 'no', 'yes |']
+    >>> comparison.to_dict()["fraction"]
+    'removed'
+    """
 
     rows: list
     epsilon_predicted: float

@@ -396,7 +396,25 @@ class CurvatureOperator(ModelLoss):
 
 
 class HessianOperator(CurvatureOperator):
-    """The Hessian C = d^2 L / dw^2 (see :class:`CurvatureOperator`)."""
+    """The Hessian C = d^2 L / dw^2 (see :class:`CurvatureOperator`).
+
+
+    Example
+    -------
+    The product of two scalar weights, f = w2 w1 x, with squared error at w1 = w2 = 1,
+    x = 1, y = 0: L = (w1 w2)^2, whose Hessian [[2 w2^2, 4 w1 w2], [4 w1 w2, 2 w1^2]] has
+    an eigenvalue -2 (the GGN leaves out the residual's term; see :class:`GGNOperator`).
+
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False),
+    ...                             torch.nn.Linear(1, 1, bias=False)).double()
+    >>> for layer in model:
+    ...     _ = torch.nn.init.ones_(layer.weight)
+    >>> X, y = torch.ones(2, 1, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)
+    >>> hessian = HessianOperator(model, torch.nn.MSELoss(), (X, y)).matrix()
+    >>> hessian.tolist(), torch.linalg.eigvalsh(hessian).tolist()
+    ([[2.0, 4.0], [4.0, 2.0]], [-2.0, 6.0])
+    """
 
     curvature = "hessian"
 
@@ -438,7 +456,24 @@ class HessianOperator(CurvatureOperator):
 
 class GGNOperator(CurvatureOperator):
     """The generalised Gauss-Newton matrix sum_b (n_b/N) J_b^T (d^2 l/df^2) J_b
-    (see :class:`CurvatureOperator`)."""
+    (see :class:`CurvatureOperator`).
+
+
+    Example
+    -------
+    For f = w2 w1 x with squared error (the model of :class:`HessianOperator`'s
+    example) J = [w2 x, w1 x] and d^2 l/df^2 = 2, so at w1 = w2 = 1, x = 1 the GGN is
+    2 J^T J, positive semi-definite, whatever the residual.
+
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False),
+    ...                             torch.nn.Linear(1, 1, bias=False)).double()
+    >>> for layer in model:
+    ...     _ = torch.nn.init.ones_(layer.weight)
+    >>> X, y = torch.ones(2, 1, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)
+    >>> GGNOperator(model, torch.nn.MSELoss(), (X, y)).matrix().tolist()
+    [[2.0, 2.0], [2.0, 2.0]]
+    """
 
     curvature = "ggn"
 

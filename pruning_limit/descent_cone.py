@@ -42,6 +42,18 @@ class ExactStatisticalDimension:
     cvxpy_failures
         Cross-check solves that did not reach an optimal status (the secular answer is
         kept for them).
+
+    Example
+    -------
+    The unit ball (C = I, eps = 1/2) seen from an apex inside it (K is the whole space)
+    and on its surface (K is a half-space), both exact, without sampling:
+
+    >>> inside = statdim_exact(np.eye(2), np.array([0.5, 0.0]), 0.5)
+    >>> inside.case, inside.fraction, inside.standard_error
+    ('whole space', 1.0, 0.0)
+    >>> on = statdim_exact(np.eye(2), np.array([1.0, 0.0]), 0.5)
+    >>> on.case, on.fraction                                # (D - 1/2) / D
+    ('half-space', 0.75)
     """
 
     fraction: float
@@ -83,6 +95,20 @@ class DescentCone:
         u = w* - apex in C's eigenbasis (``eigenvectors.T @ (w* - apex)``).
     epsilon
         The loss budget eps > 0.
+
+    Example
+    -------
+    The unit ball (C = I, eps = 1/2) seen from distance 2 subtends a cone of half-angle
+    30 degrees around the direction of w*; a point outside it projects onto the
+    nearest boundary ray, d = (cos 30, sin 30), as (g . d) d.
+
+    >>> cone = DescentCone(np.ones(2), np.array([2.0, 0.0]), epsilon=0.5)
+    >>> cone.case, cone.contains(np.array([[1.0, 0.5], [0.0, 1.0], [-1.0, 0.0]])).tolist()
+    ('cone', [True, False, False])
+    >>> cone.project(np.array([[0.5, 1.0]])).round(6).tolist()
+    [[0.808013, 0.466506]]
+    >>> DescentCone(np.ones(2), np.array([0.5, 0.0]), epsilon=0.5).case   # apex inside
+    'whole space'
     """
 
     def __init__(self, eigenvalues: np.ndarray, center: np.ndarray, epsilon: float) -> None:
@@ -302,6 +328,16 @@ def descent_cone(
     ``curvature`` is C (D x D) or its eigendecomposition ``(eigenvalues, eigenvectors)``;
     ``center`` is w* - apex in the original coordinates. Returns the cone and the
     eigenvectors (its coordinates are ``eigenvectors.T @ x``).
+
+    Example
+    -------
+    >>> cone, vectors = descent_cone((np.ones(2), np.eye(2)), [2.0, 0.0], epsilon=0.5)
+    >>> cone.case, cone.dimension, cone.center.tolist()
+    ('cone', 2, [2.0, 0.0])
+    >>> descent_cone(np.eye(2), [2.0, 0.0, 0.0], epsilon=0.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: center must have length D = 2, got (3,)
     """
     eigenvalues, eigenvectors = _eigen(curvature, policy)
     center = np.asarray(center, dtype=np.float64)
@@ -324,6 +360,16 @@ def project_onto_descent_cone(
     ``solver="secular"`` (exact, vectorised) or ``"cvxpy"`` (Clarabel, one SOCP per
     point; a failed solve falls back to the secular answer). Coordinates are the
     original ones.
+
+    Example
+    -------
+    The unit ball seen from distance 2 (cone of half-angle 30 degrees, see
+    :class:`DescentCone`): a point inside the cone stays, one outside goes to
+    (g . d) d on the boundary ray d = (cos 30, sin 30).
+
+    >>> points = [[3.0, 0.0], [0.5, 1.0]]
+    >>> project_onto_descent_cone(points, np.eye(2), [2.0, 0.0], epsilon=0.5).round(6).tolist()
+    [[3.0, 0.0], [0.808013, 0.466506]]
     """
     cone, vectors = descent_cone(curvature, center, epsilon, policy)
     coords = np.atleast_2d(np.asarray(points, dtype=np.float64)) @ vectors

@@ -54,53 +54,101 @@ _state = {"depth": 0, "barriers": 0, "timeout": None}
 
 
 class RankFailedError(RuntimeError):
-    """Another rank failed (its message follows), or the ranks stopped answering."""
+    """Another rank failed (its message follows), or the ranks stopped answering.
+
+    A ``RuntimeError``, so code that handles torch.distributed's errors handles it too.
+
+    >>> issubclass(RankFailedError, RuntimeError)
+    True
+    """
 
 
 # -- who we are ------------------------------------------------------------------------------
 
 
 def is_distributed() -> bool:
-    """Whether a ``torch.distributed`` process group of more than one rank is running."""
+    """Whether a ``torch.distributed`` process group of more than one rank is running.
+
+    >>> is_distributed()   # one process, no process group
+    False
+    """
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def world_size() -> int:
-    """The number of ranks (1 without an initialised process group)."""
+    """The number of ranks (1 without an initialised process group).
+
+    >>> world_size()
+    1
+    """
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def rank() -> int:
-    """This process's rank (0 without an initialised process group)."""
+    """This process's rank (0 without an initialised process group).
+
+    >>> rank()
+    0
+    """
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def is_main() -> bool:
-    """Whether this rank writes files and shows progress (rank 0)."""
+    """Whether this rank writes files and shows progress (rank 0).
+
+    >>> is_main()   # a single process is rank 0
+    True
+    """
     return rank() == 0
 
 
 def backend() -> str | None:
-    """The process group's backend (``"gloo"``, ``"nccl"``, ...), or None."""
+    """The process group's backend (``"gloo"``, ``"nccl"``, ...), or None.
+
+    >>> print(backend())   # no process group
+    None
+    """
     if dist.is_available() and dist.is_initialized():
         return str(dist.get_backend())
     return None
 
 
 def record() -> dict:
-    """``{"world_size": N, "backend": ...}``: what results keep of how they were computed."""
+    """``{"world_size": N, "backend": ...}``: what results keep of how they were computed.
+
+    >>> record()
+    {'world_size': 1, 'backend': None}
+    """
     return {"world_size": world_size(), "backend": backend()}
 
 
 def timeout() -> float:
-    """Seconds a rank waits in one collective before it declares the others lost."""
+    """Seconds a rank waits in one collective before it declares the others lost.
+
+    :func:`set_timeout`'s value, else ``PRUNING_LIMIT_TIMEOUT``, else 1800.
+
+    >>> set_timeout(60)
+    >>> timeout()
+    60.0
+    >>> set_timeout(None)   # back to the variable or the default
+    """
     if _state["timeout"] is not None:
         return _state["timeout"]
     return float(os.environ.get(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT))
 
 
 def set_timeout(seconds: float | None) -> None:
-    """Set :func:`timeout` (None: back to ``PRUNING_LIMIT_TIMEOUT`` or the default)."""
+    """Set :func:`timeout` (None: back to ``PRUNING_LIMIT_TIMEOUT`` or the default).
+
+    >>> set_timeout(2.5)
+    >>> timeout()
+    2.5
+    >>> set_timeout(None)
+    >>> set_timeout(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: the timeout must be a positive number of seconds, got 0
+    """
     if seconds is not None and not seconds > 0:
         raise ValueError(f"the timeout must be a positive number of seconds, got {seconds!r}")
     _state["timeout"] = None if seconds is None else float(seconds)
@@ -131,7 +179,13 @@ def shard_range(num_samples: int, batch_size: int, index: int, count: int) -> tu
 
 
 def shard(pair, batch_size: int = 1):
-    """This rank's shard (:func:`shard_range`) of a pair of tensors ``(X, y)``."""
+    """This rank's shard (:func:`shard_range`) of a pair of tensors ``(X, y)``.
+
+    >>> X, y = torch.arange(10.0).reshape(5, 2), torch.arange(5)
+    >>> inputs, targets = shard((X, y), batch_size=2)   # one rank: all of it
+    >>> tuple(inputs.shape), targets.tolist()
+    ((5, 2), [0, 1, 2, 3, 4])
+    """
     inputs, targets = pair
     start, stop = shard_range(int(inputs.shape[0]), batch_size, rank(), world_size())
     return inputs[start:stop], targets[start:stop]
@@ -208,7 +262,12 @@ def _communication_device() -> torch.device:
 
 
 def all_reduce_sum(tensor: torch.Tensor, what: str = "a sum over ranks") -> torch.Tensor:
-    """The sum of ``tensor`` over ranks (a new tensor on its device; itself with one rank)."""
+    """The sum of ``tensor`` over ranks (a new tensor on its device; itself with one rank).
+
+    >>> local = torch.tensor([1.0, 2.0])
+    >>> all_reduce_sum(local) is local   # one rank: the sum is its own
+    True
+    """
     if not is_distributed():
         return tensor
     device = _communication_device()
@@ -218,12 +277,20 @@ def all_reduce_sum(tensor: torch.Tensor, what: str = "a sum over ranks") -> torc
 
 
 def sum_over_ranks(value: int, what: str = "a count over ranks") -> int:
-    """An integer summed over ranks."""
+    """An integer summed over ranks.
+
+    >>> sum_over_ranks(7)   # one rank
+    7
+    """
     return int(all_reduce_sum(torch.tensor([int(value)], dtype=torch.int64), what).item())
 
 
 def gather_rows(tensor: torch.Tensor, what: str = "a gather over ranks") -> torch.Tensor:
-    """The concatenation, in rank order, of every rank's ``tensor`` (1-d, any lengths)."""
+    """The concatenation, in rank order, of every rank's ``tensor`` (1-d, any lengths).
+
+    >>> gather_rows(torch.tensor([3, 1, 2])).tolist()   # one rank: its own rows
+    [3, 1, 2]
+    """
     if not is_distributed():
         return tensor
     device = _communication_device()
@@ -241,6 +308,9 @@ def broadcast_object(value, what: str = "a broadcast from rank 0"):
 
     Serialised with ``torch.save`` and read back with ``weights_only=True``: nothing
     that could run code travels.
+
+    >>> broadcast_object({"steps": 10, "nodes": [0.5, 2.0]})   # one rank: its own value
+    {'steps': 10, 'nodes': [0.5, 2.0]}
     """
     if not is_distributed():
         return value
@@ -273,6 +343,16 @@ def failure_barrier(what: str = "pruning_limit"):
     left for the others; the others raise :class:`RankFailedError` with that message
     from the collective they wait in, or from the closing check that every rank
     finished. Nested barriers act as one. With one process: nothing is added.
+
+    >>> with failure_barrier("a sum"):
+    ...     total = all_reduce_sum(torch.ones(3)).sum().item()
+    >>> total
+    3.0
+    >>> with failure_barrier("a check"):   # the error itself, after telling the other ranks
+    ...     raise ValueError("bad data on this rank")
+    Traceback (most recent call last):
+    ...
+    ValueError: bad data on this rank
     """
     if not is_distributed() or _state["depth"] > 0:
         _state["depth"] += 1
@@ -298,7 +378,14 @@ def failure_barrier(what: str = "pruning_limit"):
 
 
 def collective(function: Callable) -> Callable:
-    """Decorate a public entry point: it runs inside :func:`failure_barrier`."""
+    """Decorate a public entry point: it runs inside :func:`failure_barrier`.
+
+    >>> @collective
+    ... def count(pair):
+    ...     return sum_over_ranks(len(pair[0]))
+    >>> count.__name__, count((torch.zeros(4, 2), torch.zeros(4)))
+    ('count', 4)
+    """
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
@@ -315,6 +402,10 @@ def init_from_environment(backend_name: str | None = None) -> bool:
     one is already initialised or the variables are absent. Default backend: NCCL
     when CUDA is available, else gloo; with NCCL each rank takes the GPU
     ``LOCAL_RANK``.
+
+    >>> import os
+    >>> "WORLD_SIZE" in os.environ, init_from_environment()   # not under torchrun
+    (False, False)
     """
     if dist.is_available() and dist.is_initialized():
         return is_distributed()

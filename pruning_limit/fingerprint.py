@@ -105,7 +105,14 @@ def _mix(values: np.ndarray) -> np.ndarray:
 
 
 def describe_mismatch(recorded: dict, current: dict) -> list[str]:
-    """The names of what differs between two fingerprints (keys present in both)."""
+    """The names of what differs between two fingerprints (keys present in both).
+
+    >>> recorded = {"weights": "3f1a", "other": "77b0", "data": "c2d4"}
+    >>> describe_mismatch(recorded, {"weights": "9e05", "other": "77b0", "data": "c2d4"})
+    ['prunable weights']
+    >>> describe_mismatch(recorded, {"weights": "3f1a", "data": "0000"})   # no "other"
+    ['data']
+    """
     names = {"weights": "prunable weights", "other": "other parameters or buffers",
              "data": "data"}  # fmt: skip
     return [

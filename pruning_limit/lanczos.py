@@ -675,7 +675,18 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def remove_state(path: str | Path) -> None:
-    """Delete an SLQ state (a folder; a single file from an older version)."""
+    """Delete an SLQ state (a folder; a single file from an older version).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     state = Path(folder) / "spectrum.npz.state"
+    ...     state.mkdir()
+    ...     _ = (state / "basis-0.npy").write_bytes(b"")
+    ...     remove_state(state)
+    ...     remove_state(state)   # already gone: nothing to do
+    ...     state.exists()
+    False
+    """
     path = Path(path)
     if path.is_dir():
         shutil.rmtree(path)

@@ -75,6 +75,16 @@ class PrunedNorm:
     With s_1 <= ... <= s_D the sorted squares and S_k their partial sums, R(p)^2 is
     S_k at p = k / D and linear in p D in between. Sorting happens once; calls are
     vectorised over p.
+
+    Example
+    -------
+    >>> norm = PrunedNorm([3.0, -1.0, 2.0])
+    >>> float(norm(1 / 3)), norm.squared(0.5)       # |-1|; 1 + (1.5 - 1) * 2^2
+    (1.0, 3.0)
+    >>> norm.orthogonal_squared(0.5)                # R^2 (1 - p) / p
+    3.0
+    >>> norm.removed_vector(0.5).round(6).tolist()  # 2 enters scaled by sqrt(1/2)
+    [0.0, -1.0, 1.414214]
     """
 
     def __init__(self, weights) -> None:
@@ -159,6 +169,13 @@ def first_crossing(function: Callable[[float], float], grid: np.ndarray = _GRID)
 
     The grid is scanned for the first sign change, then refined with Brent's method.
     Returns 1.0 when the function stays positive on [0, 1).
+
+    >>> round(first_crossing(lambda p: 0.3 - p), 12)
+    0.3
+    >>> first_crossing(lambda p: (p - 0.2) * (p - 0.6))    # the first of two roots
+    0.2
+    >>> first_crossing(lambda p: 1.0)
+    1.0
     """
     previous = None
     for p in grid:
@@ -260,7 +277,15 @@ def closed_form_limit(
 
 
 def check_methods(methods: Iterable[str]) -> tuple[str, ...]:
-    """Validate method names; raise ``ValueError`` listing the known ones."""
+    """Validate method names; raise ``ValueError`` listing the known ones.
+
+    >>> check_methods("paper"), check_methods(["paper", "quadratic"])
+    (('paper',), ('paper', 'quadratic'))
+    >>> check_methods(["papr"])   # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown method(s) ['papr']; known: paper, orthogonal, trace_bound, ...
+    """
     if isinstance(methods, str):
         methods = (methods,)
     methods = tuple(methods)
@@ -286,6 +311,19 @@ def statistical_dimension_curve(
 
     ``form`` is ``"paper"`` (c = R(p)^2 / (2 eps)), ``"orthogonal"`` (R^2 (1 - p)/p) or
     ``"trace_bound"``. Returns (p, delta/D), p the fraction removed.
+
+    Example
+    -------
+    Eigenvalues 0, 1, 3 and weights 3, -1, 2 at eps = 1/2: at p = 1/2, R^2 = 3 = c, so
+    delta/D = (1 + 1/4 + 1/10) / 3 = 0.45; the trace bound is 1 / (1 + 3 * 4/3) = 0.2.
+
+    >>> s = Spectrum(nodes=[[0.0, 1.0, 3.0]], weights=np.full((1, 3), 1 / 3), dimension=3,
+    ...              zero_rows=0, curvature="ggn", method="exact")
+    >>> p, delta = statistical_dimension_curve(s, [3.0, -1.0, 2.0], 0.5, [0.0, 0.5])
+    >>> p.tolist(), delta.round(6).tolist()
+    ([0.0, 0.5], [1.0, 0.45])
+    >>> statistical_dimension_curve(s, [3.0, -1.0, 2.0], 0.5, [0.5], form="trace_bound")[1]
+    array([0.2])
     """
     check_policy(policy)
     if form not in CLOSED_FORMS:
@@ -539,6 +577,14 @@ def _seeds(spectrum: Spectrum, methods: Sequence[str], seed: int) -> dict:
 
 
 def check_statdim_dimension(methods: Sequence[str], dimension: int) -> None:
+    """Refuse ``statdim_exact`` among ``methods`` for D above ``STATDIM_EXACT_LIMIT``.
+
+    >>> check_statdim_dimension(("paper",), 10**6)           # no statdim_exact: no limit
+    >>> check_statdim_dimension(("statdim_exact",), 10**6)   # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: statdim_exact needs D <= ... got D = 1000000
+    """
     if "statdim_exact" in methods and dimension > STATDIM_EXACT_LIMIT:
         raise ValueError(
             f"statdim_exact needs D <= {STATDIM_EXACT_LIMIT} (one D x D eigendecomposition "

@@ -35,7 +35,14 @@ def is_classification(targets: torch.Tensor) -> bool:
 
 
 def targets_like(targets: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """``targets`` on the device of ``reference``; floating targets also in its dtype."""
+    """``targets`` on the device of ``reference``; floating targets also in its dtype.
+
+    >>> reference = torch.zeros(3, dtype=torch.float64)
+    >>> targets_like(torch.tensor([0.5]), reference).dtype   # regression targets: its dtype
+    torch.float64
+    >>> targets_like(torch.tensor([2, 0]), reference).dtype  # class labels stay integers
+    torch.int64
+    """
     if targets.is_floating_point():
         return targets.to(device=reference.device, dtype=reference.dtype)
     return targets.to(reference.device)

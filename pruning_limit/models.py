@@ -226,7 +226,11 @@ def _check_int_list(kind: str, name: str, value, *, allow_empty: bool) -> None:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """The number of scalar parameters of ``model`` (biases and normalisation included)."""
+    """The number of scalar parameters of ``model`` (biases and normalisation included).
+
+    >>> count_parameters(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)))
+    26
+    """
     return sum(parameter.numel() for parameter in model.parameters())
 
 

@@ -57,6 +57,14 @@ def loss_rise(curvature, weights, gradient, removal_fractions) -> np.ndarray:
         w* and g, flat, in the curvature's coordinate order.
     removal_fractions
         The p at which to evaluate (fractions REMOVED).
+
+    Example
+    -------
+    >>> C, w = np.diag([2.0, 2.0, 2.0, 2.0]), np.array([0.1, 0.2, 0.3, 0.4])
+    >>> loss_rise(C, w, np.zeros(4), [0.25, 0.5, 1.0]).round(6).tolist()   # |w_P|^2
+    [0.01, 0.05, 0.3]
+    >>> loss_rise(C, w, np.array([1.0, 0.0, 0.0, 0.0]), [0.25]).round(6).tolist()   # -0.1 + 0.01
+    [-0.09]
     """
     norm = PrunedNorm(weights)
     g = np.asarray(gradient.detach().cpu() if torch.is_tensor(gradient) else gradient)
@@ -80,6 +88,17 @@ def taylor_onset(
     Evaluated on a uniform grid of ``points`` values of p in [0, 1] (one block of
     curvature products) and interpolated linearly between the grid points around the
     first crossing; 1.0 when the rise stays below eps.
+
+    Example
+    -------
+    With C = 2 I and w* = (0.1, 0.2, 0.3, 0.4) the rise on the grid 0, 1/4, ..., 1 is
+    0, 0.01, 0.05, 0.14, 0.3; eps = 0.03 is crossed half-way between 1/4 and 1/2:
+
+    >>> C, w = np.diag([2.0, 2.0, 2.0, 2.0]), np.array([0.1, 0.2, 0.3, 0.4])
+    >>> round(taylor_onset(C, w, np.zeros(4), 0.03, points=5), 6)
+    0.375
+    >>> taylor_onset(C, w, np.zeros(4), 1.0)   # the rise stays below eps
+    1.0
     """
     epsilon = float(check_epsilon(epsilon))
     if points < 2:

@@ -26,7 +26,13 @@ PRUNABLE_MODULES = (nn.Linear, *CONVOLUTIONS)
 
 
 class NoPrunableParameterError(ValueError):
-    """The model has no weight of a Linear or Conv layer (and none was given)."""
+    """The model has no weight of a Linear or Conv layer (and none was given).
+
+    >>> resolve_parameters(torch.nn.Sequential(torch.nn.ReLU()))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pruning_limit.parameters.NoPrunableParameterError: Sequential has no prunable parameter: ...
+    """
 
 
 
@@ -50,7 +56,7 @@ def prunable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     for module_name, module in model.named_modules():
         # A loaded TorchScript module hands its parameters out as plain tensors.
         weight = dict(module.named_parameters(recurse=False)).get("weight")
-        if is_layer(module, PRUNABLE_MODULES) and weight is not None:
+        if _is_layer(module, PRUNABLE_MODULES) and weight is not None:
             if id(weight) not in seen:
                 seen.add(id(weight))
                 found.append((f"{module_name}.weight" if module_name else "weight", weight))
@@ -125,7 +131,13 @@ def resolve_parameters(
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then MPS, then the CPU; anything else is checked."""
+    """``"auto"`` picks CUDA, then MPS, then the CPU; anything else is checked.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("auto").type in ("cuda", "mps", "cpu")
+    True
+    """
     if str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -143,7 +155,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 
-def is_layer(module: nn.Module, kinds: tuple[type, ...]) -> bool:
+def _is_layer(module: nn.Module, kinds: tuple[type, ...]) -> bool:
     """Whether ``module`` is one of ``kinds``; inside a TorchScript module, whether it
     was scripted (or traced) from one, by its ``original_name``."""
     if isinstance(module, torch.jit.ScriptModule):
@@ -153,8 +165,14 @@ def is_layer(module: nn.Module, kinds: tuple[type, ...]) -> bool:
 
 
 def has_convolution(model: nn.Module) -> bool:
-    """Whether any submodule is a convolution."""
-    return any(is_layer(module, CONVOLUTIONS) for module in model.modules())
+    """Whether any submodule is a convolution.
+
+    >>> has_convolution(torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.Flatten()))
+    True
+    >>> has_convolution(torch.nn.Linear(2, 1))
+    False
+    """
+    return any(_is_layer(module, CONVOLUTIONS) for module in model.modules())
 
 
 
@@ -169,6 +187,15 @@ def call_with(model: nn.Module, state: dict[str, torch.Tensor], inputs: torch.Te
     for an eager module. Optimised execution is off during the call: its fused
     differentiable subgraphs do not support the double backward that Hessian
     products take.
+
+    Example
+    -------
+    >>> model = torch.nn.Linear(2, 1, bias=False)
+    >>> state = {"weight": torch.tensor([[1.0, 2.0]])}
+    >>> call_with(model, state, torch.tensor([[3.0, 4.0]])).item()   # 1*3 + 2*4
+    11.0
+    >>> model.weight.equal(state["weight"])   # the model keeps its own weights
+    False
     """
     if not isinstance(model, torch.jit.ScriptModule):
         return functional_call(model, state, (inputs,))
@@ -195,7 +222,15 @@ def _set_script_slots(model: torch.jit.ScriptModule, state: dict[str, torch.Tens
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
-    """Run ``model`` in eval mode and restore every submodule's mode afterwards."""
+    """Run ``model`` in eval mode and restore every submodule's mode afterwards.
+
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    >>> _ = model[1].eval()   # one submodule already in eval mode stays so
+    >>> with eval_mode(model):
+    ...     inside = [m.training for m in model.modules()]
+    >>> inside, [m.training for m in model.modules()]
+    ([False, False, False], [True, True, False])
+    """
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:

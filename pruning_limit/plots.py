@@ -103,6 +103,24 @@ def plot_validation(validation, path, prediction=None) -> Path:
     -------
     Path
         The PNG written.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> import pruning_limit as pl
+    >>> import torch
+    >>> model = torch.nn.Linear(4, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
+    >>> X = torch.eye(4).repeat(10, 1)
+    >>> y = X @ model.weight.detach().T   # the train loss of w_P = 0 is sum_P w_j^2 / 4
+    >>> validation = pl.validate(model, train_data=(X, y), test_data=(X, y),
+    ...                          loss_fn=torch.nn.MSELoss(), epsilon=1.0, variants=("one_shot",),
+    ...                          amounts=[0.25, 0.5, 0.75], reference_grid=None, progress=False)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = plot_validation(validation, Path(folder) / "validation")
+    ...     path.name, path.read_bytes()[1:4]
+    ('validation.png', b'PNG')
     """
     classification = validation.task == "classification"
     figure = _figure(1, 2 if classification else 1, 5.6, 4.2)
@@ -207,6 +225,19 @@ def plot_statistical_dimension(prediction, path) -> Path:
     The closed-form limits are where a curve crosses the diagonal (the fixed point
     p = delta(R(p))/D). The paper's curve carries a band of +- 2 standard errors
     over probes (zero for an exact spectrum).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from pruning_limit.limit import predict_from_spectrum
+    >>> from pruning_limit.spectrum import Spectrum
+    >>> s = Spectrum(nodes=[[0.0, 1.0, 3.0]], weights=np.full((1, 3), 1 / 3), dimension=3,
+    ...              zero_rows=0, curvature="ggn", method="exact")
+    >>> prediction = predict_from_spectrum(s, [3.0, -1.0, 2.0], 0.5)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = plot_statistical_dimension(prediction, Path(folder) / "statdim.png")
+    ...     path.name, path.read_bytes()[1:4]
+    ('statdim.png', b'PNG')
     """
     curves = prediction.curves
     grid = np.asarray(curves["removal_fraction"], dtype=float)
@@ -253,6 +284,17 @@ def plot_spectral_density(spectrum, path, points: int = 600) -> Path:
     over the node range, log density. Right: the fraction of eigenvalues with
     |lambda| <= x on a log x axis, which shows the bulk of tiny eigenvalues that
     decides tr g_c(C) at large c; the zero rows sit at the left edge.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from pruning_limit.spectrum import Spectrum
+    >>> s = Spectrum(nodes=[[1e-3, 0.5, 2.0]], weights=np.full((1, 3), 1 / 3), dimension=4,
+    ...              zero_rows=1, curvature="ggn", method="exact")
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = plot_spectral_density(s, Path(folder) / "density.png", points=100)
+    ...     path.name, path.read_bytes()[1:4]
+    ('density.png', b'PNG')
     """
     nodes = np.asarray(spectrum.nodes, dtype=float)
     weights = np.asarray(spectrum.weights, dtype=float)
@@ -312,6 +354,27 @@ def plot_study(study, path, criterion: str = "collapse") -> Path:
         Where to write the PNG.
     criterion
         The criterion of the solid lines (one of ``CRITERIA``).
+
+    Example
+    -------
+    Two hand-made runs, with what the figure reads of a study's rows:
+
+    >>> import tempfile
+    >>> from pruning_limit.study import StudyResult
+    >>> rows = [{"run": f"manifold-d{d}", "dataset": "manifold", "regularisation": "plain",
+    ...          "dtype": "float32", "intrinsic_dimension": float(d),
+    ...          "intrinsic_dimension_label": "latent d",
+    ...          "predicted": {"paper": {"p": 0.95 - 0.01 * d, "interval": [0.9, 0.95]}},
+    ...          "actual": {"one_shot": {"accuracy": 0.5, "accuracy_interval": [0.45, 0.55],
+    ...                                  "collapse": 0.9 - 0.02 * d,
+    ...                                  "collapse_start": 0.8 - 0.02 * d,
+    ...                                  "collapse_end": 0.95 - 0.02 * d}}}
+    ...         for d in (2, 8)]
+    >>> study = StudyResult(name="hand-made", out="unused", rows=rows, summary=[], config={})
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = plot_study(study, Path(folder) / "study.png")
+    ...     path.name, path.read_bytes()[1:4]
+    ('study.png', b'PNG')
     """
     from .validation import CRITERIA
 

@@ -123,6 +123,13 @@ class MethodEstimate:
         p* at eps / 10 and eps * 10 (point estimates).
     notes
         Anything a reader should know.
+
+    Example
+    -------
+    >>> estimate = MethodEstimate("paper", removal_fraction=0.8, interval=(0.78, 0.83),
+    ...                           radius=1.2, scale=3.6)
+    >>> round(estimate.kept_fraction, 6), estimate.uncertainty
+    (0.2, {})
     """
 
     method: str
@@ -180,6 +187,28 @@ class Prediction:
         The network's :class:`~pruning_limit.regime.Regime` as a dict
         (:meth:`Regime.to_dict`; :meth:`network_regime` reads it back), measured at
         ``paper``'s p*; ``None`` without a model and its training data.
+
+    Example
+    -------
+    Eigenvalues 0, 1, 3 and weights 3, -1, 2 at eps = 1/2 (an exact spectrum):
+
+    >>> import numpy as np, tempfile
+    >>> from pruning_limit.limit import predict_from_spectrum
+    >>> from pruning_limit.spectrum import Spectrum
+    >>> s = Spectrum(nodes=[[0.0, 1.0, 3.0]], weights=np.full((1, 3), 1 / 3), dimension=3,
+    ...              zero_rows=0, curvature="ggn", method="exact")
+    >>> prediction = predict_from_spectrum(s, [3.0, -1.0, 2.0], 0.5,
+    ...                                    methods=("paper", "trace_bound"))
+    >>> round(prediction.removal_fraction("paper"), 4), round(prediction.kept_fraction("paper"), 4)
+    (0.4647, 0.5353)
+    >>> round(prediction.removal_fraction("trace_bound"), 4), prediction.fraction
+    (0.3608, 'removed')
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     loaded = Prediction.load(prediction.save(Path(folder) / "prediction"))
+    >>> loaded == prediction
+    True
+    >>> print(prediction.calibrated_interval())   # no model, no regime: no calibrated interval
+    None
     """
 
     estimates: dict
@@ -441,6 +470,13 @@ def measured_errors() -> dict:
     one-shot pruning's accuracy limit (the onset of damage) and collapse centre, and
     the re-fitted and fine-tuned networks' loss-budget limits. An interval on p* covers the error of
     the spectrum only; this is the error of the model behind the prediction.
+
+    >>> errors = measured_errors()
+    >>> errors["error"]
+    'predicted - actual, percentage points of the fraction removed'
+    >>> all("mean_error_pp" in cell for cells in errors["methods"].values()
+    ...     for cell in cells.values())
+    True
     """
     text = resources.files("pruning_limit").joinpath(MEASURED_ERRORS_FILE).read_text()
     return json.loads(text)

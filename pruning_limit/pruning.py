@@ -101,6 +101,15 @@ def number_to_prune(amount: float, dimension: int) -> int:
         If ``amount`` is not a real number.
     ValueError
         If ``amount`` is outside [0, 1] (or NaN), or a non-zero integer.
+
+    Example
+    -------
+    >>> number_to_prune(0.5, 5), number_to_prune(0.3, 10), number_to_prune(1.0, 10)
+    (2, 3, 10)
+    >>> number_to_prune(1, 10)   # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: amount must be a float fraction in [0, 1], got the integer 1, which ...
     """
     if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
         raise TypeError(f"amount must be a float in [0, 1], got {type(amount).__name__}")
@@ -249,6 +258,19 @@ def pruned(
     ------
     dict
         The keep-masks applied, by parameter name.
+
+    Example
+    -------
+    >>> model = torch.nn.Linear(4, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
+    >>> with pruned(model, {"weight": torch.tensor([[True, False, True, False]])}):
+    ...     inside = model.weight.tolist()
+    >>> inside, model.weight.tolist()   # restored exactly on exit
+    ([[1.0, 0.0, 3.0, 0.0]], [[1.0, -2.0, 3.0, -4.0]])
+    >>> with pruned(model, 0.75) as masks:   # the 3 smallest |w| go
+    ...     masks["weight"].tolist()
+    [[False, False, False, True]]
     """
     if isinstance(mask_or_amount, Mapping):
         if params is not None:
@@ -288,6 +310,12 @@ class SweepPoint:
         D, the number of prunable weights.
     metrics
         What ``evaluate_fn`` returned for the pruned network.
+
+    Example
+    -------
+    >>> point = SweepPoint(amount=0.3, removed=1, dimension=4, metrics={"test_accuracy": 0.9})
+    >>> point.removal_fraction   # round(0.3 * 4) = 1 of 4 weights
+    0.25
     """
 
     amount: float
@@ -441,6 +469,25 @@ def sweep(
     -------
     list of SweepPoint
         Every evaluated amount and every known point, sorted by amount.
+
+    Example
+    -------
+    The weights 1, -2, 3, -4 and, as the metric, the mass sum |w| that stays; the
+    network counts as broken below 9:
+
+    >>> model = torch.nn.Linear(4, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
+    >>> def kept_mass(model):
+    ...     return {"kept_mass": model.weight.abs().sum().item()}
+    >>> def broken(metrics):
+    ...     return metrics["kept_mass"] < 9
+    >>> points = sweep(model, kept_mass, is_broken=broken, amounts=[0.0, 0.25, 0.5, 0.75],
+    ...                progress=False)
+    >>> [(point.removed, point.metrics["kept_mass"]) for point in points]
+    [(0, 10.0), (1, 9.0), (2, 7.0), (3, 4.0)]
+    >>> limit_from_sweep(points, broken)
+    0.25
     """
     criteria = _validated_criteria(is_broken)
     grid = _validated_amounts(DEFAULT_AMOUNTS if amounts is None else amounts)
@@ -500,6 +547,21 @@ def sweep_down(
     -------
     list of SweepPoint
         Every evaluated amount and every known point, sorted by amount.
+
+    Example
+    -------
+    The largest p that keeps a mass sum |w| of at least 7 (weights 1, -2, 3, -4): 0.75
+    keeps 4, 0.5 keeps 7, so nothing below 0.5 is evaluated.
+
+    >>> model = torch.nn.Linear(4, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
+    >>> def kept_mass(model):
+    ...     return {"kept_mass": model.weight.abs().sum().item()}
+    >>> points = sweep_down(model, kept_mass, amounts=[0.0, 0.25, 0.5, 0.75],
+    ...                     until=lambda metrics: metrics["kept_mass"] >= 7, progress=False)
+    >>> [(point.amount, point.metrics["kept_mass"]) for point in points]
+    [(0.5, 7.0), (0.75, 4.0)]
     """
     if not callable(until):
         raise TypeError(f"until must be a callable metrics -> bool, got {type(until).__name__}")
@@ -515,7 +577,13 @@ def sweep_down(
 
 def is_measurement(point: SweepPoint) -> bool:
     """False for a point whose evaluation flagged itself :data:`UNCONVERGED` (e.g. a re-fit
-    whose solver stopped short): reported, but no evidence about the limit."""
+    whose solver stopped short): reported, but no evidence about the limit.
+
+    >>> is_measurement(SweepPoint(0.5, 2, 4, {"train_loss": 0.1}))
+    True
+    >>> is_measurement(SweepPoint(0.5, 2, 4, {"train_loss": 0.1, UNCONVERGED: 1}))
+    False
+    """
     return not point.metrics.get(UNCONVERGED)
 
 
@@ -544,6 +612,15 @@ def limit_from_sweep(points: Sequence[SweepPoint], is_broken: BreakCriterion) ->
     ValueError
         If ``points`` is empty, or the smallest amount evaluated is already broken
         (nothing is known below it).
+
+    Example
+    -------
+    >>> points = [SweepPoint(p, k, 4, {"test_accuracy": a})
+    ...           for k, (p, a) in enumerate([(0.0, 0.9), (0.25, 0.88), (0.5, 0.8)])]
+    >>> limit_from_sweep(points, AccuracyDrop(0.9, 0.05))   # 0.8 < 0.9 - 0.05
+    0.25
+    >>> limit_from_sweep(points, AccuracyDrop(0.9, 0.2))    # never broken: a lower bound
+    0.5
     """
     if not points:
         raise ValueError("points is empty: run sweep first")
@@ -569,6 +646,10 @@ class AccuracyDrop:
 
     ``AccuracyDrop(a0, t)(metrics)`` is ``metrics[key] < a0 - t``: a pruned network
     whose accuracy is within t of the dense network's a0 is unbroken.
+
+    >>> drop = AccuracyDrop(dense_accuracy=0.9, tolerance=0.05)
+    >>> drop({"test_accuracy": 0.86}), drop({"test_accuracy": 0.84})
+    (False, True)
     """
 
     dense_accuracy: float
@@ -591,6 +672,10 @@ class LossBudget:
 
     ``LossBudget(L0, eps)(metrics)`` is ``metrics[key] > L0 + eps``, with L0 the
     dense network's mean training loss and eps the loss budget.
+
+    >>> budget = LossBudget(dense_loss=0.1, eps=0.02)
+    >>> budget({"train_loss": 0.115}), budget({"train_loss": 0.125})
+    (False, True)
     """
 
     dense_loss: float
@@ -673,6 +758,19 @@ class AccuracyDropBound:
     stays fixed: it is the reference the tolerance is defined against, and it comes
     from the same test samples as the pruned accuracies, so its sampling error is
     shared with theirs rather than independent of it.
+
+    Example
+    -------
+    An accuracy of 0.88 on 100 samples has the Wilson interval [0.802, 0.930]: it may
+    lie below the threshold 0.9 - 0.05, but need not.
+
+    >>> drop = AccuracyDrop(dense_accuracy=0.9, tolerance=0.05)
+    >>> earliest, latest = (AccuracyDropBound(drop, n=100, side=side)
+    ...                     for side in ("earliest", "latest"))
+    >>> earliest({"test_accuracy": 0.88}), latest({"test_accuracy": 0.88})
+    (True, False)
+    >>> latest({"test_accuracy": 0.75})   # [0.657, 0.825]: below for certain
+    True
     """
 
     drop: AccuracyDrop
@@ -711,6 +809,18 @@ def limit_interval(
     is certainly within tolerance and the lower end is 0. The ends are read from
     the evaluated points only; pass the two bounds to :func:`sweep` as extra
     criteria to refine them.
+
+    Example
+    -------
+    Accuracies 0.9, 0.88, 0.86, 0.5 on 1000 samples, tolerance 0.05: the limit is 0.5,
+    but 0.86 (interval [0.837, 0.880]) might lie below 0.85, so it could be 0.25.
+
+    >>> accuracies = [(0.0, 0.9), (0.25, 0.88), (0.5, 0.86), (0.75, 0.5)]
+    >>> points = [SweepPoint(p, k, 4, {"test_accuracy": a})
+    ...           for k, (p, a) in enumerate(accuracies)]
+    >>> drop = AccuracyDrop(dense_accuracy=0.9, tolerance=0.05)
+    >>> limit_from_sweep(points, drop), limit_interval(points, drop, n=1000)
+    (0.5, (0.25, 0.5))
     """
     earliest = AccuracyDropBound(drop, n, "earliest", confidence, method)
     latest = AccuracyDropBound(drop, n, "latest", confidence, method)
@@ -748,6 +858,22 @@ def classification_metrics(
         ``(X, y)``: inputs and int64 class labels.
     loss_fn
         A batch-mean loss; default ``nn.CrossEntropyLoss()``.
+
+    Example
+    -------
+    W = diag(3, 4) on the inputs e1, e2: both test labels (0, 1) are right, one of the
+    training labels (1, 1) is; the test loss is (log(1 + e^-3) + log(1 + e^-4)) / 2.
+
+    >>> model = nn.Linear(2, 2, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 4.0]]))
+    >>> evaluate = classification_metrics((torch.eye(2), torch.tensor([0, 1])),
+    ...                                   train=(torch.eye(2), torch.tensor([1, 1])))
+    >>> metrics = evaluate(model)
+    >>> round(metrics["test_loss"], 4), metrics["test_accuracy"], metrics["train_accuracy"]
+    (0.0334, 1.0, 0.5)
+    >>> metrics["n_test"], metrics["n_train"]
+    (2, 2)
     """
     splits = {"test": tensor_pair(test, "test data")}
     if train is not None:

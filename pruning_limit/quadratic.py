@@ -78,6 +78,18 @@ class QuadraticLimit:
         What was done about singular blocks, damping, policy, unconverged solves.
     unconverged
         How many supports conjugate gradients did not solve to tolerance.
+
+    Example
+    -------
+    C = [[2, 1], [1, 2]], w* = (0.1, 1): removing 0.1 costs 0.0075, removing both
+    w*^T C w* / 2 = 1.11; at eps = 0.01 one weight goes, and p* lies a fraction
+    (0.01 - 0.0075) / (1.11 - 0.0075) of the next step beyond 1/2.
+
+    >>> limit = quadratic_limit(np.array([[2.0, 1.0], [1.0, 2.0]]), np.array([0.1, 1.0]), 0.01)
+    >>> limit.count, round(limit.cost_below, 6), round(limit.cost_above, 6), limit.solver
+    (1, 0.0075, 1.11, 'dense')
+    >>> round(limit.removal_fraction, 6), round(limit.kept_fraction, 6)
+    (0.501134, 0.498866)
     """
 
     removal_fraction: float
@@ -406,7 +418,14 @@ class QuadraticModel:
 
 
 def quadratic_cost(curvature, weights, pruned_mask, **options) -> float:
-    """q(P) for one removed set P (``pruned_mask`` True = removed); see :class:`QuadraticModel`."""
+    """q(P) for one removed set P (``pruned_mask`` True = removed); see :class:`QuadraticModel`.
+
+    >>> C = np.array([[2.0, 1.0], [1.0, 2.0]]); w = np.array([0.1, 1.0])
+    >>> round(quadratic_cost(C, w, np.array([True, False])), 6)  # 0.1^2 (2 - 1/2) / 2
+    0.0075
+    >>> round(quadratic_cost(C, w, np.array([True, True])), 6)   # nothing kept: w^T C w / 2
+    1.11
+    """
     return QuadraticModel(curvature, weights, **options).cost(pruned_mask)
 
 
@@ -428,6 +447,15 @@ def quadratic_refit(curvature, weights, pruned_mask, **options):
     options
         ``policy``, ``damping``, ``dense_limit``, ``cg_tolerance``, ``cg_max_iterations``
         as in :class:`QuadraticModel`.
+
+    Example
+    -------
+    >>> C = np.array([[2.0, 1.0], [1.0, 2.0]]); w = np.array([0.1, 1.0])
+    >>> quadratic_refit(C, w, np.array([True, False])).round(6).tolist()   # 1 + 0.1 / 2
+    [0.0, 1.05]
+    >>> refit = quadratic_refit(torch.tensor(C), torch.tensor([0.1, 1.0]), np.array([True, False]))
+    >>> refit.dtype   # a tensor in, a tensor of its dtype out
+    torch.float32
     """
     refit = QuadraticModel(curvature, weights, **options).refit(pruned_mask)
     if hasattr(weights, "detach"):
@@ -440,7 +468,14 @@ def quadratic_refit(curvature, weights, pruned_mask, **options):
 
 
 def quadratic_limit(curvature, weights, epsilon: float, **options) -> QuadraticLimit:
-    """The quadratic model's exact limit along the magnitude order (bisection on k)."""
+    """The quadratic model's exact limit along the magnitude order (bisection on k).
+
+    See :class:`QuadraticLimit` for what it holds.
+
+    >>> C = np.array([[2.0, 1.0], [1.0, 2.0]]); w = np.array([0.1, 1.0])
+    >>> quadratic_limit(C, w, 0.01).count, quadratic_limit(C, w, 2.0).removal_fraction
+    (1, 1.0)
+    """
     return QuadraticModel(curvature, weights, **options).limit(epsilon)
 
 
@@ -458,4 +493,9 @@ def _as_array(value) -> np.ndarray:
 
 
 def as_vector(value) -> np.ndarray:
+    """A flat float64 numpy copy of a numpy array or torch tensor.
+
+    >>> as_vector(torch.ones(2, 2, dtype=torch.float32))
+    array([1., 1., 1., 1.])
+    """
     return _as_array(value).reshape(-1)

@@ -205,6 +205,16 @@ def reference_density(
     -------
     (grid, density, record)
         ``record`` holds lo, hi, the variance s^2 and the bin width.
+
+    Example
+    -------
+    >>> s = Spectrum(nodes=[[1.0, 2.0]], weights=[[0.5, 0.5]], dimension=2, zero_rows=0,
+    ...              curvature="hessian", method="exact")
+    >>> grid, density, record = reference_density(s, num_bins=1001, variance=1e-4)
+    >>> record["low"], record["high"], round(record["variance"], 12)   # 1e-4 * (2.01 - 0.99)
+    (0.99, 2.01, 0.000102)
+    >>> round(float(density.sum() * record["bin_width"]), 6)
+    1.0
     """
     if not isinstance(num_bins, int) or num_bins < 2:
         raise ValueError(f"num_bins must be an integer >= 2, got {num_bins!r}")
@@ -274,6 +284,18 @@ class ReferencePrediction:
         ``rounded_radius``, ``gaussian_width`` gw(round(R(p))).
     notes
         What a reader should know (e.g. how coarse the integer radius is).
+
+    Example
+    -------
+    >>> import json
+    >>> s = Spectrum(nodes=[[1.0]], weights=[[1.0]], dimension=4, zero_rows=0,
+    ...              curvature="hessian", method="exact")
+    >>> result = reference_limit(s, [0.5, 1.0, 1.5, 2.0], epsilon=0.5, num_bins=1001)
+    >>> result.removal_fraction, result.kept_fraction, result.fraction
+    (0.5, 0.5, 'removed')
+    >>> record = json.loads(json.dumps(result.to_dict()))   # plain JSON, curves included
+    >>> len(record["curves"]["removal_fraction"]), record["density"]["num_bins"]
+    (1000, 1001)
     """
 
     removal_fraction: float
@@ -303,6 +325,10 @@ def reference_radii(weights, removal_fractions: np.ndarray) -> np.ndarray:
 
     At least one weight is removed (also at p = 0), and every weight whose |w| equals
     the threshold (the ceil(p D)-th smallest) goes with it.
+
+    >>> weights = [3.0, -1.0, 2.0, 1.0]     # |-1| and |1| tie: both go together
+    >>> reference_radii(weights, [0.0, 0.25, 0.5, 0.75]).round(6).tolist()   # sqrt 2, sqrt 6
+    [1.414214, 1.414214, 1.414214, 2.44949]
     """
     flat = _flat(weights)
     dimension = flat.size
@@ -346,6 +372,20 @@ def reference_limit(
     -------
     ReferencePrediction
         p* is the fraction REMOVED.
+
+    Example
+    -------
+    Every eigenvalue 1 and eps = 1/2: gw(R) = 1 / (1 + R^2). For p in (1/4, 1/2] two of
+    the weights 0.5, 1, 1.5, 2 go, R = sqrt(1.25) rounds to 1 and gw = 1/2, which
+    meets p at p* = 1/2.
+
+    >>> s = Spectrum(nodes=[[1.0]], weights=[[1.0]], dimension=4, zero_rows=0,
+    ...              curvature="hessian", method="exact")
+    >>> result = reference_limit(s, [0.5, 1.0, 1.5, 2.0], epsilon=0.5, num_bins=1001)
+    >>> result.removal_fraction, round(result.radius, 6), result.rounded_radius
+    (0.5, 1.118034, 1)
+    >>> round(result.gaussian_width, 6), round(result.mismatch, 6)
+    (0.5, 0.0)
     """
     flat = _flat(weights)
     if flat.size != spectrum.dimension:

@@ -125,6 +125,17 @@ class Regime:
         ``"ggn"``, ``"hessian"`` or ``"unknown"``.
     epsilon_source
         How eps was obtained (``"batch_std"``, ``"given"`` or ``"unknown"``).
+
+    Example
+    -------
+    >>> regime = Regime(train_accuracy=0.99, train_loss=0.03, l1=0.0, optimizer="adam",
+    ...                 small_weight_share=0.01, dimension=816, num_train=2000,
+    ...                 removal_fraction=0.97, removal_fraction_method="paper",
+    ...                 pruned_norm_ratio=0.9, curvature="ggn", epsilon_source="batch_std")
+    >>> regime.name, regime.l1_used, regime.d_over_n   # 1 % tiny weights < SPARSE_SHARE
+    ('dense, fits the data', False, 0.408)
+    >>> Regime.from_dict(regime.to_dict()) == regime
+    True
     """
 
     train_accuracy: float | None
@@ -226,6 +237,11 @@ def card_training(card: dict | None) -> tuple[float | None, str]:
     """(L1 strength, optimiser) from a model card (:mod:`pruning_limit.training`).
 
     Without a card, or where the card is silent: ``(None, "unknown")``.
+
+    >>> card_training({"training": {"l1": 5e-5, "optimizer": "sgd"}})
+    (5e-05, 'sgd')
+    >>> card_training(None), card_training({"format": 1})
+    ((None, 'unknown'), (None, 'unknown'))
     """
     if card is None:
         return None, UNKNOWN
@@ -281,6 +297,23 @@ def measure_regime(
     Returns
     -------
     Regime
+
+    Example
+    -------
+    W = diag(3, 4): both classes right, half the weights zero; at p* = 3/4 pruning
+    removes 0, 0 and 3, so R(p*)/||w*|| = 3/5.
+
+    >>> model = nn.Linear(2, 2, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 4.0]]))
+    >>> regime = measure_regime(model, nn.CrossEntropyLoss(), (torch.eye(2), torch.tensor([0, 1])),
+    ...                         removal_fraction=0.75, removal_fraction_method="paper",
+    ...                         card={"training": {"l1": 1e-3, "optimizer": "sgd"}},
+    ...                         epsilon_source={"kind": "batch_std", "value": 0.01})
+    >>> regime.train_accuracy, regime.small_weight_share, round(regime.pruned_norm_ratio, 6)
+    (1.0, 0.5, 0.6)
+    >>> regime.l1, regime.optimizer, regime.epsilon_source, regime.name
+    (0.001, 'sgd', 'batch_std', 'sparse, fits the data')
     """
     p = float(removal_fraction)
     if not 0.0 <= p <= 1.0:

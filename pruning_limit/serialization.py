@@ -24,7 +24,11 @@ from . import distributed
 
 
 def plain(value):
-    """Tuples -> lists and numpy scalars/arrays -> Python, recursively (for JSON)."""
+    """Tuples -> lists and numpy scalars/arrays -> Python, recursively (for JSON).
+
+    >>> plain({"p": (0.5, np.float32(0.25)), 1: np.arange(2)})
+    {'p': [0.5, 0.25], '1': [0, 1]}
+    """
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -88,7 +92,18 @@ def write_json(path: str | Path, text: str) -> Path:
 
 
 def read_json(path: str | Path, what: str) -> dict:
-    """The JSON object in ``path``; ``what`` names the kind of file in the errors."""
+    """The JSON object in ``path``; ``what`` names the kind of file in the errors.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = Path(folder) / "numbers.json"
+    ...     _ = path.write_text("[1, 2]")
+    ...     try:
+    ...         read_json(path, "prediction")
+    ...     except ValueError as error:
+    ...         print(str(error).split(": ", 1)[1])
+    it holds a JSON list, not an object
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no {what} file at {path}")

@@ -38,7 +38,11 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class ParameterInfo:
-    """Name and shape of one tensor the curvature acts on, in flattening order."""
+    """Name and shape of one tensor the curvature acts on, in flattening order.
+
+    >>> ParameterInfo("0.weight", (3, 2)).numel, ParameterInfo("scale", ()).numel
+    (6, 1)
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -77,6 +81,23 @@ class Spectrum:
         Of the weights and the data it was computed at
         (:mod:`pruning_limit.fingerprint`): ``weights``, ``other``, ``data``, ``samples``.
         Empty for a plain matrix's spectrum and for files written before it was recorded.
+
+    Example
+    -------
+    The exact spectrum of C = diag(1, 2, 0): two nodes of weight 1/2 on the
+    deflated space, and one zero row.
+
+    >>> import tempfile
+    >>> spectrum = Spectrum(nodes=[[1.0, 2.0]], weights=[[0.5, 0.5]], dimension=3,
+    ...                     zero_rows=1, curvature="matrix", method="exact")
+    >>> spectrum.trace_function(lambda x: x)       # tr C / D = (1 + 2 + 0) / 3
+    (1.0, 0.0)
+    >>> round(spectrum.trace_function(lambda x: x**2)[0], 6)   # tr C^2 / D = (1 + 4 + 0) / 3
+    1.666667
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     loaded = Spectrum.load(spectrum.save(Path(folder) / "spectrum"))
+    >>> loaded.dimension, loaded.zero_rows, loaded.nodes.tolist(), loaded.weights.tolist()
+    (3, 1, [[1.0, 2.0]], [[0.5, 0.5]])
     """
 
     nodes: np.ndarray

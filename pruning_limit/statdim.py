@@ -48,7 +48,15 @@ POLICIES = ("abs", "flat")
 
 
 def check_policy(policy: str) -> str:
-    """Return ``policy`` if it is a known eigenvalue policy, else raise ``ValueError``."""
+    """Return ``policy`` if it is a known eigenvalue policy, else raise ``ValueError``.
+
+    >>> check_policy("flat")
+    'flat'
+    >>> check_policy("sign")
+    Traceback (most recent call last):
+    ...
+    ValueError: policy must be one of ('abs', 'flat'), got 'sign'
+    """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     return policy
@@ -59,6 +67,10 @@ def apply_policy(eigenvalues: np.ndarray, policy: str = "abs") -> np.ndarray:
 
     Both give a non-negative spectrum; with ``"flat"`` a non-positive eigenvalue becomes
     an exactly flat direction (g_c = 1 there).
+
+    >>> eigenvalues = [-2.0, 0.0, 3.0]
+    >>> apply_policy(eigenvalues, "abs").tolist(), apply_policy(eigenvalues, "flat").tolist()
+    ([2.0, 0.0, 3.0], [0.0, 0.0, 3.0])
     """
     eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
     if check_policy(policy) == "abs":
@@ -156,6 +168,18 @@ def orthogonal_statistical_dimension(
     p = (1/D) sum_i r_i^2 / (r_i^2 + R(p)^2 (1 - p) / p). It equals
     :func:`statistical_dimension` at p = 1/2, and is 1 at p = 1 (so the fixed point of
     interest is the *first* crossing).
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> s = Spectrum(nodes=[[0.0, 1.0, 3.0]], weights=np.full((1, 3), 1 / 3), dimension=3,
+    ...              zero_rows=0, curvature="hessian", method="exact")
+    >>> round(orthogonal_statistical_dimension(s, 1.0, 0.5, 0.5), 6)   # = the closed form
+    0.583333
+    >>> round(orthogonal_statistical_dimension(s, 1.0, 0.5, 0.2), 6)   # c = 4: (1 + 1/5 + 1/13) / 3
+    0.425641
+    >>> orthogonal_statistical_dimension(s, 1.0, 0.5, 1.0)
+    1.0
     """
     p = float(removal_fraction)
     if not 0.0 < p <= 1.0:
@@ -171,6 +195,16 @@ def mean_curvature(
 
     With ``"abs"`` this is the mean |lambda|, which SLQ integrates only approximately
     (|x| is not a polynomial); for a PSD curvature it is tr(C)/D, exact for any m >= 1.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> s = Spectrum(nodes=[[-2.0, 1.0, 3.0]], weights=np.full((1, 3), 1 / 3), dimension=3,
+    ...              zero_rows=0, curvature="hessian", method="exact")
+    >>> mean_curvature(s, "abs")                        # (2 + 1 + 3) / 3, exact: no error
+    (2.0, 0.0)
+    >>> round(mean_curvature(s, "flat")[0], 6)          # (0 + 1 + 3) / 3
+    1.333333
     """
     check_policy(policy)
     return spectrum.trace_function(lambda x: apply_policy(x, policy), steps=steps)

@@ -375,6 +375,18 @@ class StudyResult:
         The configuration with its defaults filled in.
     skipped
         Runs whose results were already there (resumed, not recomputed).
+
+    Example
+    -------
+    :func:`run_study` fills one; it saves to ``out/study.json`` and loads back:
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     result = StudyResult(name="empty", out=folder, rows=[], summary=[], config={})
+    ...     loaded = StudyResult.load(result.save())
+    ...     written = sorted(path.name for path in Path(folder).iterdir())
+    >>> loaded == result, written, loaded.fraction
+    (True, ['study.json'], 'removed')
     """
 
     name: str
@@ -585,7 +597,7 @@ def _cell(value, pattern: str = "{:.3f}") -> str:
     return pattern.format(value)
 
 
-def summarise(rows: list) -> list:
+def _summarise(rows: list) -> list:
     """Mean errors, coverage and rank correlation per (method, variant, criterion)."""
     from scipy.stats import spearmanr
 
@@ -735,7 +747,7 @@ def _run_all(config: dict, runs: list, out: Path, log, datasets: dict) -> StudyR
         name=config["study"]["name"],
         out=str(out),
         rows=rows,
-        summary=summarise(rows),
+        summary=_summarise(rows),
         config=config,
         skipped=skipped,
         seconds=time.perf_counter() - started,

@@ -274,12 +274,25 @@ def _datasets_section(entries, source: str) -> list:
 
 
 def without_keys(mapping: dict, *keys) -> dict:
+    """A copy of ``mapping`` without ``keys`` (the top level only).
+
+    >>> without_keys({"kind": "mlp", "hidden": [32]}, "kind")
+    {'hidden': [32]}
+    """
     return {k: v for k, v in mapping.items() if k not in keys}
 
 
 
 @dataclass(frozen=True)
 class StudyRun:
+    """One run of a study: a dataset, an L1 strength and a dtype (see :func:`expand_runs`).
+
+    >>> run = StudyRun("manifold-d2-l1_0.001-float32", {"name": "manifold", "d": 2},
+    ...                {"d": 2}, l1=0.001, dtype="float32")
+    >>> run.regularisation, StudyRun("r", {}, {}, 0.0, "float64").regularisation
+    ('l1=0.001', 'plain')
+    """
+
     name: str
     dataset: dict  # load_dataset arguments
     knob: dict  # the varied dataset arguments, as given
@@ -293,6 +306,17 @@ class StudyRun:
 
 
 def expand_runs(config: dict) -> list[StudyRun]:
+    """Every run of a checked configuration (:func:`load_config`): each dataset table
+    once per combination of its list-valued arguments, times each L1 strength and dtype.
+
+    >>> config = load_config({"datasets": [{"name": "manifold", "d": [2, 8], "n": 16}],
+    ...                       "training": {"l1": [0.0, 1e-3]}})
+    >>> [run.name for run in expand_runs(config)]   # doctest: +NORMALIZE_WHITESPACE
+    ['manifold-d2-plain-float32', 'manifold-d2-l1_0.001-float32',
+     'manifold-d8-plain-float32', 'manifold-d8-l1_0.001-float32']
+    >>> expand_runs(config)[1].dataset, expand_runs(config)[1].knob
+    ({'name': 'manifold', 'd': 2, 'n': 16}, {'d': 2})
+    """
     runs = []
     for entry in config["datasets"]:
         varying = [key for key, value in entry.items() if isinstance(value, list)]

@@ -113,6 +113,16 @@ class TrainResult:
         The model card (see :mod:`pruning_limit.training`), a JSON-serialisable dict.
     path
         The checkpoint directory, if one was written.
+
+    Example
+    -------
+    >>> from pruning_limit.datasets import manifold
+    >>> from pruning_limit.models import model_spec
+    >>> data = manifold(d=2, n=6, n_train=40, n_test=20)
+    >>> spec = model_spec("mlp", input_dim=6, classes=2, hidden=[4])
+    >>> result = train(spec, data, epochs=1, progress=False)
+    >>> result.card["num_parameters"], result.model.training, result.path   # 6*4+4 + 4*2+2
+    (38, False, None)
     """
 
     model: nn.Module
@@ -439,6 +449,23 @@ def save_checkpoint(model: nn.Module, card: dict, directory: str | Path) -> Path
     -------
     Path
         The checkpoint directory.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from pruning_limit.datasets import manifold
+    >>> from pruning_limit.models import model_spec
+    >>> data = manifold(d=2, n=6, n_train=40, n_test=20)
+    >>> result = train(model_spec("mlp", input_dim=6, classes=2, hidden=[4]), data, epochs=1,
+    ...                progress=False)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = save_checkpoint(result.model, result.card, Path(folder) / "m")
+    ...     files = sorted(p.name for p in path.iterdir())
+    ...     model, card = load_checkpoint(path)
+    >>> files, card == result.card
+    (['card.json', 'model.pt'], True)
+    >>> all(a.equal(b) for a, b in zip(model.parameters(), result.model.parameters()))
+    True
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():

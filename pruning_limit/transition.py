@@ -100,6 +100,10 @@ class FallsBelow:
 
     With ``level`` = a(0) - f (a(0) - a(1)) this is "accuracy has fallen by the
     fraction f of the collapse".
+
+    >>> half_way = FallsBelow(0.5)   # a(0) = 0.9, a(1) = 0.1, f = 1/2
+    >>> half_way({"test_accuracy": 0.55}), half_way({"test_accuracy": 0.45})
+    (False, True)
     """
 
     level: float
@@ -118,6 +122,17 @@ class FallsBelowBound:
 
         side "earliest":  broken iff lo(a) < level   (could have fallen below)
         side "latest":    broken iff hi(a) < level   (must have fallen below)
+
+    Example
+    -------
+    An accuracy of 0.55 on 100 samples (Wilson interval [0.452, 0.644]) could lie
+    below 0.5, but need not:
+
+    >>> earliest = FallsBelowBound(FallsBelow(0.5), n=100, side="earliest")
+    >>> latest = FallsBelowBound(FallsBelow(0.5), n=100, side="latest")
+    >>> metrics = {"test_accuracy": 0.55}
+    >>> round(earliest.end(metrics), 3), earliest(metrics), latest(metrics)
+    (0.452, True, False)
     """
 
     below: FallsBelow
@@ -148,6 +163,10 @@ class RisesAbove:
 
     With ``level`` = sqrt(L(0) L(1)) this is "log L is past half-way between
     log L(0) and log L(1)".
+
+    >>> rises = RisesAbove(0.1)   # L(0) = 0.01, L(1) = 1
+    >>> rises({"train_loss": 0.05}), rises({"train_loss": 0.2})
+    (False, True)
     """
 
     level: float
@@ -191,6 +210,13 @@ class Reading:
         The level crossed: an accuracy, or the train loss sqrt(L(0) L(1)).
     reason
         Why ``value`` is None, or a caveat.
+
+    Example
+    -------
+    >>> from dataclasses import asdict
+    >>> reading = Reading(0.75, bracket=(0.7, 0.8), level=0.5)
+    >>> Reading.from_dict(asdict(reading)) == reading   # brackets come back as tuples
+    True
     """
 
     value: float | None
@@ -230,6 +256,23 @@ class Transition:
         The metrics read.
     notes
         Anything a reader of the numbers should know.
+
+    Example
+    -------
+    Accuracy 0.9 -> 0.1 and train loss 0.01 -> 1 (see :func:`read_transition`):
+
+    >>> from pruning_limit.pruning import SweepPoint
+    >>> curve = {0.0: (0.9, 0.01), 0.5: (0.9, 0.02), 0.7: (0.7, 0.05), 0.8: (0.3, 0.2),
+    ...          1.0: (0.1, 1.0)}   # p: (test accuracy, train loss)
+    >>> points = [SweepPoint(p, round(p * 1000), 1000, {"test_accuracy": a, "train_loss": loss})
+    ...           for p, (a, loss) in curve.items()]
+    >>> transition = read_transition(points, reference_grid=None)
+    >>> transition.collapse, round(transition.collapse_width, 6), transition.loss_collapse
+    (0.75, 0.34, 0.75)
+    >>> print(transition.above_dense, transition.reading("above_dense").reason)
+    None not read (reference_grid is None)
+    >>> Transition.from_dict(transition.to_dict()) == transition
+    True
     """
 
     readings: dict
@@ -332,6 +375,20 @@ def transition_criteria(
     -------
     list
         Criteria ``metrics -> bool``, to pass as ``is_broken``.
+
+    Example
+    -------
+    Accuracy 0.9 -> 0.1 (levels 0.82, 0.5, 0.18) and train loss 0.01 -> 1 (level 0.1):
+
+    >>> from pruning_limit.pruning import SweepPoint
+    >>> curve = {0.0: (0.9, 0.01), 0.5: (0.9, 0.02), 0.7: (0.7, 0.05), 0.8: (0.3, 0.2),
+    ...          1.0: (0.1, 1.0)}   # p: (test accuracy, train loss)
+    >>> points = [SweepPoint(p, round(p * 1000), 1000, {"test_accuracy": a, "train_loss": loss})
+    ...           for p, (a, loss) in curve.items()]
+    >>> [(type(c).__name__, round(c.level, 6)) for c in transition_criteria(points)]
+    [('FallsBelow', 0.82), ('FallsBelow', 0.5), ('FallsBelow', 0.18), ('RisesAbove', 0.1)]
+    >>> len(transition_criteria(points, n=1000))   # and both interval ends of each level
+    10
     """
     ends = _Ends(points, accuracy_key, loss_key, n)
     criteria: list[BreakCriterion] = []
@@ -414,6 +471,24 @@ def read_transition(
     ValueError
         If p = 0 or p = 1 was not evaluated, or the reference grid was not
         evaluated far enough down to decide the rule.
+
+    Example
+    -------
+    The accuracy falls from 0.9 to 0.1: half-way (0.5) is crossed between 0.7 (0.7)
+    and 0.8 (0.3), a tenth of the way (0.82) at 0.5 + 0.2 * 0.08 / 0.2 = 0.58, nine
+    tenths (0.18) at 0.92. The loss reaches sqrt(0.01 * 1) = 0.1 half-way, in log L,
+    between 0.05 at 0.7 and 0.2 at 0.8.
+
+    >>> from pruning_limit.pruning import SweepPoint
+    >>> curve = {0.0: (0.9, 0.01), 0.5: (0.9, 0.02), 0.7: (0.7, 0.05), 0.8: (0.3, 0.2),
+    ...          1.0: (0.1, 1.0)}   # p: (test accuracy, train loss)
+    >>> points = [SweepPoint(p, round(p * 1000), 1000, {"test_accuracy": a, "train_loss": loss})
+    ...           for p, (a, loss) in curve.items()]
+    >>> t = read_transition(points, reference_grid=None)
+    >>> [round(t.limit(name), 6) for name in ("collapse_start", "collapse", "collapse_end")]
+    [0.58, 0.75, 0.92]
+    >>> round(t.loss_collapse, 6), t.bracket("loss_collapse")
+    (0.75, (0.7, 0.8))
     """
     # A point whose evaluation did not converge (a re-fit whose solver stopped short)
     # is no measurement: it is read neither at the ends nor at a crossing.
@@ -554,6 +629,26 @@ def measure_transition(
     -------
     (points, transition)
         Every evaluated point, sorted by p, and the readings.
+
+    Example
+    -------
+    The weights 1, -2, 3, -4, read through the mass sum |w| that stays (10, 9, 7, 4,
+    0 at p = 0, 1/4, ..., 1): half of it, 5, is lost between p = 1/2 and 3/4, at
+    1/2 + (7 - 5) / (7 - 4) / 4.
+
+    >>> import torch
+    >>> model = torch.nn.Linear(4, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
+    >>> def kept_mass(model):
+    ...     return {"kept_mass": model.weight.abs().sum().item()}
+    >>> points, transition = measure_transition(
+    ...     model, kept_mass, amounts=[0.25, 0.5, 0.75], accuracy_key="kept_mass",
+    ...     reference_grid=None, progress=False)
+    >>> [(point.amount, point.metrics["kept_mass"]) for point in points]
+    [(0.0, 10.0), (0.25, 9.0), (0.5, 7.0), (0.75, 4.0), (1.0, 0.0)]
+    >>> round(transition.collapse, 6), transition.reading("loss_collapse").reason
+    (0.666667, "no 'train_loss' in the metrics")
     """
     extra = [is_broken] if callable(is_broken) else list(is_broken)
     options = dict(params=params, progress=progress)

@@ -169,6 +169,28 @@ class VariantSweep:
         ``finetune`` only: the metrics of the unpruned network after the same
         fine-tune (p = 0 in the sweep is the dense network itself), to tell the
         fine-tune's own effect on accuracy from pruning's.
+
+    Example
+    -------
+    Least squares on w* = (1, -2, 3, -4) with inputs e_1..e_4: removing the k smallest
+    weights costs 0, 1/4, 5/4, 14/4, 30/4, so with eps = 1 the loss-budget limit is 1/4.
+
+    >>> import torch
+    >>> model = torch.nn.Linear(4, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
+    >>> X = torch.eye(4).repeat(10, 1)
+    >>> y = X @ model.weight.detach().T   # the train loss of w_P = 0 is sum_P w_j^2 / 4
+    >>> validation = validate(model, train_data=(X, y), test_data=(X, y),
+    ...                       loss_fn=torch.nn.MSELoss(), epsilon=1.0, variants=("one_shot",),
+    ...                       amounts=[0.25, 0.5, 0.75], reference_grid=None, progress=False)
+    >>> sweep = validation.variants["one_shot"]
+    >>> [round(point.metrics["train_loss"], 6) for point in sweep.points]
+    [0.0, 0.25, 1.25, 3.5, 7.5]
+    >>> sweep.limit("loss_budget"), sweep.bracket("loss_budget"), sweep.evaluations
+    (0.25, (0.25, 0.5), 5)
+    >>> print(sweep.limit("accuracy"), sweep.reason("accuracy"))
+    None targets are not class labels: no accuracy
     """
 
     variant: str
@@ -305,6 +327,29 @@ class Validation:
         Seeds the fine-tune's batch order.
     refit, finetune
         How those variants were run (curvature, policy, solver; the budget), or None.
+
+    Example
+    -------
+    Least squares on w* = (1, -2, 3, -4) with inputs e_1..e_4 (see :class:`VariantSweep`):
+
+    >>> import tempfile
+    >>> import torch
+    >>> model = torch.nn.Linear(4, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
+    >>> X = torch.eye(4).repeat(10, 1)
+    >>> y = X @ model.weight.detach().T   # the train loss of w_P = 0 is sum_P w_j^2 / 4
+    >>> validation = validate(model, train_data=(X, y), test_data=(X, y),
+    ...                       loss_fn=torch.nn.MSELoss(), epsilon=1.0, variants=("one_shot",),
+    ...                       amounts=[0.25, 0.5, 0.75], reference_grid=None, progress=False)
+    >>> validation.limit("one_shot", "loss_budget"), validation.interval("one_shot", "loss_budget")
+    (0.25, (0.25, 0.5))
+    >>> validation.dimension, validation.task, validation.fraction
+    (4, 'regression', 'removed')
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     loaded = Validation.load(validation.save(Path(folder) / "validation"))
+    >>> loaded == validation
+    True
     """
 
     variants: dict

@@ -75,7 +75,27 @@ class FinetuneBudget:
 
 
 class PrunedWeights:
-    """The pruned tensors, w* (one saved copy) and the current keep-mask."""
+    """The pruned tensors, w* (one saved copy) and the current keep-mask.
+
+    Inside :func:`~pruning_limit.pruning.pruned` the removed weights are the zeros.
+
+    >>> from pruning_limit.pruning import pruned
+    >>> model = nn.Linear(3, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0]]))
+    >>> weights = PrunedWeights([("weight", model.weight)])
+    >>> with pruned(model, 1 / 3):
+    ...     removed = weights.flat_pruned(weights.keep_masks()).tolist()
+    ...     dense = weights.unchanged()
+    >>> removed, dense, weights.unchanged()
+    ([True, False, False], False, True)
+    >>> weights.write_flat(np.array([0.0, 0.5, 0.5]))
+    >>> model.weight.tolist()
+    [[0.0, 0.5, 0.5]]
+    >>> weights.restore()
+    >>> model.weight.tolist()
+    [[1.0, -2.0, 3.0]]
+    """
 
     def __init__(self, selected) -> None:
         self.tensors = [tensor for _, tensor in selected]
@@ -114,7 +134,29 @@ def refit_evaluator(weights: PrunedWeights, quadratic: QuadraticModel, metrics_o
     """Metrics of the re-fitted network; a re-fit whose conjugate gradients did not
     converge is no re-fit, so its point is marked ``unconverged`` (with the final
     relative residual), which keeps it out of the limits
-    (:data:`~pruning_limit.pruning.UNCONVERGED`)."""
+    (:data:`~pruning_limit.pruning.UNCONVERGED`).
+
+    Example
+    -------
+    C = [[2, 1, 0], [1, 2, 0], [0, 0, 1]] at w* = (1, -2, 3): removing w_0 = 1 re-fits
+    w_1 to -2 + 1/2 (C_11^-1 C_10 w_0) and leaves w_2, uncoupled, at 3.
+
+    >>> from pruning_limit.pruning import pruned
+    >>> model = nn.Linear(3, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0]]))
+    >>> weights = PrunedWeights([("weight", model.weight)])
+    >>> curvature = np.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+    >>> quadratic = QuadraticModel(curvature, np.array([1.0, -2.0, 3.0]))
+    >>> def read_weights(model):
+    ...     return {f"w{j}": w for j, w in enumerate(model.weight.flatten().tolist())}
+    >>> evaluate = refit_evaluator(weights, quadratic, read_weights)
+    >>> with pruned(model, 1 / 3):
+    ...     evaluate(model)
+    {'w0': 0.0, 'w1': -1.5, 'w2': 3.0}
+    >>> evaluate(model)   # nothing removed: the dense network
+    {'w0': 1.0, 'w1': -2.0, 'w2': 3.0}
+    """
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         if weights.unchanged():  # p = 0: the dense network, nothing to re-fit
@@ -140,6 +182,30 @@ def finetune_evaluator(
 
     The sweep's evaluation leaves a network with nothing removed as it is: p = 0 is the
     dense network, the reference the criteria are defined against.
+
+    Example
+    -------
+    Least squares with targets y = X w*, w* = (1, -2, 3): with w_0 removed, fine-tuning
+    moves only w_1 and w_2, keeps w_0 exactly 0, lowers the pruned network's loss
+    (it never raises it), and leaves the model as it found it.
+
+    >>> from pruning_limit.pruning import pruned
+    >>> model = nn.Linear(3, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0]]))
+    >>> weights = PrunedWeights([("weight", model.weight)])
+    >>> _ = torch.manual_seed(0)
+    >>> X = torch.randn(64, 3)
+    >>> y = X @ torch.tensor([[1.0], [-2.0], [3.0]])
+    >>> loss_fn = nn.MSELoss()
+    >>> def metrics_of(model):
+    ...     return {"train_loss": loss_fn(model(X), y).item(), "w0": model.weight[0, 0].item()}
+    >>> evaluate, _ = finetune_evaluator(weights, FinetuneBudget(epochs=2, lr=0.05), (X, y),
+    ...                                  loss_fn, seed=0, metrics_of=metrics_of)
+    >>> with pruned(model, 1 / 3):
+    ...     before, after = metrics_of(model), evaluate(model)
+    >>> after["w0"], after["train_loss"] < before["train_loss"], model.weight.tolist()
+    (0.0, True, [[1.0, -2.0, 3.0]])
     """
     inputs, targets = train_pair
     train_loss = metrics_function({"train": train_pair}, loss_fn, classification=False)
