@@ -174,20 +174,45 @@ class DescentCone:
         best_distance = np.sum((best - coords) ** 2, axis=1)
         best[inside] = coords[inside]
         best_distance[inside] = 0.0
+        outside = np.flatnonzero(~inside)
+        candidates = [(outside, self._pole_points(coords[outside]))]
         for branch in (self._branch_one, self._branch_two):
-            rows = np.flatnonzero(~inside)
-            g = coords[rows]
+            g = coords[outside]
             has_root, lo, hi = branch(g, None)
-            rows, g = rows[has_root], g[has_root]
+            rows, g = outside[has_root], g[has_root]
             tau = _safeguarded_newton(
                 lambda t, k, g=g, b=branch: b(g[k], t), lo[has_root], hi[has_root]
             )
-            x = branch(g, tau, with_point=True)
-            distance = np.where(x @ self._normal_m >= 0, np.sum((x - g) ** 2, axis=1), np.inf)
+            candidates.append((rows, branch(g, tau, with_point=True)))
+        for rows, x in candidates:
+            # A candidate counts only if it lies on K's boundary: a branch "root" found for
+            # g_0 = 0 (no component along M's negative direction) does not.
+            squares = x**2
+            on_boundary = np.abs(squares @ m) <= 1e-9 * (squares @ np.abs(m)) + 1e-300
+            feasible = on_boundary & (x @ self._normal_m >= 0)
+            distance = np.where(feasible, np.sum((x - coords[rows]) ** 2, axis=1), np.inf)
             better = distance < best_distance[rows]
             best[rows[better]] = x[better]
             best_distance[rows[better]] = distance[better]
         return best @ vectors.T
+
+    def _pole_points(self, g):
+        """The candidates at the pole mu = 1/|m0| (the "hard case", g_0 = 0).
+
+        There 1 + mu m_0 = 0 leaves x_0 free: x_i = g_i / (1 + m_i / |m0|) for i > 0, and
+        x_0 = +-sqrt(sum_{i>0} m_i x_i^2 / |m0|) puts x on x^T M x = 0, with the sign
+        that makes c^T x >= 0. When g_0 = 0 this is the projection; otherwise it is
+        one more feasible point, and the nearest candidate wins.
+        """
+        m = self._m
+        neg = -m[0]
+        rest = g[:, 1:] / (1.0 + m[None, 1:] / neg)
+        first = np.sqrt(np.maximum((rest**2) @ m[1:], 0.0) / neg)
+        x = np.concatenate([first[:, None], rest], axis=1)
+        along = x @ self._normal_m
+        flipped = x.copy()
+        flipped[:, 0] = -first
+        return np.where((along >= 0)[:, None], x, flipped)
 
     # Each branch is solved in tau, a variable in which the pole is exact, as
     # h(tau) = 0 for an increasing h that is nearly linear in tau (a log-ratio form).

@@ -268,6 +268,31 @@ def test_projection_agrees_with_clarabel_and_is_optimal(where):
     assert result.cross_checked == 3 and result.cross_check_error < 1e-4
 
 
+def test_projection_of_a_point_with_no_component_along_the_axis_of_the_cone():
+    """The "hard case" g_0 = 0: the unit ball seen from distance 2 is a circular cone of
+    half-angle 30 degrees around the first axis; (0, 1) projects onto its edge at
+    (0, 1) . d d with d = (cos 30, sin 30), i.e. (sqrt(3)/4, 1/4) (it used to give
+    (0, 1/4), a point off the cone)."""
+    cone = DescentCone(np.ones(2), np.array([2.0, 0.0]), 0.5)
+    edge = np.array([np.cos(np.pi / 6), np.sin(np.pi / 6)])
+    for g in (np.array([0.0, 1.0]), np.array([0.0, -3.0])):
+        x = cone.project(g[None])[0]
+        mirrored = edge * np.array([1.0, np.sign(g[1])])
+        np.testing.assert_allclose(x, (g @ mirrored) * mirrored, atol=1e-12)
+        projection_checks(cone, g, x)
+    # and in more dimensions, against Clarabel: g orthogonal to the apex direction
+    rng = np.random.default_rng(5)
+    eigenvalues = np.sort(rng.uniform(0.1, 1.0, 6))
+    center = np.zeros(6)
+    center[0] = 3.0 / np.sqrt(eigenvalues[0])
+    cone = DescentCone(eigenvalues, center, 1.0)
+    g = rng.standard_normal(6)
+    g[0] = 0.0
+    x = cone.project(g[None])[0]
+    projection_checks(cone, g, x)
+    np.testing.assert_allclose(x, cone.project_cvxpy(g), atol=1e-4 * np.linalg.norm(g))
+
+
 def test_projection_in_original_coordinates_and_singular_curvature():
     rng = np.random.default_rng(3)
     dimension = 12
