@@ -67,7 +67,14 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` with :func:`write_atomic`: rank 0 alone."""
+    """Write ``text`` (UTF-8) to ``path`` with :func:`write_atomic`: rank 0 alone.
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = write_text(pathlib.Path(folder) / "table.md", "| p | 0.5 |")
+    ...     path.name, path.read_text(), sorted(p.name for p in path.parent.iterdir())
+    ('table.md', '| p | 0.5 |', ['table.md'])
+    """
     return write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
