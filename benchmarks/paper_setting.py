@@ -16,8 +16,10 @@ For every run of the configuration:
    ``paper``, ``reference`` (the authors' density / rounded-R / argmin pipeline),
    ``orthogonal``, ``trace_bound``, ``quadratic`` (where the dense curvature exists)
    and the ``emp`` baseline (1 - N_eff / N, no curvature);
-4. prune for real: one-shot and fine-tuned (Adam on the kept weights) sweeps, read
-   as ``accuracy`` (the onset: 0.5 points below dense), ``loss_budget``
+4. prune for real: one-shot and fine-tuned (Adam on the kept weights) sweeps of one
+   :func:`~pruning_limit.validation.validate`, every limit read from it with
+   ``Validation.limit(variant, criterion)``: ``accuracy`` (the onset: 0.5 points below
+   dense), ``loss_budget``
    (L_train <= L(w*) + eps), ``collapse`` (half-way down to the fully pruned
    accuracy) with its 10-90 % ``collapse_width``, and ``above_dense`` (the
    reference code's rule: the largest p on the 1/1000 grid with test accuracy
@@ -57,9 +59,7 @@ from pruning_limit.baselines import emp_removal_fraction
 from pruning_limit.datasets import load_dataset
 from pruning_limit.models import model_spec
 from pruning_limit.pipeline import Pipeline
-from pruning_limit.pruning import classification_metrics
 from pruning_limit.training import train
-from pruning_limit.transition import measure_transition, read_transition
 from pruning_limit.validation import validate
 
 NAME = "paper_setting"
@@ -69,6 +69,8 @@ METHODS = ("paper", "reference", "orthogonal", "trace_bound", "quadratic")
 BASELINES = ("emp",)
 VARIANTS = ("one_shot", "finetune")
 CRITERIA = ("above_dense", "collapse", "accuracy", "loss_budget")
+# What the Validation reads per variant (the errors use CRITERIA).
+READINGS = (*CRITERIA, "loss_collapse")
 # The readings the goal of issue 12 names: the reference rule's actual and the onset.
 GOAL_METHODS = ("paper", "reference")
 
@@ -306,39 +308,22 @@ def run_one(run: dict, settings: dict, device: torch.device) -> dict:
         seed=settings["seed"],
         progress=False,
     )
-    evaluate = classification_metrics(test_pair, train_pair, loss_fn)
-    # The above-dense scan reads the test accuracy only: spare it the train-set pass.
-    points, one_shot = measure_transition(
-        model,
-        evaluate,
-        amounts=amounts,
-        resolution=settings["resolution"],
-        certify_above_dense=False,
-        reference_evaluate_fn=classification_metrics(test_pair),
-        progress=False,
-    )
-    finetune = read_transition(validation.variants["finetune"].points, reference_grid=None)
-    transitions = {"one_shot": one_shot, "finetune": finetune}
+    # Every reading of "actual" from the one Validation: its one-shot sweep scans the
+    # reference grid (1/1000) for above_dense; after fine-tuning that rule is not read.
     for variant in VARIANTS:
         sweep = validation.variants[variant]
-        transition = transitions[variant]
         record["actual"][variant] = {
-            "accuracy": sweep.limit("accuracy"),
-            "loss_budget": sweep.limit("loss_budget"),
-            "collapse": transition.collapse,
-            "collapse_width": transition.collapse_width,
-            "above_dense": transition.above_dense if variant == "one_shot" else None,
-            "loss_collapse": transition.loss_collapse,
-            "collapse_bracket": transition.bracket("collapse"),
-            "collapse_interval": transition.interval("collapse"),
+            **{criterion: validation.limit(variant, criterion) for criterion in READINGS},
+            "collapse_width": sweep.collapse_width,
+            "collapse_bracket": sweep.bracket("collapse"),
+            "collapse_interval": validation.interval(variant, "collapse"),
             "evaluations": sweep.evaluations,
+            "notes": [
+                f"{criterion}: {reason}"
+                for criterion in READINGS
+                if (reason := validation.reason(variant, criterion))
+            ],
         }
-    record["actual"]["one_shot"]["transition_evaluations"] = len(points)
-    record["actual"]["finetune"]["notes"] = [
-        "collapse and width read from the validation's fine-tune sweep points (bisected "
-        "for the onset criteria only): located to within their brackets",
-        "above_dense not measured after fine-tuning (1,000 fine-tunes)",
-    ]
     record["dense"] = validation.dense
     record["validation_seconds"] = time.perf_counter() - t0
     record["errors"] = errors_of(record)

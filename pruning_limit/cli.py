@@ -55,7 +55,15 @@ from .datasets import DATASETS, Dataset, load_dataset
 from .lanczos import remove_state, state_size
 from .models import SelectOutput, model_spec
 from .parameters import NoPrunableParameterError, resolve_device, resolve_parameters
-from .pipeline import estimate_spectrum, exact_spectrum, predict_limit
+from .pipeline import (
+    AUTO,
+    AUTO_MAX_STEPS,
+    AUTO_START,
+    AUTO_TOLERANCE,
+    estimate_spectrum,
+    exact_spectrum,
+    predict_limit,
+)
 from .plots import plot_validation
 from .prediction import DEFAULT_METHODS, METHODS, SLOW_METHODS, Prediction
 from .spectrum import Spectrum
@@ -621,14 +629,15 @@ def _command_spectrum(args, out: _Output) -> int:
             selected = resolve_parameters(model)
             dimension = sum(p.numel() for _, p in selected)
             block = min(args.block_size or args.probes, args.probes)
-            size = state_size(dimension, args.steps, block, dtype or selected[0][1].dtype)
+            most_steps = args.auto_max_steps if args.steps == AUTO else args.steps
+            size = state_size(dimension, most_steps, block, dtype or selected[0][1].dtype)
             every = (
                 f"every {args.checkpoint_every} steps" if args.checkpoint_every else "every minute"
             )
             out.log(
                 f"checkpoints in {state_path} {every}: the Lanczos basis is appended as it grows "
                 f"(each row written once), at most {size / 1e6:.1f} MB on disk ({block} probes x "
-                f"{args.steps} steps x D = {dimension}); removed when the run completes"
+                f"{most_steps} steps x D = {dimension}); removed when the run completes"
             )
         if args.exact:
             spectrum = exact_spectrum(
@@ -657,9 +666,16 @@ def _command_spectrum(args, out: _Output) -> int:
                 resume=args.resume,
                 checkpoint_every=args.checkpoint_every,
                 progress=not args.quiet,
+                **_auto_options(args),
             )
             used = spectrum.provenance.get("steps", args.steps)
-            if used < args.steps:
+            auto = spectrum.provenance.get("auto_steps")
+            if auto is not None:
+                out.log(
+                    f"--steps auto: m = {auto['steps']} "
+                    + ("(p* settled)" if auto["converged"] else "(the cap; p* had not settled)")
+                )
+            elif used < args.steps:
                 out.log(
                     f"note: --steps {args.steps} capped at {used}, the number of non-zero rows "
                     "of the curvature: Lanczos is exact by then, more steps add nothing"
@@ -677,6 +693,42 @@ def _command_spectrum(args, out: _Output) -> int:
         f"{spectrum!r}\ntr(C)/D = {trace:.6g} +/- {trace_error:.2g}\nwritten to {target}",
     )
     return 0
+
+
+def _parse_steps(text: str) -> int | str:
+    """``--steps``: a positive number of Lanczos steps, or ``auto``."""
+    if text == AUTO:
+        return text
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return steps
+
+
+def _auto_options(args) -> dict:
+    """The ``--steps auto`` settings: the cap on m and the budget p* is read at."""
+    if args.steps != AUTO:
+        return {}
+    return {
+        "auto_start": min(AUTO_START, args.auto_max_steps),
+        "auto_max_steps": args.auto_max_steps,
+        "auto_tolerance": args.auto_tolerance,
+        "epsilon": _parse_epsilon(args.epsilon),
+    }
+
+
+def _parse_auto_max_steps(text: str) -> int:
+    """``--auto-max-steps``: at least 2 (m doubles from min(50, this))."""
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if steps < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}")
+    return steps
 
 
 def _parse_epsilon(text: str) -> str | float:
@@ -700,6 +752,8 @@ def _command_predict(args, out: _Output) -> int:
     model, card, train_pair, _ = _load_model_and_data(args)
     train_pair, _ = _rank_shards(train_pair, None, args.batch_size)
     spectrum = Spectrum.load(args.spectrum) if args.spectrum else None
+    if spectrum is not None and (args.steps is not None or args.probes is not None):
+        raise _UserError("--steps and --probes compute a spectrum: give them or --spectrum")
     methods = tuple(args.method) if args.method else DEFAULT_METHODS
     slow = [m for m in methods if m in SLOW_METHODS]
     if slow:
@@ -722,6 +776,14 @@ def _command_predict(args, out: _Output) -> int:
             allow_mismatch=args.allow_spectrum_mismatch,
             progress=not args.quiet,
             card=card or None,
+            steps=100 if args.steps is None else args.steps,
+            probes=10 if args.probes is None else args.probes,
+            **({"auto_max_steps": args.auto_max_steps} if args.steps == AUTO else {}),
+        )
+    if args.steps is not None and prediction.spectrum.get("method") == "exact":
+        out.log(
+            f"note: --steps {args.steps} has no effect here: D = {prediction.dimension} <= "
+            f"{EXACT_LIMIT}, the spectrum is exact"
         )
     if args.seed_given and not prediction.seeds:
         out.log(
@@ -864,6 +926,17 @@ def _parse_device(text: str) -> str:
     return text
 
 
+def _add_auto_max_steps(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--auto-max-steps",
+        type=_parse_auto_max_steps,
+        default=AUTO_MAX_STEPS,
+        metavar="M",
+        help=f"--steps auto: the largest m (default {AUTO_MAX_STEPS}; the paper's Hessian "
+        "needed m = 200 at the predicted limit)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``pruning-limit``: one subcommand each for train, spectrum,
     predict, validate, study and demo; each sets ``handler``, the function that runs it.
@@ -981,8 +1054,28 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, checkpoint],
         help="SLQ (or exact) spectrum of the loss curvature",
     )
-    p.add_argument("--steps", type=int, default=100, help="Lanczos steps per probe")
+    p.add_argument(
+        "--steps",
+        type=_parse_steps,
+        default=100,
+        help="Lanczos steps per probe, or auto: m doubles from 50 until the paper p* (at "
+        "--epsilon) moves by <= --auto-tolerance between m/2 and m, up to --auto-max-steps",
+    )
     p.add_argument("--probes", type=int, default=10)
+    p.add_argument(
+        "--epsilon",
+        default="batch_std",
+        help="--steps auto: the loss budget p* is read at (batch_std, reference or a number)",
+    )
+    _add_auto_max_steps(p)
+    p.add_argument(
+        "--auto-tolerance",
+        type=float,
+        default=AUTO_TOLERANCE,
+        metavar="DP",
+        help=f"--steps auto: stop when p* moves by at most DP between m/2 and m (default "
+        f"{AUTO_TOLERANCE}, fraction removed)",
+    )
     p.add_argument("--block-size", type=int, default=None, help="probes run together")
     p.add_argument("--curvature", choices=CURVATURES, default=DEFAULT_CURVATURE)
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None)
@@ -1016,6 +1109,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="a spectrum.npz from `pruning-limit spectrum` (default: exact for "
         f"D <= {EXACT_LIMIT}, else SLQ); it must be of this checkpoint's weights and --data",
     )
+    p.add_argument(
+        "--steps",
+        type=_parse_steps,
+        default=None,
+        help="without --spectrum, for D > the exact limit: Lanczos steps per probe, or auto "
+        "(as for `spectrum`; default 100)",
+    )
+    p.add_argument(
+        "--probes", type=int, default=None, help="without --spectrum: SLQ probes (default 10)"
+    )
+    _add_auto_max_steps(p)
     p.add_argument(
         "--allow-spectrum-mismatch",
         action="store_true",

@@ -13,9 +13,11 @@ study and the command line all go through it.
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from .batches import DEFAULT_BATCH_SIZE
 from .budget import BATCH_STD, REFERENCE, check_epsilon, loss_budget
 from .curvature import CURVATURES, DEFAULT_CURVATURE, EXACT_LIMIT, CurvatureOperator, ModelLoss
 from .fingerprint import describe_mismatch, weights_fingerprint
-from .lanczos import exact_spectrum_of, slq
+from .lanczos import exact_spectrum_of, remove_state, slq
 from .limit import (
     check_methods,
     check_statdim_dimension,
@@ -46,6 +48,7 @@ AUTO = "auto"
 AUTO_TOLERANCE = 0.005
 AUTO_START = 50
 AUTO_MAX_STEPS = 400
+AUTO_STATE_VERSION = 1
 # The regime's R(p*)/||w|| is read at this predictor's p*, as in the calibration set.
 REGIME_METHOD = "paper"
 
@@ -182,6 +185,11 @@ class Pipeline:
         probes, so the first m steps are the same numbers; the total cost is at most
         twice the last run's); the m reached, every m tried with its change, and
         whether the tolerance was met are recorded in ``provenance["auto_steps"]``.
+        With ``state_path`` (in ``slq_options``) the auto run keeps its state in that
+        folder: ``auto.json`` (the m already tried, written after each) and the
+        current m's SLQ state (``slq-mM``, see :func:`~pruning_limit.lanczos.slq`);
+        ``resume=True`` continues an interrupted auto run from there (same model,
+        data, eps, probes, seed and auto settings, or ``ValueError``).
         """
         if self.dimension <= self.exact_limit:
             return exact_spectrum_of(_WithMatrix(self), max_dimension=self.exact_limit)
@@ -198,8 +206,9 @@ class Pipeline:
         )
 
     def _auto_spectrum(
-        self, *, probes, seed, progress, epsilon, tolerance, start, max_steps, **slq_options
-    ) -> Spectrum:
+        self, *, probes, seed, progress, epsilon, tolerance, start, max_steps,
+        state_path=None, resume=False, **slq_options,
+    ) -> Spectrum:  # fmt: skip
         if not (isinstance(start, int) and isinstance(max_steps, int) and 2 <= start <= max_steps):
             raise ValueError(
                 f"steps='auto' needs integers 2 <= auto_start <= auto_max_steps, got "
@@ -208,11 +217,30 @@ class Pipeline:
         if not tolerance > 0:
             raise ValueError(f"auto_tolerance must be positive, got {tolerance!r}")
         eps, _ = self.budget(epsilon)
-        trace = []
-        steps = start
+        state = _AutoState(
+            state_path,
+            {
+                "auto_state_version": AUTO_STATE_VERSION,
+                "curvature": self.curvature,
+                "dimension": self.dimension,
+                "policy": self.policy,
+                "epsilon": eps,
+                "probes": probes,
+                "seed": seed,
+                "tolerance": tolerance,
+                "start": start,
+                "max_steps": max_steps,
+                "fingerprint": dict(getattr(self.operator, "fingerprint", None) or {}),
+            },
+            resume,
+        )
+        # Only m that did not end the search are saved: a resumed run takes the next one.
+        trace = state.trace
+        steps = start if not trace else min(2 * trace[-1]["steps"], max_steps)
         while True:
             spectrum = slq(
                 self.operator, steps=steps, probes=probes, seed=seed, progress=progress,
+                state_path=state.slq_path(steps), resume=state.path is not None,
                 **slq_options,
             )  # fmt: skip
             estimate = predict_from_spectrum(
@@ -230,6 +258,7 @@ class Pipeline:
             exhausted = spectrum.steps < steps or steps >= max_steps
             if converged or exhausted:
                 break
+            state.save(trace)
             steps = min(2 * steps, max_steps)
         spectrum.provenance["auto_steps"] = {
             "steps": spectrum.steps,
@@ -240,7 +269,9 @@ class Pipeline:
             "start": start,
             "max_steps": max_steps,
             "trace": trace,
+            "resumed_after_steps": state.resumed_after,
         }
+        state.remove()
         return spectrum
 
     def budget(self, epsilon: str | float = BATCH_STD) -> tuple[float, dict]:
@@ -344,10 +375,14 @@ class Pipeline:
         seed: int = 0,
         allow_mismatch: bool = False,
         progress: bool = False,
+        steps: int | str = 100,
+        probes: int = 10,
+        auto_max_steps: int = AUTO_MAX_STEPS,
         **options,
     ) -> Prediction:
-        """The Prediction from ``spectrum`` (default: :meth:`spectrum`, SLQ probes from
-        ``seed``), eps and w*.
+        """The Prediction from ``spectrum`` (default: :meth:`spectrum` with ``steps``,
+        ``probes`` and SLQ probes from ``seed``; ``steps="auto"`` reads p* at this
+        ``epsilon``, up to m = ``auto_max_steps``), eps and w*.
 
         With training data and a loss, the Prediction also holds the network's
         :class:`~pruning_limit.regime.Regime` (one pass over the data), measured at
@@ -360,7 +395,10 @@ class Pipeline:
         """
         methods = check_methods(methods)
         if spectrum is None:
-            spectrum = self.spectrum(seed=seed, progress=progress)
+            spectrum = self.spectrum(
+                steps=steps, probes=probes, seed=seed, progress=progress, epsilon=epsilon,
+                auto_start=min(AUTO_START, auto_max_steps), auto_max_steps=auto_max_steps,
+            )  # fmt: skip
             notes = []
         else:
             notes = self.check_spectrum(spectrum, allow_mismatch)
@@ -415,6 +453,72 @@ class _WithMatrix:
         return self._pipeline.matrix(max_dimension, block)
 
 
+class _AutoState:
+    """A ``steps="auto"`` run's state folder (none when ``path`` is None): ``auto.json``
+    holds the configuration and the m already tried; ``slq-mM`` the SLQ state of the m
+    in progress. Rank 0 alone reads and writes it; the m tried are broadcast."""
+
+    def __init__(self, path, config: dict, resume: bool) -> None:
+        self.path = None if path is None else Path(path)
+        self.config = json.loads(json.dumps(config))  # as it reads back from the file
+        self.trace: list[dict] = []
+        main = distributed.is_main()
+        if self.path is not None and main:
+            if resume:
+                self.trace = self._load()
+            else:
+                remove_state(self.path)
+            self.path.mkdir(parents=True, exist_ok=True)
+        if self.path is not None:
+            self.trace = distributed.broadcast_object(self.trace, "the auto-steps state")
+        self.resumed_after = self.trace[-1]["steps"] if self.trace else None
+
+    def _load(self) -> list[dict]:
+        index = self.path / "auto.json"
+        if not index.exists():
+            if (self.path / "index.json").exists():
+                raise ValueError(
+                    f"{self.path} holds the state of an SLQ run with a fixed number of steps, "
+                    "not of a steps='auto' run: resume it with those steps, or start over"
+                )
+            return []  # killed before the first m finished: nothing to continue
+        try:
+            saved = json.loads(index.read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read the auto-steps state {index}: {error}") from error
+        config = saved.get("config", {})
+        differs = describe_mismatch(config.get("fingerprint") or {}, self.config["fingerprint"])
+        if differs:
+            raise ValueError(
+                f"cannot resume from {self.path}: it was computed at other "
+                f"{' and '.join(differs)} than this run's (their fingerprints differ); resume "
+                "with the same model and data, or start over"
+            )
+        if config != self.config:
+            differing = sorted(k for k in set(config) | set(self.config)
+                               if config.get(k) != self.config.get(k))  # fmt: skip
+            raise ValueError(
+                f"the auto-steps state {self.path} belongs to another run (differs in: "
+                f"{', '.join(differing)}); remove it or run without resume"
+            )
+        return list(saved["trace"])
+
+    def slq_path(self, steps: int) -> Path | None:
+        return None if self.path is None else self.path / f"slq-m{steps}"
+
+    def save(self, trace: list[dict]) -> None:
+        if self.path is None or not distributed.is_main():
+            return
+        index = self.path / "auto.json"
+        tmp = index.with_name(index.name + ".tmp")
+        tmp.write_text(json.dumps({"config": self.config, "trace": trace}))
+        tmp.replace(index)
+
+    def remove(self) -> None:
+        if self.path is not None and distributed.is_main():
+            remove_state(self.path)
+
+
 @distributed.collective
 def predict_limit(
     model,
@@ -436,6 +540,9 @@ def predict_limit(
     seed: int = 0,
     allow_mismatch: bool = False,
     progress: bool = False,
+    steps: int | str = 100,
+    probes: int = 10,
+    auto_max_steps: int = AUTO_MAX_STEPS,
     **options,
 ) -> Prediction:
     """Predict how large a fraction p of a model's prunable weights can be removed.
@@ -491,6 +598,11 @@ def predict_limit(
         data (recorded in the Prediction's notes); by default that is refused.
     progress
         Progress bars for the long steps (SLQ, the dense matrix, the quadratic model).
+    steps, probes, auto_max_steps
+        Lanczos steps and probes of the SLQ spectrum computed here (no ``spectrum``,
+        D > ``dense_limit``); ``steps="auto"``: m doubles until ``paper``'s p* settles
+        or reaches ``auto_max_steps`` (:meth:`Pipeline.spectrum`), the m reached in
+        the spectrum's provenance.
     options
         Passed to :func:`predict_from_spectrum` (``confidence``, ``sensitivity``,
         ``tolerance``, ``statdim_samples``, ``curve_points``).
@@ -560,7 +672,8 @@ def predict_limit(
         raise ValueError(f"{', '.join(needs_data)} need data= and loss_fn= (the training data)")
     return pipeline.predict(
         spectrum, epsilon=epsilon, methods=methods, card=card, seed=seed,
-        allow_mismatch=allow_mismatch, progress=progress, **options,
+        allow_mismatch=allow_mismatch, progress=progress, steps=steps, probes=probes,
+        auto_max_steps=auto_max_steps, **options,
     )  # fmt: skip
 
 
@@ -570,7 +683,7 @@ def estimate_spectrum(
     loss_fn,
     data,
     *,
-    steps: int = 100,
+    steps: int | str = 100,
     probes: int = 10,
     curvature: str = DEFAULT_CURVATURE,
     params: Iterable | None = None,
@@ -578,6 +691,10 @@ def estimate_spectrum(
     device: str | torch.device = "auto",
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    epsilon: str | float = BATCH_STD,
+    auto_tolerance: float = AUTO_TOLERANCE,
+    auto_start: int = AUTO_START,
+    auto_max_steps: int = AUTO_MAX_STEPS,
     **slq_options,
 ) -> Spectrum:
     """SLQ spectrum of the GGN (or Hessian) of ``loss_fn`` over ``data`` at the model's weights.
@@ -585,7 +702,11 @@ def estimate_spectrum(
     Builds a :class:`~pruning_limit.curvature.CurvatureOperator` and calls
     :func:`~pruning_limit.lanczos.slq`; see both for the parameters. ``slq_options`` go
     to :func:`~pruning_limit.lanczos.slq` (``block_size``, ``state_path``, ``resume``,
-    ``checkpoint_every``, ``progress``, ...).
+    ``checkpoint_every``, ``progress``, ...). ``steps="auto"``: m doubles from
+    ``auto_start`` until the ``paper`` p* at the budget ``epsilon`` moves by at most
+    ``auto_tolerance`` between m/2 and m, or m reaches ``auto_max_steps``
+    (:meth:`Pipeline.spectrum`; resumable with ``state_path`` and ``resume``); the m
+    reached is ``provenance["auto_steps"]["steps"]``.
 
     Example
     -------
@@ -602,6 +723,14 @@ def estimate_spectrum(
         model, loss_fn, data, curvature=curvature, params=params, dtype=dtype, device=device,
         batch_size=batch_size,
     )  # fmt: skip
+    if steps == AUTO:
+        return pipeline._auto_spectrum(
+            probes=probes, seed=seed, epsilon=epsilon, tolerance=auto_tolerance,
+            start=auto_start, max_steps=auto_max_steps,
+            **{"progress": True, **slq_options},
+        )  # fmt: skip
+    if isinstance(steps, str):
+        raise ValueError(f"steps must be a positive integer or 'auto', got {steps!r}")
     return slq(pipeline.operator, steps=steps, probes=probes, seed=seed, **slq_options)
 
 

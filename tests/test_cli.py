@@ -485,3 +485,77 @@ def test_train_with_the_paper_recipe_then_predict_with_the_references_eps_and_pi
     assert payload["epsilon_source"]["kind"] == "reference"
     assert set(payload["estimates"]) == {"paper", "reference"}
     assert any(note.startswith("reference - paper = ") for note in payload["notes"])
+
+
+def test_spectrum_and_predict_take_steps_auto_and_an_auto_run_resumes(checkpoint, tmp_path):
+    common = [
+        "spectrum",
+        checkpoint,
+        "--data",
+        "manifold:d=3,n=8,n_train=1500,n_test=10",
+        "--steps",
+        "auto",
+        "--auto-tolerance",  # p* has settled by m = 50 on D = 80: go on to the next m
+        "1e-16",
+        "--probes",
+        "3",
+        "--block-size",
+        "1",
+        "--dtype",
+        "float64",
+        "--checkpoint-every",
+        "5",
+        "--quiet",
+    ]
+    whole = json.loads(run(*common, "--out", tmp_path / "whole.npz", "--json").stdout)
+    auto = whole["provenance"]["auto_steps"]
+    # D = 80: m = 50, then 100, capped where Lanczos is exact (the non-zero rows)
+    assert [row["steps"] for row in auto["trace"]][0] == 50 and len(auto["trace"]) == 2
+    assert 50 < auto["steps"] == whole["provenance"]["steps"] <= 80 and not auto["converged"]
+    assert auto["max_steps"] == 400 and auto["resumed_after_steps"] is None
+    target = tmp_path / "resumed.npz"
+    state = tmp_path / "resumed.npz.state"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pruning_limit.cli", *map(str, common), "--out", target],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not (state / "auto.json").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (state / "auto.json").exists() and not target.exists()
+    assert_user_error(run(*common, "--out", target, check=False), "--resume")
+    resumed = json.loads(run(*common, "--out", target, "--resume", "--json").stdout)
+    assert resumed["provenance"]["auto_steps"]["resumed_after_steps"] == 50
+    reference, loaded = pl.Spectrum.load(tmp_path / "whole.npz"), pl.Spectrum.load(target)
+    assert np.array_equal(reference.alphas, loaded.alphas)
+    assert not state.exists()
+    def assert_argument_error(result, *words):  # argparse's, in one line
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert all(word in lines[0] for word in words), lines[0]
+
+    for bad in ("0", "many"):
+        assert_argument_error(
+            run("spectrum", checkpoint, "--data", TINY_DATA, "--steps", bad, check=False),
+            "--steps",
+            "'auto'",
+        )
+    assert_argument_error(
+        run("spectrum", checkpoint, "--data", TINY_DATA, "--steps", "auto",
+            "--auto-max-steps", "1", check=False),
+        "--auto-max-steps",
+    )  # fmt: skip
+    assert_user_error(
+        run("predict", checkpoint, "--data", TINY_DATA, "--spectrum", target, "--steps", "auto",
+            check=False),
+        "--spectrum",
+    )  # fmt: skip
+    # D = 80 <= the exact limit: the spectrum is exact, and predict says --steps did nothing
+    result = run("predict", checkpoint, "--data", TINY_DATA, "--steps", "auto", "--method",
+                 "paper", "--batch-size", "50", "--json")  # fmt: skip
+    assert json.loads(result.stdout)["spectrum"]["method"] == "exact"
+    assert "--steps auto has no effect" in result.stderr

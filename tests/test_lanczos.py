@@ -343,3 +343,110 @@ def test_auto_steps_doubles_m_until_p_star_settles_and_lands_on_the_exact_answer
     assert capped.steps == 4 and not capped.provenance["auto_steps"]["converged"]
     with pytest.raises(ValueError, match="'auto'"):
         sampled.spectrum(steps="many")
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _InterruptingOperator:
+    """The operator, raising after ``after`` block products (a run killed mid-way)."""
+
+    def __init__(self, operator, after: int) -> None:
+        self._operator, self.after = operator, after
+
+    def __getattr__(self, name):
+        return getattr(self._operator, name)
+
+    def apply(self, rows, method=None):
+        if self.after == 0:
+            raise _Interrupted
+        self.after -= 1
+        return self._operator.apply(rows, method)
+
+
+def test_auto_steps_resumes_an_interrupted_run_and_reaches_the_exact_answer(tmp_path):
+    from pruning_limit.pipeline import AUTO_MAX_STEPS, Pipeline
+
+    assert AUTO_MAX_STEPS >= 400  # the paper's Hessian needed m = 200 at c* on an MLP
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(10, 20), torch.nn.Tanh(), torch.nn.Linear(20, 3)
+    ).double()
+    data = (torch.randn(200, 10, dtype=torch.float64), torch.randint(0, 3, (200,)))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    exact = Pipeline(model, loss_fn, data, curvature="hessian", batch_size=50)
+    eps, _ = exact.budget()
+    truth = exact.predict(exact.spectrum(), epsilon=eps, methods=("paper",), sensitivity=False)
+    options = dict(steps="auto", probes=2, auto_start=4, auto_max_steps=400, auto_tolerance=0.002,
+                   epsilon=eps, checkpoint_every=1)  # fmt: skip
+
+    def pipeline():
+        return Pipeline(model, loss_fn, data, curvature="hessian", batch_size=50, exact_limit=10)
+
+    whole = pipeline().spectrum(**options)
+    auto = whole.provenance["auto_steps"]
+    assert auto["converged"] and auto["steps"] == whole.steps >= 16
+    assert auto["resumed_after_steps"] is None
+    predicted = exact.predict(whole, epsilon=eps, methods=("paper",), sensitivity=False)
+    assert predicted.removal_fraction("paper") == pytest.approx(
+        truth.removal_fraction("paper"), abs=0.02
+    )
+
+    state = tmp_path / "auto.state"
+    interrupted = pipeline()
+    # m = 4 ends (one block product per step: 4), m = 8 stops after 5 of its steps
+    real = interrupted.operator
+    interrupted._operator = _InterruptingOperator(real, after=4 + 5)
+    with pytest.raises(_Interrupted):
+        interrupted.spectrum(**options, state_path=state)
+    saved = json.loads((state / "auto.json").read_text())
+    assert [row["steps"] for row in saved["trace"]] == [4]
+    assert (state / "slq-m8").is_dir()
+    # Another budget, or other weights, are another run: refused, the state kept.
+    with pytest.raises(ValueError, match="differs in: epsilon"):
+        pipeline().spectrum(**{**options, "epsilon": 2 * eps}, state_path=state, resume=True)
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        moved[0].weight[0, 0] += 0.01
+    with pytest.raises(ValueError, match="other"):
+        Pipeline(moved, loss_fn, data, curvature="hessian", batch_size=50, exact_limit=10).spectrum(
+            **options, state_path=state, resume=True
+        )
+    interrupted._operator = real
+    resumed = interrupted.spectrum(**options, state_path=state, resume=True)
+    record = resumed.provenance["auto_steps"]
+    assert record["resumed_after_steps"] == 4 and record["steps"] == auto["steps"]
+    assert [row["steps"] for row in record["trace"]] == [row["steps"] for row in auto["trace"]]
+    np.testing.assert_array_equal(resumed.alphas, whole.alphas)
+    np.testing.assert_array_equal(resumed.betas, whole.betas)
+    assert not state.exists()
+    # A fixed-steps run's state is not an auto run's, and the reverse.
+    fixed = tmp_path / "fixed.state"
+    stopped = pipeline()
+    stopped._operator = _InterruptingOperator(stopped.operator, after=5)
+    with pytest.raises(_Interrupted):
+        pl.slq(stopped.operator, steps=20, probes=2, state_path=fixed, checkpoint_every=1,
+               progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="fixed number of steps"):
+        pipeline().spectrum(**options, state_path=fixed, resume=True)
+
+
+def test_estimate_spectrum_and_predict_limit_take_auto_steps():
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(), torch.nn.Linear(12, 3))
+    data = (torch.randn(120, 6), torch.randint(0, 3, (120,)))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    spectrum = pl.estimate_spectrum(
+        model, loss_fn, data, steps="auto", probes=2, curvature="hessian", dtype=torch.float64,
+        device="cpu", auto_start=4, auto_max_steps=8, batch_size=40, progress=False,
+    )  # fmt: skip
+    assert [row["steps"] for row in spectrum.provenance["auto_steps"]["trace"]] in ([4], [4, 8])
+    assert spectrum.steps == spectrum.provenance["auto_steps"]["steps"]
+    prediction = pl.predict_limit(
+        model, data=data, loss_fn=loss_fn, methods=("paper",), dense_limit=10, steps="auto",
+        probes=2, auto_max_steps=60, batch_size=40,
+    )  # fmt: skip
+    assert prediction.spectrum["provenance"]["auto_steps"]["steps"] in (50, 60)
+    with pytest.raises(ValueError, match="'auto'"):
+        pl.estimate_spectrum(model, loss_fn, data, steps="many", device="cpu")
