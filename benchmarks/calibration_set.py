@@ -186,9 +186,9 @@ def runs_of(record: dict, source: str, rebuild: bool) -> tuple[list[CalibrationR
         for row in study["runs"]:
             actual = {
                 variant: {
-                    criterion: value
-                    for criterion, value in values.items()
-                    if not isinstance(value, list)
+                    criterion: value  # limits only: not their intervals, nor the
+                    for criterion, value in values.items()  # reasons a limit is None
+                    if value is None or isinstance(value, (int, float))
                 }
                 for variant, values in row["actual"].items()
             }
