@@ -60,7 +60,6 @@ True
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import time
@@ -94,7 +93,7 @@ from .pruning import (
     limit_interval,
 )
 from .quadratic import QuadraticModel
-from .serialization import plain, read_json, write_json
+from .serialization import JsonResult, plain, read_json
 from .transition import DEFAULT_REFERENCE_GRID, Transition, measure_transition
 from .variants import FinetuneBudget, PrunedWeights, finetune_evaluator, refit_evaluator
 
@@ -296,7 +295,7 @@ class VariantSweep:
 
 
 @dataclass
-class Validation:
+class Validation(JsonResult):
     """Actual pruning limits of a trained model, with how they were measured.
 
     ``fraction`` is ``"removed"``: every p is the fraction of prunable weights
@@ -409,17 +408,6 @@ class Validation:
         data["variants"] = {name: sweep.to_dict() for name, sweep in self.variants.items()}
         data["format_version"] = FORMAT_VERSION
         return plain(data)
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def save(self, path: str | Path) -> Path:
-        """Write :meth:`to_json` to ``path`` (``.json`` added if missing), atomically.
-
-        Returns the path written. Under ``torch.distributed`` rank 0 alone writes and
-        every rank returns the same path (:mod:`~pruning_limit.serialization`).
-        """
-        return write_json(path, self.to_json())
 
     @classmethod
     def from_dict(cls, data: dict) -> Validation:
