@@ -68,6 +68,7 @@ from .pruning import (
     Metrics,
     SweepPoint,
     accuracy_interval,
+    interval_side,
     is_measurement,
     number_to_prune,
     sweep,
@@ -142,16 +143,13 @@ class FallsBelowBound:
     method: str = "wilson"
 
     def __post_init__(self) -> None:
-        if self.side not in ("earliest", "latest"):
-            raise ValueError(f"side must be 'earliest' or 'latest', got {self.side!r}")
-        accuracy_interval(0.0, self.n, self.confidence, self.method)
+        interval_side(0.0, self.n, self.side, self.confidence, self.method)
 
     def end(self, metrics: Metrics) -> float:
         """lo(a) for side "earliest", hi(a) for "latest"."""
-        low, high = accuracy_interval(
-            _metric(metrics, self.below.key), self.n, self.confidence, self.method
+        return interval_side(
+            _metric(metrics, self.below.key), self.n, self.side, self.confidence, self.method
         )
-        return low if self.side == "earliest" else high
 
     def __call__(self, metrics: Metrics) -> bool:
         return self.end(metrics) < self.below.level - _SLACK
