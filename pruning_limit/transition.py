@@ -232,6 +232,11 @@ class Reading:
         return cls(**data)
 
 
+def _reading_value(name: str) -> property:
+    """A read-only attribute: :meth:`Transition.limit` of the reading ``name``."""
+    return property(lambda transition: transition.limit(name), doc=f"The value of {name!r}.")
+
+
 @dataclass
 class Transition:
     """The transition of a pruning sweep's curves (see the module docstring).
@@ -301,21 +306,10 @@ class Transition:
     def bracket(self, name: str) -> tuple | None:
         return self.reading(name).bracket
 
-    @property
-    def collapse(self) -> float | None:
-        return self.limit("collapse")
-
-    @property
-    def collapse_width(self) -> float | None:
-        return self.limit("collapse_width")
-
-    @property
-    def above_dense(self) -> float | None:
-        return self.limit("above_dense")
-
-    @property
-    def loss_collapse(self) -> float | None:
-        return self.limit("loss_collapse")
+    collapse = _reading_value("collapse")
+    collapse_width = _reading_value("collapse_width")
+    above_dense = _reading_value("above_dense")
+    loss_collapse = _reading_value("loss_collapse")
 
     def to_dict(self) -> dict:
         return plain(asdict(self))
