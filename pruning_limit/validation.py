@@ -232,12 +232,7 @@ class VariantSweep:
 
     def limit(self, criterion: str) -> float | None:
         """The limit (fraction removed) under ``criterion``; None with :meth:`reason`."""
-        _check_criterion(criterion)
-        if criterion == "accuracy":
-            return self.accuracy_limit
-        if criterion == "loss_budget":
-            return self.loss_budget_limit
-        return None if self.transition is None else self.transition.limit(criterion)
+        return self._reading(criterion, "limit")
 
     def interval(self, criterion: str) -> tuple | None:
         """The interval on the limit under ``criterion``.
@@ -265,14 +260,18 @@ class VariantSweep:
 
     def bracket(self, criterion: str) -> tuple | None:
         """(limit, first p past it) as evaluated; the second entry None: a lower bound."""
+        return self._reading(criterion, "bracket")
+
+    def _reading(self, criterion: str, what: str):
+        """The ``what`` ("limit" or "bracket") under ``criterion``: the sweep's own
+        ``<criterion>_<what>`` for an onset criterion, else the transition's (None: not
+        measured)."""
         _check_criterion(criterion)
-        if criterion == "accuracy":
-            return self.accuracy_bracket
-        if criterion == "loss_budget":
-            return self.loss_budget_bracket
+        if criterion in ONSET_CRITERIA:
+            return getattr(self, f"{criterion}_{what}")
         if self.transition is None:
             return None
-        return self.transition.bracket(criterion)
+        return getattr(self.transition, what)(criterion)
 
     def reason(self, criterion: str) -> str | None:
         """Why the limit under ``criterion`` is None (or a caveat); None otherwise."""
