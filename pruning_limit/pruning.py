@@ -475,9 +475,8 @@ def sweep(
     The weights 1, -2, 3, -4 and, as the metric, the mass sum |w| that stays; the
     network counts as broken below 9:
 
-    >>> model = torch.nn.Linear(4, 1, bias=False)
-    >>> with torch.no_grad():
-    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
+    >>> from pruning_limit.models import least_squares
+    >>> model, _ = least_squares()
     >>> def kept_mass(model):
     ...     return {"kept_mass": model.weight.abs().sum().item()}
     >>> def broken(metrics):
@@ -553,9 +552,8 @@ def sweep_down(
     The largest p that keeps a mass sum |w| of at least 7 (weights 1, -2, 3, -4): 0.75
     keeps 4, 0.5 keeps 7, so nothing below 0.5 is evaluated.
 
-    >>> model = torch.nn.Linear(4, 1, bias=False)
-    >>> with torch.no_grad():
-    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
+    >>> from pruning_limit.models import least_squares
+    >>> model, _ = least_squares()
     >>> def kept_mass(model):
     ...     return {"kept_mass": model.weight.abs().sum().item()}
     >>> points = sweep_down(model, kept_mass, amounts=[0.0, 0.25, 0.5, 0.75],

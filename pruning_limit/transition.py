@@ -628,10 +628,8 @@ def measure_transition(
     0 at p = 0, 1/4, ..., 1): half of it, 5, is lost between p = 1/2 and 3/4, at
     1/2 + (7 - 5) / (7 - 4) / 4.
 
-    >>> import torch
-    >>> model = torch.nn.Linear(4, 1, bias=False)
-    >>> with torch.no_grad():
-    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
+    >>> from pruning_limit.models import least_squares
+    >>> model, _ = least_squares()
     >>> def kept_mass(model):
     ...     return {"kept_mass": model.weight.abs().sum().item()}
     >>> points, transition = measure_transition(
