@@ -613,7 +613,6 @@ def plot(runs: list[dict], path: Path) -> Path:
 
     fitted = [run for run in runs if run["fits"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    markers = {"width": "o", "fit": "s"}
     styles = {
         ("paper", "accuracy"): "C0",
         ("paper", "above_dense"): "C1",
@@ -621,22 +620,11 @@ def plot(runs: list[dict], path: Path) -> Path:
         ("paper", "collapse"): "C3",
     }
     for (method, criterion), color in styles.items():
-        for group, marker in markers.items():
-            chosen = sorted(
-                (r for r in fitted if r["group"] == group), key=lambda r: r["dimension"]
-            )
-            key = f"hessian/{method}/one_shot/{criterion}"
-            xs = [r["dimension"] for r in chosen if key in r["errors"]]
-            ys = [r["errors"][key] for r in chosen if key in r["errors"]]
-            if xs:
-                axes[0].plot(
-                    xs,
-                    ys,
-                    marker=marker,
-                    color=color,
-                    linestyle="-" if group == "width" else "none",
-                    label=f"{method} - {criterion}" if group == "width" else None,
-                )
+
+        def error_points(run, key=f"hessian/{method}/one_shot/{criterion}"):
+            return run["errors"].get(key)
+
+        _plot_against_dimension(axes[0], fitted, error_points, color, f"{method} - {criterion}")
     axes[0].axhline(0, color="k", lw=0.8)
     axes[0].axhspan(-3, 3, color="0.9")
     axes[0].set(
@@ -647,25 +635,12 @@ def plot(runs: list[dict], path: Path) -> Path:
     )
     axes[0].legend(fontsize=8)
     for variant, color in (("one_shot", "C0"), ("finetune", "C3")):
-        for group, marker in markers.items():
-            chosen = sorted(
-                (r for r in fitted if r["group"] == group), key=lambda r: r["dimension"]
-            )
-            pairs = [
-                (r["dimension"], 100 * r["actual"][variant]["collapse_width"])
-                for r in chosen
-                if r["actual"][variant]["collapse_width"] is not None
-            ]
-            if pairs:
-                xs, ys = zip(*pairs)
-                axes[1].plot(
-                    xs,
-                    ys,
-                    marker=marker,
-                    color=color,
-                    linestyle="-" if group == "width" else "none",
-                    label=variant if group == "width" else None,
-                )
+
+        def width_points(run, variant=variant):
+            width = run["actual"][variant]["collapse_width"]
+            return None if width is None else 100 * width
+
+        _plot_against_dimension(axes[1], fitted, width_points, color, variant)
     axes[1].set(
         xscale="log",
         xlabel="D (prunable weights)",
@@ -677,6 +652,24 @@ def plot(runs: list[dict], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _plot_against_dimension(axis, runs: list[dict], value, color: str, label: str) -> None:
+    """``value(run)`` against D, runs with None left out: the width sweep as a labelled
+    line of circles, the other runs (group "fit") as squares."""
+    for group, marker in (("width", "o"), ("fit", "s")):
+        chosen = sorted((r for r in runs if r["group"] == group), key=lambda r: r["dimension"])
+        pairs = [(r["dimension"], value(r)) for r in chosen if value(r) is not None]
+        if pairs:
+            xs, ys = zip(*pairs)
+            axis.plot(
+                xs,
+                ys,
+                marker=marker,
+                color=color,
+                linestyle="-" if group == "width" else "none",
+                label=label if group == "width" else None,
+            )
 
 
 if __name__ == "__main__":

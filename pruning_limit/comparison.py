@@ -34,17 +34,15 @@ class ComparisonRow:
 
     Example
     -------
-    Least squares on w* = (1, -2, 3, -4) with inputs e_1..e_4, eps = 1: the GGN is I/2,
-    so the paper's p* solves p = 1 / (1 + R(p)^2 / 4) with R^2 = 16 p - 3 on [1/4, 1/2],
+    Least squares on w* = (1, -2, 3, -4) with inputs e_1..e_4, eps = 1
+    (:func:`~pruning_limit.models.least_squares`): the GGN is I/2, so the paper's p*
+    solves p = 1 / (1 + R(p)^2 / 4) with R^2 = 16 p - 3 on [1/4, 1/2],
     16 p^2 + p - 4 = 0, p* = (sqrt(257) - 1) / 32 = 0.4697; pruning meets the loss
     budget up to p = 1/4 (see :class:`~pruning_limit.validation.VariantSweep`).
 
     >>> import torch
-    >>> model = torch.nn.Linear(4, 1, bias=False)
-    >>> with torch.no_grad():
-    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
-    >>> X = torch.eye(4).repeat(10, 1)
-    >>> y = X @ model.weight.detach().T   # the train loss of w_P = 0 is sum_P w_j^2 / 4
+    >>> from pruning_limit.models import least_squares
+    >>> model, (X, y) = least_squares()   # the train loss of w_P = 0 is sum_P w_j^2 / 4
     >>> import pruning_limit as pl
     >>> prediction = pl.predict_limit(model, data=(X, y), loss_fn=torch.nn.MSELoss(),
     ...                               epsilon=1.0, methods=("paper",))
@@ -81,11 +79,8 @@ class Comparison:
     The least-squares network of :class:`ComparisonRow`:
 
     >>> import torch
-    >>> model = torch.nn.Linear(4, 1, bias=False)
-    >>> with torch.no_grad():
-    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
-    >>> X = torch.eye(4).repeat(10, 1)
-    >>> y = X @ model.weight.detach().T   # the train loss of w_P = 0 is sum_P w_j^2 / 4
+    >>> from pruning_limit.models import least_squares
+    >>> model, (X, y) = least_squares()   # the train loss of w_P = 0 is sum_P w_j^2 / 4
     >>> import pruning_limit as pl
     >>> prediction = pl.predict_limit(model, data=(X, y), loss_fn=torch.nn.MSELoss(),
     ...                               epsilon=1.0, methods=("paper",))

@@ -23,6 +23,9 @@ Layers are named (``fc1``, ``conv1``, ``act1``, ``out``, ...) so that the names 
 a state_dict and in a pruning report say what they are. The weight of every
 Linear and Conv layer is prunable (:func:`pruning_limit.parameters.prunable_parameters`).
 
+:func:`least_squares` gives a linear network with a closed-form loss, curvature and
+pruning limit, for examples and checks.
+
 Sizes run from about a thousand weights (``mlp`` 16-32-16-2: 1,106 parameters; the
 exact-Hessian path) to about a million (``mlp`` 64-1024-1024-10: 1,126,410).
 
@@ -232,6 +235,53 @@ def count_parameters(model: nn.Module) -> int:
     26
     """
     return sum(parameter.numel() for parameter in model.parameters())
+
+
+def least_squares(
+    weights=(1.0, -2.0, 3.0, -4.0), repeats: int = 10
+) -> tuple[nn.Linear, tuple[torch.Tensor, torch.Tensor]]:
+    """A least-squares network at its exact minimum, with everything in closed form.
+
+    The model is ``Linear(D, 1, bias=False)`` holding w* = ``weights``; the data are the
+    unit inputs e_1..e_D, each ``repeats`` times, with targets y = X w*. Under
+    ``torch.nn.MSELoss()`` (mean) the train loss of w is sum_j (w_j - w*_j)^2 / D, so
+
+    - the Hessian (and GGN) is (2 / D) I: I / 2 for the default D = 4;
+    - pruning the set P of weights costs sum_{j in P} w*_j^2 / D: for the default
+      w* = (1, -2, 3, -4), removing the k smallest |w| costs 0, 1/4, 5/4, 14/4, 30/4,
+      so with a loss budget eps = 1 the limit is p = 1/4;
+    - the paper's p* with eps = 1 solves p = 1 / (1 + R(p)^2 / 4) with
+      R^2 = 16 p - 3 on [1/4, 1/2]: p* = (sqrt(257) - 1) / 32 = 0.4697.
+
+    Parameters
+    ----------
+    weights
+        The minimiser w*, one entry per weight.
+    repeats
+        How many times each unit input occurs (N = D * repeats samples).
+
+    Returns
+    -------
+    (model, (inputs, targets))
+        The model, and the train data as a pair of float32 tensors of shapes (N, D)
+        and (N, 1).
+
+    Example
+    -------
+    >>> model, (X, y) = least_squares()
+    >>> model.weight.tolist(), X.shape, y[:4].flatten().tolist()
+    ([[1.0, -2.0, 3.0, -4.0]], torch.Size([40, 4]), [1.0, -2.0, 3.0, -4.0])
+    >>> with torch.no_grad():
+    ...     _ = model.weight[0, 0].zero_()   # prune w_1 = 1: the loss is 1^2 / 4
+    >>> torch.nn.MSELoss()(model(X), y).item()
+    0.25
+    """
+    weights = torch.tensor([list(weights)], dtype=torch.float32)
+    model = nn.Linear(weights.shape[1], 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(weights)
+    inputs = torch.eye(weights.shape[1]).repeat(repeats, 1)
+    return model, (inputs, inputs @ weights.T)
 
 
 class SelectOutput(nn.Module):

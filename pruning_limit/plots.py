@@ -109,11 +109,8 @@ def plot_validation(validation, path, prediction=None) -> Path:
     >>> import tempfile
     >>> import pruning_limit as pl
     >>> import torch
-    >>> model = torch.nn.Linear(4, 1, bias=False)
-    >>> with torch.no_grad():
-    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
-    >>> X = torch.eye(4).repeat(10, 1)
-    >>> y = X @ model.weight.detach().T   # the train loss of w_P = 0 is sum_P w_j^2 / 4
+    >>> from pruning_limit.models import least_squares
+    >>> model, (X, y) = least_squares()   # the train loss of w_P = 0 is sum_P w_j^2 / 4
     >>> validation = pl.validate(model, train_data=(X, y), test_data=(X, y),
     ...                          loss_fn=torch.nn.MSELoss(), epsilon=1.0, variants=("one_shot",),
     ...                          amounts=[0.25, 0.5, 0.75], reference_grid=None, progress=False)

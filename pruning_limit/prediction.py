@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .calibration import CalibratedInterval, CalibrationSet, shipped
 from .regime import Regime
-from .serialization import plain, read_json, write_json
+from .serialization import JsonResult, plain, read_json
 
 METHODS = (
     "paper", "orthogonal", "trace_bound", "quadratic", "statdim_exact", "reference", "emp"
@@ -148,7 +148,7 @@ class MethodEstimate:
 
 
 @dataclass
-class Prediction:
+class Prediction(JsonResult):
     """Predicted pruning limits, with everything needed to judge and reproduce them.
 
     ``fraction`` is always ``"removed"``: p* is the fraction of prunable weights
@@ -313,18 +313,6 @@ class Prediction:
         data = asdict(self)
         data["format_version"] = FORMAT_VERSION
         return plain(data)
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """JSON text (non-finite numbers are written as NaN / Infinity, which json reads)."""
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def save(self, path: str | Path) -> Path:
-        """Write :meth:`to_json` to ``path`` (``.json`` added if missing), atomically.
-
-        Returns the path written. Under ``torch.distributed`` rank 0 alone writes and
-        every rank returns the same path (:mod:`~pruning_limit.serialization`).
-        """
-        return write_json(path, self.to_json())
 
     @classmethod
     def from_dict(cls, data: dict) -> Prediction:

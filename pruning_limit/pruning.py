@@ -475,9 +475,8 @@ def sweep(
     The weights 1, -2, 3, -4 and, as the metric, the mass sum |w| that stays; the
     network counts as broken below 9:
 
-    >>> model = torch.nn.Linear(4, 1, bias=False)
-    >>> with torch.no_grad():
-    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
+    >>> from pruning_limit.models import least_squares
+    >>> model, _ = least_squares()
     >>> def kept_mass(model):
     ...     return {"kept_mass": model.weight.abs().sum().item()}
     >>> def broken(metrics):
@@ -553,9 +552,8 @@ def sweep_down(
     The largest p that keeps a mass sum |w| of at least 7 (weights 1, -2, 3, -4): 0.75
     keeps 4, 0.5 keeps 7, so nothing below 0.5 is evaluated.
 
-    >>> model = torch.nn.Linear(4, 1, bias=False)
-    >>> with torch.no_grad():
-    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
+    >>> from pruning_limit.models import least_squares
+    >>> model, _ = least_squares()
     >>> def kept_mass(model):
     ...     return {"kept_mass": model.weight.abs().sum().item()}
     >>> points = sweep_down(model, kept_mass, amounts=[0.0, 0.25, 0.5, 0.75],
@@ -743,6 +741,32 @@ def accuracy_interval(
     return float(interval.low), float(interval.high)
 
 
+def interval_side(
+    accuracy: float, n: int, side: str, confidence: float = 0.95, method: str = "wilson"
+) -> float:
+    """The end of :func:`accuracy_interval` that a criterion read on ``side`` compares.
+
+    Side ``"earliest"`` takes lo(a), so the criterion breaks as soon as the accuracy
+    could have fallen; side ``"latest"`` takes hi(a), so it breaks only when the
+    accuracy must have fallen. Shared by :class:`AccuracyDropBound` and
+    :class:`~pruning_limit.transition.FallsBelowBound`.
+
+    Raises
+    ------
+    ValueError
+        If ``side`` is neither "earliest" nor "latest", or as :func:`accuracy_interval`.
+
+    Example
+    -------
+    >>> round(interval_side(0.88, 100, "earliest"), 3), round(interval_side(0.88, 100, "latest"), 3)
+    (0.802, 0.93)
+    """
+    if side not in ("earliest", "latest"):
+        raise ValueError(f"side must be 'earliest' or 'latest', got {side!r}")
+    low, high = accuracy_interval(accuracy, n, confidence, method)
+    return low if side == "earliest" else high
+
+
 @dataclass(frozen=True)
 class AccuracyDropBound:
     """The break decision of an :class:`AccuracyDrop` at one end of the accuracy intervals.
@@ -780,15 +804,12 @@ class AccuracyDropBound:
     method: str = "wilson"
 
     def __post_init__(self) -> None:
-        if self.side not in ("earliest", "latest"):
-            raise ValueError(f"side must be 'earliest' or 'latest', got {self.side!r}")
-        accuracy_interval(self.drop.dense_accuracy, self.n, self.confidence, self.method)
+        interval_side(self.drop.dense_accuracy, self.n, self.side, self.confidence, self.method)
 
     def __call__(self, metrics: Metrics) -> bool:
-        low, high = accuracy_interval(
-            _metric(metrics, self.drop.key), self.n, self.confidence, self.method
+        moved = interval_side(
+            _metric(metrics, self.drop.key), self.n, self.side, self.confidence, self.method
         )
-        moved = low if self.side == "earliest" else high
         return moved < self.drop.dense_accuracy - self.drop.tolerance - _COMPARISON_SLACK
 
 

@@ -123,3 +123,33 @@ def read_json(path: str | Path, what: str) -> dict:
             f"{path} is not a {what} file: it holds a JSON {type(data).__name__}, not an object"
         )
     return data
+
+
+class JsonResult:
+    """Mixin for a result dataclass whose ``to_dict()`` is a plain JSON object: it gives
+    :meth:`to_json` and :meth:`save` (``load`` and its format check stay with each class).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> class Limit(JsonResult):
+    ...     def to_dict(self):
+    ...         return {"removal_fraction": 0.5}
+    >>> Limit().to_json(indent=None)
+    '{"removal_fraction": 0.5}'
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     read_json(Limit().save(Path(folder) / "limit"), "limit")
+    {'removal_fraction': 0.5}
+    """
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """JSON text (non-finite numbers are written as NaN / Infinity, which json reads)."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: str | Path) -> Path:
+        """Write :meth:`to_json` to ``path`` (``.json`` added if missing), atomically.
+
+        Returns the path written. Under ``torch.distributed`` rank 0 alone writes and
+        every rank returns the same path (:mod:`~pruning_limit.serialization`).
+        """
+        return write_json(path, self.to_json())

@@ -68,6 +68,7 @@ from .pruning import (
     Metrics,
     SweepPoint,
     accuracy_interval,
+    interval_side,
     is_measurement,
     number_to_prune,
     sweep,
@@ -142,16 +143,13 @@ class FallsBelowBound:
     method: str = "wilson"
 
     def __post_init__(self) -> None:
-        if self.side not in ("earliest", "latest"):
-            raise ValueError(f"side must be 'earliest' or 'latest', got {self.side!r}")
-        accuracy_interval(0.0, self.n, self.confidence, self.method)
+        interval_side(0.0, self.n, self.side, self.confidence, self.method)
 
     def end(self, metrics: Metrics) -> float:
         """lo(a) for side "earliest", hi(a) for "latest"."""
-        low, high = accuracy_interval(
-            _metric(metrics, self.below.key), self.n, self.confidence, self.method
+        return interval_side(
+            _metric(metrics, self.below.key), self.n, self.side, self.confidence, self.method
         )
-        return low if self.side == "earliest" else high
 
     def __call__(self, metrics: Metrics) -> bool:
         return self.end(metrics) < self.below.level - _SLACK
@@ -234,6 +232,11 @@ class Reading:
         return cls(**data)
 
 
+def _reading_value(name: str) -> property:
+    """A read-only attribute: :meth:`Transition.limit` of the reading ``name``."""
+    return property(lambda transition: transition.limit(name), doc=f"The value of {name!r}.")
+
+
 @dataclass
 class Transition:
     """The transition of a pruning sweep's curves (see the module docstring).
@@ -303,21 +306,10 @@ class Transition:
     def bracket(self, name: str) -> tuple | None:
         return self.reading(name).bracket
 
-    @property
-    def collapse(self) -> float | None:
-        return self.limit("collapse")
-
-    @property
-    def collapse_width(self) -> float | None:
-        return self.limit("collapse_width")
-
-    @property
-    def above_dense(self) -> float | None:
-        return self.limit("above_dense")
-
-    @property
-    def loss_collapse(self) -> float | None:
-        return self.limit("loss_collapse")
+    collapse = _reading_value("collapse")
+    collapse_width = _reading_value("collapse_width")
+    above_dense = _reading_value("above_dense")
+    loss_collapse = _reading_value("loss_collapse")
 
     def to_dict(self) -> dict:
         return plain(asdict(self))
@@ -636,10 +628,8 @@ def measure_transition(
     0 at p = 0, 1/4, ..., 1): half of it, 5, is lost between p = 1/2 and 3/4, at
     1/2 + (7 - 5) / (7 - 4) / 4.
 
-    >>> import torch
-    >>> model = torch.nn.Linear(4, 1, bias=False)
-    >>> with torch.no_grad():
-    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
+    >>> from pruning_limit.models import least_squares
+    >>> model, _ = least_squares()
     >>> def kept_mass(model):
     ...     return {"kept_mass": model.weight.abs().sum().item()}
     >>> points, transition = measure_transition(

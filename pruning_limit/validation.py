@@ -60,7 +60,6 @@ True
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import time
@@ -94,7 +93,7 @@ from .pruning import (
     limit_interval,
 )
 from .quadratic import QuadraticModel
-from .serialization import plain, read_json, write_json
+from .serialization import JsonResult, plain, read_json
 from .transition import DEFAULT_REFERENCE_GRID, Transition, measure_transition
 from .variants import FinetuneBudget, PrunedWeights, finetune_evaluator, refit_evaluator
 
@@ -176,11 +175,8 @@ class VariantSweep:
     weights costs 0, 1/4, 5/4, 14/4, 30/4, so with eps = 1 the loss-budget limit is 1/4.
 
     >>> import torch
-    >>> model = torch.nn.Linear(4, 1, bias=False)
-    >>> with torch.no_grad():
-    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
-    >>> X = torch.eye(4).repeat(10, 1)
-    >>> y = X @ model.weight.detach().T   # the train loss of w_P = 0 is sum_P w_j^2 / 4
+    >>> from pruning_limit.models import least_squares
+    >>> model, (X, y) = least_squares()   # the train loss of w_P = 0 is sum_P w_j^2 / 4
     >>> validation = validate(model, train_data=(X, y), test_data=(X, y),
     ...                       loss_fn=torch.nn.MSELoss(), epsilon=1.0, variants=("one_shot",),
     ...                       amounts=[0.25, 0.5, 0.75], reference_grid=None, progress=False)
@@ -236,12 +232,7 @@ class VariantSweep:
 
     def limit(self, criterion: str) -> float | None:
         """The limit (fraction removed) under ``criterion``; None with :meth:`reason`."""
-        _check_criterion(criterion)
-        if criterion == "accuracy":
-            return self.accuracy_limit
-        if criterion == "loss_budget":
-            return self.loss_budget_limit
-        return None if self.transition is None else self.transition.limit(criterion)
+        return self._reading(criterion, "limit")
 
     def interval(self, criterion: str) -> tuple | None:
         """The interval on the limit under ``criterion``.
@@ -269,14 +260,18 @@ class VariantSweep:
 
     def bracket(self, criterion: str) -> tuple | None:
         """(limit, first p past it) as evaluated; the second entry None: a lower bound."""
+        return self._reading(criterion, "bracket")
+
+    def _reading(self, criterion: str, what: str):
+        """The ``what`` ("limit" or "bracket") under ``criterion``: the sweep's own
+        ``<criterion>_<what>`` for an onset criterion, else the transition's (None: not
+        measured)."""
         _check_criterion(criterion)
-        if criterion == "accuracy":
-            return self.accuracy_bracket
-        if criterion == "loss_budget":
-            return self.loss_budget_bracket
+        if criterion in ONSET_CRITERIA:
+            return getattr(self, f"{criterion}_{what}")
         if self.transition is None:
             return None
-        return self.transition.bracket(criterion)
+        return getattr(self.transition, what)(criterion)
 
     def reason(self, criterion: str) -> str | None:
         """Why the limit under ``criterion`` is None (or a caveat); None otherwise."""
@@ -296,7 +291,7 @@ class VariantSweep:
 
 
 @dataclass
-class Validation:
+class Validation(JsonResult):
     """Actual pruning limits of a trained model, with how they were measured.
 
     ``fraction`` is ``"removed"``: every p is the fraction of prunable weights
@@ -334,11 +329,8 @@ class Validation:
 
     >>> import tempfile
     >>> import torch
-    >>> model = torch.nn.Linear(4, 1, bias=False)
-    >>> with torch.no_grad():
-    ...     _ = model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0]]))
-    >>> X = torch.eye(4).repeat(10, 1)
-    >>> y = X @ model.weight.detach().T   # the train loss of w_P = 0 is sum_P w_j^2 / 4
+    >>> from pruning_limit.models import least_squares
+    >>> model, (X, y) = least_squares()   # the train loss of w_P = 0 is sum_P w_j^2 / 4
     >>> validation = validate(model, train_data=(X, y), test_data=(X, y),
     ...                       loss_fn=torch.nn.MSELoss(), epsilon=1.0, variants=("one_shot",),
     ...                       amounts=[0.25, 0.5, 0.75], reference_grid=None, progress=False)
@@ -409,17 +401,6 @@ class Validation:
         data["variants"] = {name: sweep.to_dict() for name, sweep in self.variants.items()}
         data["format_version"] = FORMAT_VERSION
         return plain(data)
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def save(self, path: str | Path) -> Path:
-        """Write :meth:`to_json` to ``path`` (``.json`` added if missing), atomically.
-
-        Returns the path written. Under ``torch.distributed`` rank 0 alone writes and
-        every rank returns the same path (:mod:`~pruning_limit.serialization`).
-        """
-        return write_json(path, self.to_json())
 
     @classmethod
     def from_dict(cls, data: dict) -> Validation:

@@ -6,6 +6,18 @@ from cases import ALL_CASES
 torch.set_num_threads(1)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test, the count before it restored after (a test
+    elsewhere, e.g. a benchmark run, may have changed it). These models are tiny: a
+    second thread only adds synchronisation, which made the training tests up to 100x
+    slower on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=ALL_CASES, ids=[c.__name__ for c in ALL_CASES])
 def case(request):
     return request.param()

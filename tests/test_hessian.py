@@ -13,6 +13,7 @@ from torch import nn
 
 import pruning_limit as pl
 from pruning_limit.curvature import CurvatureOperator
+from pruning_limit.models import least_squares
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -195,6 +196,23 @@ def test_curvature_of_mean_squared_error_is_closed_form():
         operator = CurvatureOperator(model, nn.MSELoss(), (X, y), curvature=curvature,
                                      batch_size=5, device="cpu")
         assert relative_error(operator.matrix(), 2 * X.T @ X / 13) < 1e-13
+
+
+@pytest.mark.parametrize("weights", [(1.0, -2.0, 3.0, -4.0), (0.5, 2.0, -1.0)])
+def test_least_squares_closed_forms(weights):
+    # models.least_squares states: curvature (2 / D) I, and pruning the set P costs
+    # sum_{j in P} w*_j^2 / D.
+    model, (X, y) = least_squares(weights, repeats=3)
+    dimension = len(weights)
+    for curvature in ("hessian", "ggn"):
+        operator = CurvatureOperator(model, nn.MSELoss(), (X, y), curvature=curvature,
+                                     device="cpu", dtype=torch.float64)
+        expected = 2 / dimension * torch.eye(dimension, dtype=torch.float64)
+        assert relative_error(operator.matrix(), expected) < 1e-12
+    with torch.no_grad():
+        model.weight[0, 1:] = 0.0
+    cost = sum(w * w for w in weights[1:]) / dimension
+    assert nn.MSELoss()(model(X), y).item() == pytest.approx(cost, rel=1e-6)
 
 
 # -- bad input -----------------------------------------------------------------------

@@ -10,13 +10,7 @@ from pruning_limit.models import model_spec
 from pruning_limit.parameters import prunable_parameters
 from pruning_limit.training import RECIPES, load_checkpoint, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,7 @@ from pruning_limit.models import build_model, count_parameters, model_spec
 from pruning_limit.parameters import prunable_parameters
 from pruning_limit.training import evaluate, load_checkpoint, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These models are tiny: a second intra-op thread only adds synchronisation,
-    # which made the tests up to 100x slower on a loaded 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
