@@ -109,6 +109,10 @@ class PrunedNorm:
         Its squared norm is R(p)^2 for every p (the continuous interpolation).
         """
         position = float(_check_fraction(removal_fraction)) * self.dimension
+        # p = k / D in floating point lands a round-off away from the count k, which the
+        # square root below would blow up to sqrt(1e-15) ~ 3e-8 of the next weight.
+        if abs(position - round(position)) <= 1e-12 * max(position, 1.0):
+            position = float(round(position))
         whole = int(np.floor(position))
         magnitudes = torch.from_numpy(np.abs(self.weights))
         vector = np.zeros(self.dimension)

@@ -109,6 +109,15 @@ def test_pruned_norm_is_exact_at_counts_and_continuous_between():
     for bad in (-0.1, 1.1, np.nan):
         with pytest.raises(ValueError, match=r"\[0, 1\]"):
             pruned_norm(weights, bad)
+    # The removed vector at p = k / D, computed in floating point, is the count k's exactly:
+    # no round-off sliver sqrt(1e-15) ~ 3e-8 of the next weight.
+    from pruning_limit.limit import PrunedNorm
+
+    norm, order = PrunedNorm(weights), np.argsort(np.abs(weights))
+    for k, p in enumerate(np.linspace(0.0, 1.0, dimension + 1)):
+        expected = np.zeros(dimension)
+        expected[order[:k]] = weights[order[:k]]
+        assert np.array_equal(norm.removed_vector(p), expected), k
 
 
 # -- the fixed points -------------------------------------------------------------------------
