@@ -18,18 +18,19 @@ a w* trained for a finite number of steps.
 It is the prediction method ``taylor_onset`` (:func:`~pruning_limit.pipeline.predict_limit`,
 ``pruning-limit predict --method taylor_onset``, a study's ``[prediction] methods``),
 labelled by its target in every table: the one-shot LOSS-BUDGET ONSET, not the
-transition the other predictors aim at. Cost: one gradient and ``points`` (201)
+transition that ``paper`` and its kin predict. Cost: one gradient and ``points`` (201)
 curvature products at w*, or a product with the dense matrix where the pipeline holds
 it; it needs ``data=`` and ``loss_fn=``. It is not among the default methods (see
 :data:`~pruning_limit.prediction.DEFAULT_METHODS`).
 
 Measured on held-out networks (it has no fitted parameter, so every network is
-held out): on the 22 float64 networks of ``benchmarks/calibration_runs.py`` (seed 1;
-``benchmarks/onset.py``), mean |error| 1.1 points against the one-shot loss-budget
-onset (mean +1.1, Spearman 1.00), where ``trace_bound`` is at 4.7 (Spearman 0.97).
-Against the 0.5-point test-accuracy onset it is at 7.6 (Spearman 0.83; ``trace_bound``
-7.6), and rescaling eps by a factor fitted by leave-one-out gets 7.2: the loss rise at
-w* does not locate the accuracy onset.
+held out): on the 88 float64 networks of ``benchmarks/calibration_runs.py`` (seeds
+1-4; ``benchmarks/onset.py``, benchmarks/README.md "Onset from w* alone"), mean
+|error| 1.3 points against the one-shot loss-budget onset (mean +1.1, Spearman 0.99;
+1.8 on the plain networks), where ``trace_bound`` is at 4.8 (Spearman 0.98; 7.8 on
+the plain networks). Against the 0.5-point test-accuracy onset it is at 8.5 (Spearman
+0.82; ``trace_bound`` 8.5), and rescaling eps by a factor fitted by leave-one-out gets
+8.2: the loss rise at w* does not locate the accuracy onset.
 
 Example
 -------
