@@ -6,15 +6,17 @@ and the validator's actual limits in ``run.json``), compare against the one-shot
 accuracy leaves 0.5 points of the dense one):
 
 - ``trace_bound`` as the study predicted it;
-- ``taylor_onset`` (:mod:`pruning_limit.onset`): the first p at which the
-  second-order Taylor model at w* (gradient and curvature products along the pruning
-  direction) rises by eps. It has no fitted parameter, so every network is held out;
+- ``taylor_onset`` (:mod:`pruning_limit.onset`, the prediction method of that name, as
+  ``Pipeline.taylor_model`` builds it): the first p at which the second-order Taylor
+  model at w* (gradient and curvature products along the pruning direction) rises by
+  eps. It has no fitted parameter, so every network is held out;
 - ``taylor_onset`` at kappa eps with kappa fitted by leave-one-out (on the other
   networks, minimising mean |error|): whether a rescaled budget reaches the accuracy
   onset.
 
-Nothing here evaluates the network at a pruned point; the actual limits come from the
-validator's sweeps recorded in the run folders. Writes ``results/onset-DEVICE.json``::
+Each is also reported on the plain and the L1-trained networks apart. Nothing here
+evaluates the network at a pruned point; the actual limits come from the validator's
+sweeps recorded in the run folders. Writes ``results/onset-DEVICE.json``::
 
     python benchmarks/onset.py                      # runs/calibration_runs/seed*/
     python benchmarks/onset.py FOLDER ...
@@ -31,7 +33,6 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from pruning_limit.datasets import load_dataset
-from pruning_limit.onset import loss_rise
 from pruning_limit.pipeline import Pipeline
 from pruning_limit.training import load_checkpoint
 
@@ -44,7 +45,7 @@ TARGETS = ("loss_budget", "accuracy")
 
 def main() -> None:
     parser = common.argument_parser(__doc__)
-    parser.add_argument("folders", nargs="*", type=Path)
+    parser.add_argument("folders", nargs="*", type=str)
     args = parser.parse_args()
     device = common.configure(args)
     folders = args.folders or sorted((REPOSITORY / "runs" / "calibration_runs").glob("seed*"))
@@ -54,9 +55,7 @@ def main() -> None:
         model, _ = load_checkpoint(path.parent / "checkpoint")
         data = load_dataset(**row["dataset_arguments"])
         pipeline = Pipeline(model, nn.CrossEntropyLoss(), (data.X_train, data.y_train))
-        rise = loss_rise(
-            pipeline.operator, pipeline.weights, pipeline.model_loss().gradient(), GRID
-        )
+        rise = pipeline.taylor_model(points=GRID.size).rise
         runs.append(
             {
                 "run": f"{path.parent.parent.name}/{row['run']}",
@@ -68,33 +67,43 @@ def main() -> None:
         )
         print(runs[-1]["run"], flush=True)
     table = []
+    groups = {
+        "all": runs,
+        "plain": [run for run in runs if "-plain-" in run["run"]],
+        "l1": [run for run in runs if "-plain-" not in run["run"]],
+    }
     for target in TARGETS:
-        actual = np.array([run["actual"][target] for run in runs], dtype=float)
-        loo = [
-            _crossing(run, _best_kappa([r for r in runs if r is not run], target))
+        loo = {
+            run["run"]: _crossing(run, _best_kappa([r for r in runs if r is not run], target))
             for run in runs
-        ]  # fmt: skip
-        for name, predicted in [
-            ("trace_bound", [run["trace_bound"] for run in runs]),
-            ("taylor_onset (no fitted parameter)", [_crossing(run, 1.0) for run in runs]),
-            ("taylor_onset at kappa eps, kappa by leave-one-out", loo),
-        ]:
-            error = 100 * (np.array(predicted) - actual)
-            table.append(
-                {
-                    "predictor": name,
-                    "target": f"one_shot/{target}",
-                    "runs": len(runs),
-                    "mean_error_pp": float(error.mean()),
-                    "mean_abs_error_pp": float(np.abs(error).mean()),
-                    "spearman": float(spearmanr(predicted, actual)[0]),
-                }
-            )
+        }
+        for group, members in groups.items():
+            if len(members) < 2:
+                continue
+            actual = np.array([run["actual"][target] for run in members], dtype=float)
+            for name, predicted in [
+                ("trace_bound", [run["trace_bound"] for run in members]),
+                ("taylor_onset (no fitted parameter)", [_crossing(run, 1.0) for run in members]),
+                ("taylor_onset at kappa eps, kappa by leave-one-out",
+                 [loo[run["run"]] for run in members]),
+            ]:  # fmt: skip
+                error = 100 * (np.array(predicted) - actual)
+                table.append(
+                    {
+                        "predictor": name,
+                        "target": f"one_shot/{target}",
+                        "networks": group,
+                        "runs": len(members),
+                        "mean_error_pp": float(error.mean()),
+                        "mean_abs_error_pp": float(np.abs(error).mean()),
+                        "spearman": float(spearmanr(predicted, actual)[0]),
+                    }
+                )
     common.print_table(
         f"information at w* against the one-shot onsets ({len(runs)} held-out networks)",
-        ["predictor", "target", "mean error", "mean |error|", "Spearman"],
-        [[t["predictor"], t["target"], t["mean_error_pp"], t["mean_abs_error_pp"],
-          t["spearman"]] for t in table],
+        ["predictor", "target", "networks", "runs", "mean error", "mean |error|", "Spearman"],
+        [[t["predictor"], t["target"], t["networks"], t["runs"], t["mean_error_pp"],
+          t["mean_abs_error_pp"], t["spearman"]] for t in table],
     )  # fmt: skip
     path = common.write_result(
         NAME, args, device, {"folders": [str(f) for f in folders], "table": table, "runs": runs}

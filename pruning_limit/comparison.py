@@ -4,7 +4,10 @@ A criterion is one reading of "actual" (:data:`~pruning_limit.validation.CRITERI
 the onsets ``accuracy`` and ``loss_budget``, and the transition's ``collapse``,
 ``above_dense`` and ``loss_collapse`` (:mod:`~pruning_limit.transition`). Every
 predictor of the Prediction, the curvature-free baseline ``emp`` included, is set
-against each of them.
+against each of them; the table names what each predictor predicts
+(:data:`~pruning_limit.prediction.METHOD_TARGETS`) and marks the rows of its own
+target where that is one of the validator's limits (``taylor_onset``: one-shot
+``loss_budget``; ``quadratic``: re-fit ``loss_budget``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from .prediction import Prediction
+from .prediction import METHOD_CRITERIA, METHOD_TARGETS, Prediction
 from .serialization import plain
 from .validation import CRITERIA, CRITERION_LABELS, ONSET_CRITERIA, Validation
 
@@ -117,18 +120,22 @@ class Comparison:
         """A markdown table: p is the fraction REMOVED; error in percentage points."""
         lines = [
             "| method | variant | criterion | predicted p | predicted interval | actual p | "
-            "actual interval | error (pp) | inside | overlap |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "actual interval | error (pp) | inside | overlap | its target |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in self.rows:
             bound = " (lower bound)" if r.actual_is_lower_bound else ""
+            own = "yes" if METHOD_CRITERIA.get(r.method) == (r.variant, r.criterion) else ""
             lines.append(
                 f"| {r.method} | {r.variant} | {r.criterion} | {r.predicted:.4f} | "
                 f"[{r.predicted_interval[0]:.4f}, {r.predicted_interval[1]:.4f}] | "
                 f"{r.actual:.4f}{bound} | [{r.actual_interval[0]:.4f}, "
                 f"{r.actual_interval[1]:.4f}] | {r.error_pp:+.1f} | "
-                f"{'yes' if r.inside else 'no'} | {'yes' if r.overlap else 'no'} |"
+                f"{'yes' if r.inside else 'no'} | {'yes' if r.overlap else 'no'} | {own} |"
             )
+        methods = list(dict.fromkeys(r.method for r in self.rows))
+        lines += ["", "what each method predicts (its target: the row marked yes, if any):"]
+        lines += [f"- `{m}`: {METHOD_TARGETS[m]}" for m in methods]
         criteria = [c for c in CRITERIA if any(r.criterion == c for r in self.rows)]
         lines += ["", "criteria (readings of actual):"]
         lines += [f"- `{c}`: {CRITERION_LABELS[c]}" for c in criteria]

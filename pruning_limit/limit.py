@@ -21,6 +21,12 @@ Pieces (the theory: Zhang et al., arXiv 2306.05857; ARCHITECTURE.md):
   ``statdim_exact`` the kinematic formula with the exact statistical dimension of the
                    descent cone from the pruned point (Monte Carlo; small D only).
 
+  and, for another target (the one-shot loss-budget ONSET, not the transition):
+
+  ``taylor_onset`` the first p at which the second-order Taylor model at w* (gradient
+                   and curvature along the pruning direction) rises by eps
+                   (:mod:`pruning_limit.onset`).
+
 - Uncertainty for every estimate from a Spectrum: the probe spread carried through
   the fixed point (delta +- t s.e.), the change between m/2 and m Lanczos steps,
   and for a PSD curvature (GGN) the Gauss (lower) / Gauss-Radau (upper) quadrature
@@ -48,6 +54,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -67,6 +74,9 @@ from .reference import GRID_STEPS, reference_limit
 from .serialization import plain
 from .spectrum import Spectrum
 from .statdim import apply_policy, check_policy, curvature_scale
+
+if TYPE_CHECKING:  # onset.py builds on PrunedNorm: imported by it, not the other way
+    from .onset import TaylorModel
 
 
 class PrunedNorm:
@@ -119,6 +129,10 @@ class PrunedNorm:
         Its squared norm is R(p)^2 for every p (the continuous interpolation).
         """
         position = float(_check_fraction(removal_fraction)) * self.dimension
+        # p = k / D in floating point lands a round-off away from the count k, which the
+        # square root below would blow up to sqrt(1e-15) ~ 3e-8 of the next weight.
+        if abs(position - round(position)) <= 1e-12 * max(position, 1.0):
+            position = float(round(position))
         whole = int(np.floor(position))
         magnitudes = torch.from_numpy(np.abs(self.weights))
         vector = np.zeros(self.dimension)
@@ -366,6 +380,45 @@ def _emp_estimate(norm: PrunedNorm, epsilon: float) -> MethodEstimate:
     )
 
 
+def _check_taylor(taylor, norm: PrunedNorm) -> None:
+    if taylor is None:
+        raise ValueError(
+            "taylor_onset needs the gradient and the curvature at w* (taylor="
+            "TaylorModel(curvature, weights, gradient); through predict_limit: data= and "
+            "loss_fn=)"
+        )
+    if taylor.dimension != norm.dimension or not np.array_equal(taylor.weights, norm.weights):
+        raise ValueError(
+            f"the TaylorModel was built at other weights (D = {taylor.dimension}) than the "
+            f"ones given (D = {norm.dimension})"
+        )
+
+
+def _taylor_estimate(
+    taylor: TaylorModel, norm: PrunedNorm, epsilon: float, sensitivity: bool
+) -> MethodEstimate:
+    """The Taylor model's one-shot loss-budget onset (onset.py): a grid cell, no spectrum."""
+    p = taylor.onset(epsilon)
+    low, high = taylor.bracket(epsilon)
+    radius = float(norm(p))
+    return MethodEstimate(
+        method="taylor_onset",
+        removal_fraction=p,
+        interval=(min(low, p), max(high, p)),
+        radius=radius,
+        scale=float(curvature_scale(radius, epsilon)),
+        uncertainty={"grid": (low, high), "points": taylor.points, **taylor.terms(p)},
+        sensitivity=_sensitivity(taylor.onset, epsilon, sensitivity),
+        notes=[
+            "predicts the one-shot LOSS-BUDGET ONSET (the first p whose train loss "
+            "exceeds L(w*) + eps), not the transition: the first p at which the "
+            "second-order Taylor model at w*, -g^T w_P + w_P^T C w_P / 2, reaches eps "
+            "(the curvature as is, no eigenvalue policy); the interval is the grid cell "
+            "only, not the Taylor model's error"
+        ],
+    )
+
+
 def predict_from_spectrum(
     spectrum: Spectrum,
     weights,
@@ -384,6 +437,7 @@ def predict_from_spectrum(
     dense_limit: int = EXACT_LIMIT,
     curve_points: int = 101,
     parameters: Sequence | None = None,
+    taylor: TaylorModel | None = None,
 ) -> Prediction:
     """Predicted limits from a Spectrum, the flat weights w* and eps (no model needed).
 
@@ -396,7 +450,8 @@ def predict_from_spectrum(
     epsilon
         The loss budget (a positive number; see :func:`loss_budget`).
     methods
-        Any of :data:`METHODS`. ``quadratic`` and ``statdim_exact`` need ``curvature``.
+        Any of :data:`METHODS`. ``quadratic`` and ``statdim_exact`` need ``curvature``,
+        ``taylor_onset`` needs ``taylor``.
     policy
         ``"abs"`` or ``"flat"`` for eigenvalues <= 0.
     curvature
@@ -418,6 +473,9 @@ def predict_from_spectrum(
         Grid size of the curves kept for plotting.
     parameters
         ``(name, shape)`` pairs to record (default: the Spectrum's).
+    taylor
+        For ``taylor_onset``: the :class:`~pruning_limit.onset.TaylorModel` of the same
+        w* (its gradient and curvature products at w*).
 
     Example
     -------
@@ -450,6 +508,8 @@ def predict_from_spectrum(
             f"method(s) {needs_matrix} need the curvature itself (a matrix or a "
             "CurvatureOperator; through predict_limit: data= and loss_fn=)"
         )
+    if "taylor_onset" in methods:
+        _check_taylor(taylor, norm)
 
     probes = spectrum.num_probes
     quantile = float(student_t.ppf(0.5 + confidence / 2, probes - 1)) if probes > 1 else 0.0
@@ -485,6 +545,8 @@ def predict_from_spectrum(
             )
         elif method == "emp":
             estimates[method] = _emp_estimate(norm, epsilon)
+        elif method == "taylor_onset":
+            estimates[method] = _taylor_estimate(taylor, norm, epsilon, sensitivity)
         elif method == "reference":
             estimates[method] = _reference_estimate(spectrum, norm, epsilon, policy)
         elif method == "quadratic":

@@ -6,7 +6,7 @@
 place the package constructs one from a model), its dense matrix (built at most
 once, for the exact spectrum and the quadratic model alike), the spectrum (exact up
 to :data:`~pruning_limit.curvature.EXACT_LIMIT` coordinates, else SLQ), the loss
-budget and the quadratic model. :func:`predict_limit`, :func:`estimate_spectrum`,
+budget, the quadratic model and the Taylor model. :func:`predict_limit`, :func:`estimate_spectrum`,
 :func:`exact_spectrum`, :func:`~pruning_limit.validation.validate` (its re-fit), the
 study and the command line all go through it.
 """
@@ -34,7 +34,7 @@ from .limit import (
     closed_form_limit,
     predict_from_spectrum,
 )
-from .onset import DEFAULT_POINTS, taylor_onset
+from .onset import DEFAULT_POINTS, TaylorModel
 from .parameters import resolve_parameters
 from .prediction import DEFAULT_METHODS, Prediction
 from .quadratic import QuadraticModel
@@ -43,7 +43,11 @@ from .regime import measure_regime
 from .spectrum import Spectrum
 from .statdim import check_policy
 
-NEEDS_CURVATURE = ("quadratic", "statdim_exact")
+# Methods that read the curvature itself, not only its spectrum: they need data= and
+# loss_fn=. The first two through the quadratic model, taylor_onset through the
+# gradient and curvature products at w* (the Taylor model).
+NEEDS_QUADRATIC_MODEL = ("quadratic", "statdim_exact")
+NEEDS_CURVATURE = (*NEEDS_QUADRATIC_MODEL, "taylor_onset")
 AUTO = "auto"
 AUTO_TOLERANCE = 0.005
 AUTO_START = 50
@@ -127,6 +131,7 @@ class Pipeline:
         self._model_loss: ModelLoss | None = None
         self._matrix: torch.Tensor | None = None
         self._quadratic: QuadraticModel | None = None
+        self._taylor: TaylorModel | None = None
 
     @property
     def dimension(self) -> int:
@@ -299,13 +304,22 @@ class Pipeline:
             )
         return self._quadratic
 
+    def taylor_model(self, points: int = DEFAULT_POINTS) -> TaylorModel:
+        """The Taylor model of the one-shot loss rise at w*
+        (:class:`~pruning_limit.onset.TaylorModel`), built once per ``points``: the
+        gradient and ``points`` curvature products (from the dense matrix when the
+        pipeline already holds it), no forward pass at a pruned point."""
+        if self._taylor is None or self._taylor.points != points:
+            curvature = self.operator if self._matrix is None else self._matrix
+            gradient = self.model_loss().gradient()
+            self._taylor = TaylorModel(curvature, self.weights, gradient, points=points)
+        return self._taylor
+
     def taylor_onset(self, epsilon: str | float = BATCH_STD, points: int = DEFAULT_POINTS) -> float:
         """The one-shot loss-budget onset of the Taylor model at w*
-        (:func:`~pruning_limit.onset.taylor_onset`: the gradient and ``points``
-        curvature products at w*, no forward pass at a pruned point)."""
+        (:meth:`taylor_model`; the ``taylor_onset`` method of :meth:`predict`)."""
         eps, _ = self.budget(epsilon)
-        gradient = self.model_loss().gradient()
-        return taylor_onset(self.operator, self.weights, gradient, eps, points=points)
+        return self.taylor_model(points).onset(eps)
 
     def fingerprint(self) -> dict:
         """Fingerprints of w*, the other parameters and buffers, and (given data) the data."""
@@ -403,14 +417,15 @@ class Pipeline:
         else:
             notes = self.check_spectrum(spectrum, allow_mismatch)
         eps, source = self.budget(epsilon)
-        needs_curvature = set(NEEDS_CURVATURE) & set(methods)
+        needs_quadratic = set(NEEDS_QUADRATIC_MODEL) & set(methods)
         prediction = predict_from_spectrum(
             spectrum,
             self.weights,
             eps,
             methods=methods,
             policy=self.policy,
-            curvature=self.quadratic_model() if needs_curvature else None,
+            curvature=self.quadratic_model() if needs_quadratic else None,
+            taylor=self.taylor_model() if "taylor_onset" in methods else None,
             epsilon_source=source,
             damping=self.damping,
             dense_limit=self.exact_limit,
@@ -563,8 +578,10 @@ def predict_limit(
         the batch-128 mean losses, eval mode; recorded as ``kind="reference"``) (both
         need ``data`` and ``loss_fn``) or a positive number.
     methods
-        Any of :data:`METHODS`; ``quadratic`` and ``statdim_exact`` need ``data`` and
-        ``loss_fn`` (they use the curvature itself, not only its spectrum).
+        Any of :data:`METHODS`; ``quadratic``, ``statdim_exact`` and ``taylor_onset``
+        need ``data`` and ``loss_fn`` (they use the curvature itself, not only its
+        spectrum; ``taylor_onset`` also the gradient, and predicts the one-shot
+        loss-budget onset, not the transition: :mod:`~pruning_limit.onset`).
     policy
         ``"abs"`` or ``"flat"``, for eigenvalues <= 0.
     data, loss_fn

@@ -41,6 +41,7 @@ METHOD_STYLES = {
     "trace_bound": ("#7f7f7f", "v"),
     "statdim_exact": ("#e377c2", "^"),
     "emp": ("#17becf", "P"),
+    "taylor_onset": ("#bcbd22", "*"),
 }
 REMOVED = "p, fraction of prunable weights removed"
 DPI = 120

@@ -104,7 +104,14 @@ from .comparison import compare
 from .datasets import load_dataset
 from .models import model_spec
 from .pipeline import Pipeline
-from .prediction import BASELINES, METHODS, STATDIM_EXACT_LIMIT, Prediction
+from .prediction import (
+    BASELINES,
+    METHOD_CRITERIA,
+    METHOD_TARGETS,
+    METHODS,
+    STATDIM_EXACT_LIMIT,
+    Prediction,
+)
 from .serialization import write_json, write_text
 from .spectrum import Spectrum
 from .study_config import StudyRun, expand_runs, load_config, without_keys
@@ -440,6 +447,11 @@ class StudyResult:
             "`emp` is a baseline: it reads the weights alone (1 - N_eff/N, Effective Model "
             "Pruning), no loss, data or curvature.",
             "",
+            "What each predictor predicts (`*` in the summary marks the criterion that is "
+            "its own target): "
+            + "; ".join(f"`{m}`: {METHOD_TARGETS[m]}" for m in methods)
+            + ".",
+            "",
             "## Runs",
             "",
         ]
@@ -486,9 +498,10 @@ class StudyResult:
             "|---|---|---|---|---|---|---|---|",
         ]
         for entry in self.summary:
+            own = METHOD_CRITERIA.get(entry["method"]) == (entry["variant"], entry["criterion"])
             lines.append(
                 f"| {entry['method']}{' (baseline)' if entry['method'] in BASELINES else ''} | "
-                f"{entry['variant']} | {entry['criterion']} | "
+                f"{entry['variant']} | {entry['criterion']}{' *' if own else ''} | "
                 f"{entry['runs']} | {entry['mean_error_pp']:+.1f} | "
                 f"{entry['mean_abs_error_pp']:.1f} | {entry['inside_fraction']:.0%} | "
                 f"{_cell(entry['spearman'], '{:+.2f}')} |"

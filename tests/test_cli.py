@@ -319,6 +319,15 @@ def test_predict_prints_every_method_and_saves_json(checkpoint, tmp_path):
         assert 0.0 <= low <= estimate.removal_fraction <= high <= 1.0
 
 
+def test_predict_taylor_onset_named_by_its_target(checkpoint):
+    result = run(
+        "predict", checkpoint, "--data", TINY_DATA, "--epsilon", "0.01",
+        "--method", "paper", "--method", "taylor_onset", "--quiet",
+    )  # fmt: skip
+    rows = [line for line in result.stdout.splitlines() if line.startswith("taylor_onset ")]
+    assert rows and rows[0].endswith("one-shot loss-budget onset")
+
+
 def test_predict_from_a_saved_spectrum_and_json_output(checkpoint, tmp_path):
     run(
         "spectrum",

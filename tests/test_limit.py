@@ -108,6 +108,15 @@ def test_pruned_norm_is_exact_at_counts_and_continuous_between():
     for bad in (-0.1, 1.1, np.nan):
         with pytest.raises(ValueError, match=r"\[0, 1\]"):
             pruned_norm(weights, bad)
+    # The removed vector at p = k / D, computed in floating point, is the count k's exactly:
+    # no round-off sliver sqrt(1e-15) ~ 3e-8 of the next weight.
+    from pruning_limit.limit import PrunedNorm
+
+    norm, order = PrunedNorm(weights), np.argsort(np.abs(weights))
+    for k, p in enumerate(np.linspace(0.0, 1.0, dimension + 1)):
+        expected = np.zeros(dimension)
+        expected[order[:k]] = weights[order[:k]]
+        assert np.array_equal(norm.removed_vector(p), expected), k
 
 
 # -- the fixed points -------------------------------------------------------------------------
@@ -517,3 +526,149 @@ def test_taylor_onset_is_the_one_shot_loss_budget_limit_of_a_least_squares_loss(
     assert taylor_onset(matrix, pipeline.weights, gradient, epsilon, points=D + 1) == (
         pytest.approx(onset, abs=1e-9)
     )
+
+
+def hand_taylor_rises(A, g, weights):
+    """rise_k = w_P^T A w_P / 2 - g^T w_P with w_P the k smallest |w*| (distinct), by hand."""
+    order = np.argsort(np.abs(weights))
+    rises = [0.0]
+    for k in range(1, weights.size + 1):
+        removed = np.zeros_like(weights)
+        removed[order[:k]] = weights[order[:k]]
+        rises.append(0.5 * removed @ A @ removed - g @ removed)
+    return np.array(rises)
+
+
+def hand_first_crossing(rises, epsilon):
+    """The first p = k / D with rise_k >= eps, linear in p from the count before it."""
+    k = int(np.flatnonzero(rises >= epsilon)[0])
+    return (k - 1 + (epsilon - rises[k - 1]) / (rises[k] - rises[k - 1])) / (rises.size - 1)
+
+
+def test_taylor_onset_method_equals_the_hand_computed_first_crossing_of_a_quadratic_loss():
+    # L(w) = (w - w*)^T A (w - w*) / 2 + g^T (w - w*): its Taylor model at w* is itself, and
+    # pruning to w* - w_P raises it by w_P^T A w_P / 2 - g^T w_P. A is indefinite: the
+    # method uses the curvature as is (no eigenvalue policy), unlike the quadratic model.
+    from pruning_limit.onset import TaylorModel
+
+    rng = np.random.default_rng(13)
+    D = 40
+    Q = ortho_group.rvs(D, random_state=13)
+    eigenvalues = np.concatenate([[-0.05], rng.uniform(0.1, 2.0, D - 1)])
+    A = (Q * eigenvalues) @ Q.T
+    weights = rng.permutation(np.linspace(0.05, 2.0, D)) * rng.choice([-1.0, 1.0], D)
+    g = 0.02 * rng.standard_normal(D)
+    rises = hand_taylor_rises(A, g, weights)
+    spectrum = exact_spectrum(np.linalg.eigvalsh(A))
+    for epsilon in (0.5 * rises.max(), 0.05 * rises.max()):
+        expected = hand_first_crossing(rises, epsilon)
+        taylor = TaylorModel(A, weights, g, points=D + 1)  # the grid p = k / D
+        prediction = predict_from_spectrum(
+            spectrum, weights, epsilon, methods=("paper", "taylor_onset"), taylor=taylor
+        )
+        estimate = prediction.estimates["taylor_onset"]
+        assert estimate.removal_fraction == pytest.approx(expected, abs=1e-12)
+        k = int(np.flatnonzero(rises >= epsilon)[0])
+        assert estimate.interval == pytest.approx(((k - 1) / D, k / D))
+        assert estimate.uncertainty["grid"] == pytest.approx(((k - 1) / D, k / D))
+        terms = estimate.uncertainty["gradient_term"] + estimate.uncertainty["curvature_term"]
+        assert terms == pytest.approx(epsilon)  # exactly eps at a grid point, else close
+        assert estimate.radius == pytest.approx(pruned_norm(weights, expected))
+        for key, scale in (("epsilon/10", 0.1), ("epsilon*10", 10.0)):
+            level = scale * epsilon
+            value = hand_first_crossing(rises, level) if rises.max() >= level else 1.0
+            assert estimate.sensitivity[key] == pytest.approx(value, abs=1e-12)
+        assert "LOSS-BUDGET ONSET" in estimate.notes[0]
+    # |A| would change the answer: the policy is not applied.
+    absolute = (Q * np.abs(eigenvalues)) @ Q.T
+    epsilon = 0.5 * rises.max()
+    assert TaylorModel(absolute, weights, g, points=D + 1).onset(epsilon) != pytest.approx(
+        hand_first_crossing(rises, epsilon), abs=1e-6
+    )
+    # The rise never reaches eps: p = 1, the whole grid below it.
+    never = TaylorModel(A, weights, g, points=D + 1)
+    assert never.onset(2 * rises.max()) == 1.0 and never.bracket(2 * rises.max()) == (1.0, 1.0)
+
+
+def test_taylor_onset_through_predict_limit_equals_the_hand_computed_crossing():
+    # A least-squares loss L(w) = mean((X w - y)^2) is the quadratic loss with A = 2 X^T X / N
+    # and g = 2 X^T (X w* - y) / N, both by hand; the default grid of 201 points is the
+    # grid of counts when D = 200.
+    torch.manual_seed(2)
+    D, N = 200, 300
+    X = torch.randn(N, D, dtype=torch.float64)
+    model = torch.nn.Linear(D, 1, bias=False).double()
+    y = model(X).detach() + 0.2 * torch.randn(N, 1, dtype=torch.float64)
+    weights = model.weight.detach().numpy().reshape(-1)
+    Xn, yn = X.numpy(), y.numpy().reshape(-1)
+    A = 2 * Xn.T @ Xn / N
+    g = 2 * Xn.T @ (Xn @ weights - yn) / N
+    rises = hand_taylor_rises(A, g, weights)
+    epsilon = 0.3 * rises.max()
+    prediction = predict_limit(
+        model, epsilon=epsilon, data=(X, y), loss_fn=torch.nn.MSELoss(), batch_size=100,
+        methods=("trace_bound", "taylor_onset"),
+    )  # fmt: skip
+    assert prediction.removal_fraction("taylor_onset") == pytest.approx(
+        hand_first_crossing(rises, epsilon), abs=1e-9
+    )
+    assert list(prediction.estimates) == ["trace_bound", "taylor_onset"]
+
+
+def test_taylor_onset_is_refused_without_data_and_with_other_weights():
+    from pruning_limit.onset import TaylorModel
+
+    model, loss_fn, data = tiny_problem()
+    spectrum, matrix, _ = model_spectrum(model, loss_fn, data)
+    with pytest.raises(ValueError, match=r"taylor_onset.*need data= and loss_fn="):
+        predict_limit(model, spectrum, epsilon=0.1, methods=("paper", "taylor_onset"))
+    weights = np.concatenate(
+        [model[0].weight.detach().numpy().reshape(-1), model[2].weight.detach().numpy().ravel()]
+    )
+    with pytest.raises(ValueError, match="taylor_onset needs the gradient and the curvature"):
+        predict_from_spectrum(spectrum, weights, 0.1, methods=("taylor_onset",), curvature=matrix)
+    other = TaylorModel(matrix, weights[::-1].copy(), np.zeros(25))
+    with pytest.raises(ValueError, match="other weights"):
+        predict_from_spectrum(spectrum, weights, 0.1, methods=("taylor_onset",), taylor=other)
+    with pytest.raises(ValueError, match="gradient has 3 coordinates"):
+        TaylorModel(matrix, weights, np.zeros(3))
+    with pytest.raises(ValueError, match="points"):
+        TaylorModel(matrix, weights, np.zeros(25), points=1)
+    with pytest.raises(ValueError, match="as a number"):
+        TaylorModel(matrix, weights, np.zeros(25)).onset("batch_std")
+    # With the data it runs, from the same pipeline as the other methods.
+    prediction = predict_limit(
+        model, spectrum, epsilon=0.1, data=data, loss_fn=loss_fn, methods=("taylor_onset",)
+    )
+    assert 0.0 <= prediction.removal_fraction("taylor_onset") <= 1.0
+
+
+def test_taylor_onset_saves_loads_and_is_labelled_by_its_target(tmp_path):
+    from pruning_limit.onset import TaylorModel
+    from pruning_limit.prediction import METHOD_TARGETS
+
+    rng = np.random.default_rng(3)
+    D = 30
+    A = np.diag(rng.uniform(0.1, 1.0, D))
+    weights, gradient = rng.standard_normal(D), 0.01 * rng.standard_normal(D)
+    prediction = predict_from_spectrum(
+        exact_spectrum(np.diag(A), "ggn"), weights, 0.05,
+        methods=("paper", "trace_bound", "taylor_onset"),
+        taylor=TaylorModel(A, weights, gradient),
+    )  # fmt: skip
+    loaded = Prediction.load(prediction.save(tmp_path / "prediction"))
+    assert loaded.to_json() == prediction.to_json()
+    assert loaded.interval("taylor_onset") == prediction.interval("taylor_onset")
+    assert loaded.estimates["taylor_onset"].notes == prediction.estimates["taylor_onset"].notes
+    assert loaded.removal_fraction("taylor_onset") == prediction.removal_fraction("taylor_onset")
+    # Each row of the summary names what its method predicts, taylor_onset its onset.
+    rows = {}
+    for line in prediction.summary().splitlines():  # the first row of each: the p* table
+        if line.strip():
+            rows.setdefault(line.split()[0], line)
+    assert rows["taylor_onset"].endswith("one-shot loss-budget onset")
+    assert rows["paper"].endswith("transition (kinematic formula)")
+    assert set(METHOD_TARGETS) == set(METHODS)
+    # Not a default: no measured error ships for it, so it is not quoted as measured.
+    assert "taylor_onset" not in DEFAULT_METHODS
+    assert "taylor_onset" not in measured_errors()["methods"]

@@ -196,3 +196,44 @@ def test_the_whole_configuration_is_checked_before_the_first_run(tmp_path, datas
     with pytest.raises(ValueError, match=message):
         run_study(write(tmp_path, "[[datasets]]\n" + datasets), out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_study_predicts_the_taylor_onset_and_marks_its_target(tmp_path):
+    config = """
+[study]
+name = "onset"
+threads = 1
+[model]
+hidden = [8]
+[training]
+epochs = 5
+lr = 1e-2
+batch_size = 100
+l1 = [0.0]
+[prediction]
+methods = ["trace_bound", "taylor_onset"]
+sensitivity = false
+batch_size = 50
+[validation]
+variants = ["one_shot"]
+resolution = 0.05
+amounts = [0.0, 0.3, 0.6, 0.9]
+[[datasets]]
+name = "manifold"
+d = [2]
+n = 8
+n_train = 200
+n_test = 200
+"""
+    assert load_config(write(tmp_path, config))["prediction"]["methods"] == [
+        "trace_bound", "taylor_onset"
+    ]  # fmt: skip
+    result = run_study(write(tmp_path, config), out=tmp_path / "out")
+    row = result.rows[0]
+    assert set(row["predicted"]) == {"trace_bound", "taylor_onset"}
+    assert 0.0 <= row["predicted"]["taylor_onset"]["p"] <= 1.0
+    markdown = result.to_markdown()
+    assert "| pred taylor_onset |" in markdown
+    assert "`taylor_onset`: one-shot loss-budget onset" in markdown
+    assert "| taylor_onset | one_shot | loss_budget * |" in markdown
+    assert "| trace_bound | one_shot | loss_budget |" in markdown

@@ -395,6 +395,24 @@ def test_compare_errors_and_intervals_by_hand():
     assert json.loads(json.dumps(comparison.to_dict()))["rows"][0]["method"] == "paper"
 
 
+def test_compare_marks_the_row_of_each_predictors_own_target():
+    prediction = hand_made_prediction()
+    prediction.estimates["taylor_onset"] = MethodEstimate(
+        "taylor_onset", 0.63, (0.625, 0.63), radius=1.0, scale=1.0
+    )
+    table = compare(prediction, hand_made_validation()).to_markdown()
+    rows = [line for line in table.splitlines() if line.startswith("| taylor_onset |")]
+    assert len(rows) == 5 + 2  # next to the others: every criterion of both variants
+    marked = [row for row in rows if row.endswith("| yes |")]
+    assert marked == [
+        "| taylor_onset | one_shot | loss_budget | 0.6300 | [0.6250, 0.6300] | 0.6200 | "
+        "[0.6200, 0.6250] | +1.0 | no | yes | yes |"
+    ]
+    assert not any(line.endswith("| yes |") for line in table.splitlines() if "| paper |" in line)
+    assert "- `taylor_onset`: one-shot loss-budget onset" in table
+    assert "- `paper`: transition (kinematic formula)" in table
+
+
 def test_compare_refuses_a_prediction_for_another_model():
     validation = hand_made_validation()
     with pytest.raises(ValueError, match="D = 30"):
