@@ -9,7 +9,9 @@ Inputs are checked before anything is written: the model against the data
 (:func:`pruning_limit.batches.check_model_and_data`, one forward pass on a few
 rows), the arguments, and ``--out``. An ``--out`` folder or file is created only
 when there is something to write in it, and its parent folder must already exist:
-a typo in a path is refused rather than silently created. While a command writes
+a typo in a path is refused rather than silently created (the folders above a
+default results folder, the demo's or a study configuration's, are created, and
+removed again if the command fails before writing in them). While a command writes
 to ``--out`` it holds an exclusive lock (``fcntl.flock`` on ``OUT.lock``, removed
 at the end), so a second run on the same ``--out`` is refused instead of racing.
 ``spectrum`` refuses to start over an interrupted run's ``OUT.state`` unless told
@@ -449,23 +451,17 @@ def _json_default(value):
     return str(value)
 
 
-def output_folder(path_text: str, *, given: bool = True) -> Path:
+def output_folder(path_text: str) -> Path:
     """``--out`` as a folder that can be written, checked before any work and not created.
 
-    The folder itself is created when results are written to it; the parent of a
-    path the user gave must exist already (a mistyped path is refused rather than
-    silently created). A default path (``given=False``: the demo's, a study
-    configuration's) gets its parent folders created. Under torch.distributed only
-    rank 0 writes, so only rank 0 checks.
+    The folder itself is created when results are written to it; its parent must
+    exist already (a mistyped path is refused rather than silently created). A default
+    path (the demo's, a study configuration's) goes through :func:`default_folder`.
+    Under torch.distributed only rank 0 writes, so only rank 0 checks.
     """
     path = Path(path_text)
     if not distributed.is_main():
         return path
-    if not given and not path.parent.exists():
-        try:
-            path.parent.mkdir(parents=True)
-        except OSError as error:
-            raise UserError(f"cannot create {path.parent}: {error.strerror or error}") from error
     if path.exists():
         if not path.is_dir():
             raise UserError(f"--out {path} exists and is not a folder")
@@ -473,6 +469,29 @@ def output_folder(path_text: str, *, given: bool = True) -> Path:
     else:
         _check_parent(path)
     return path
+
+
+@contextlib.contextmanager
+def default_folder(path_text: str) -> Iterator[Path]:
+    """A default results folder (the demo's, a study configuration's), as
+    :func:`output_folder`, with the missing folders above it created for the command
+    and removed again, while still empty, if it fails (a refused configuration, Ctrl-C)."""
+    path = Path(path_text)
+    missing = [folder for folder in path.parents if not folder.exists()]  # deepest first
+    if missing and distributed.is_main():
+        try:
+            path.parent.mkdir(parents=True)
+        except OSError as error:
+            raise UserError(f"cannot create {path.parent}: {error.strerror or error}") from error
+    try:
+        yield output_folder(path_text)
+    except BaseException:
+        for folder in missing:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: results of runs that finished are kept
+                break
+        raise
 
 
 def output_file(path_text: str, suffix: str) -> Path:
@@ -785,17 +804,20 @@ def report_study(result, out: Output) -> int:
 def command_study(args, out: Output) -> int:
     config = load_config(args.config)
     if args.out is None:
-        folder = output_folder(config["study"]["out"], given=False)
+        folders = default_folder(config["study"]["out"])
     else:
-        folder = output_folder(args.out)
+        folders = contextlib.nullcontext(output_folder(args.out))
     args.rerun_continues = True
-    with locked(folder):
+    with folders as folder, locked(folder):
         result = run_study(config, out=folder, log=None if args.quiet else out.log)
     return report_study(result, out)
 
 
 def command_demo(args, out: Output) -> int:
-    folder = output_folder(args.out or DEMO_OUT, given=args.out is not None)
+    if args.out is None:
+        folders = default_folder(DEMO_OUT)
+    else:
+        folders = contextlib.nullcontext(output_folder(args.out))
     config = load_config(str(resources.files("pruning_limit") / "data" / "demo.toml"))
     config["study"]["seed"] = args.seed
     if args.quick:  # a first look in seconds: one small dataset, plain and L1, a smaller model
@@ -813,7 +835,7 @@ def command_demo(args, out: Output) -> int:
         "and as the transition (collapse centre and 10-90 % width)"
     )
     args.rerun_continues = True
-    with locked(folder):
+    with folders as folder, locked(folder):
         result = run_study(config, out=folder, log=None if args.quiet else out.log)
     return report_study(result, out)
 

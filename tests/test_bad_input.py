@@ -530,6 +530,15 @@ def test_one_refusal_through_the_real_command_line(assets, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_refused_study_leaves_no_folder_above_its_default_out(tmp_path):
+    """The folders above a configuration's default out are created for the study, and
+    removed again when its configuration is refused."""
+    config = '[study]\nname = "x"\nout = "results/studies/x"\n[[datasets]]\nname = "nosuchdata"\n'
+    (tmp_path / "bad.toml").write_text(config)
+    assert_one_line_error(cli("study", "bad.toml", cwd=tmp_path), "unknown dataset")
+    assert listing(tmp_path) == {str(tmp_path / "bad.toml")}
+
+
 def test_module_function_data_and_model_factory_from_the_current_folder(assets, tmp_path):
     """As the installed script runs them: without the current folder on sys.path (-P)."""
     result = cli(
