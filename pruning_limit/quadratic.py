@@ -161,6 +161,7 @@ class QuadraticModel:
         self._warm: np.ndarray | None = None
         self.eigenvalues: np.ndarray | None = None
         self.eigenvectors: np.ndarray | None = None
+        self.progress = None  # a tqdm bar told of every support solved, or None
 
         operator = None if _is_matrix(curvature) else curvature
         if operator is not None and not hasattr(operator, "apply"):
@@ -355,6 +356,10 @@ class QuadraticModel:
             self._costs[count] = 0.0 if count == 0 else self.cost(self.support(count))
             if count and not self.last_solve["converged"]:
                 self.unconverged[count] = self.last_solve["relative_residual"]
+            if self.progress is not None:
+                solver = f", CG {self.last_solve['iterations']} it." if self.solver == "cg" else ""
+                self.progress.set_postfix_str(f"k = {count}{solver}", refresh=False)
+                self.progress.update(1)
         return self._costs[count]
 
     def limit(self, epsilon: float) -> QuadraticLimit:
