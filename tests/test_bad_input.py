@@ -192,6 +192,8 @@ def test_an_inverted_bracket_is_no_bracket(monkeypatch):
     convergence = pl.predict_from_spectrum(spectrum, weights, 0.01, methods=("paper",)).convergence
     assert convergence["bracket_valid"] is False
     assert "no Gauss/Gauss-Radau bracket" in convergence["message"]
+    # how far: an excess of 1e-5 read "0.9857 exceeds the Gauss-Radau bound 0.9857"
+    assert "exceeds the Gauss-Radau bound 1 by 0.31" in convergence["message"]
     assert "relative width -" not in convergence["message"]
 
 
