@@ -624,14 +624,15 @@ def command_spectrum(args, out: Output) -> int:
             selected = resolve_parameters(model)
             dimension = sum(p.numel() for _, p in selected)
             block = min(args.block_size or args.probes, args.probes)
-            size = state_size(dimension, args.steps, block, dtype or selected[0][1].dtype)
+            steps = min(args.steps, dimension)  # Lanczos is exact, and stops, by D steps
+            size = state_size(dimension, steps, block, dtype or selected[0][1].dtype)
             every = (
                 f"every {args.checkpoint_every} steps" if args.checkpoint_every else "every minute"
             )
             out.log(
                 f"checkpoints in {state_path} {every}: the Lanczos basis is appended as it grows "
-                f"(each row written once), at most {size / 1e6:.1f} MB on disk ({block} probes x "
-                f"{args.steps} steps x D = {dimension}); removed when the run completes"
+                f"(each row written once), at most {size / 1e6:.3g} MB on disk ({block} probes x "
+                f"{steps} steps x D = {dimension}); removed when the run completes"
             )
         if args.exact:
             spectrum = exact_spectrum(

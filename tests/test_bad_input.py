@@ -568,6 +568,7 @@ def test_capped_steps_and_the_written_file_are_named(assets, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "--steps 100000 capped at" in result.stdout
+    assert "at most 0.0256 MB on disk (1 probes x 80 steps x D = 80)" in result.stdout
     assert f"written to {tmp_path / 's.npz'}\n" in result.stdout
     result = cli(
         "predict", "ckpt", "--data", "good.npz", "--method", "paper", "--epsilon", "0.01",
