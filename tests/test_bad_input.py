@@ -626,6 +626,28 @@ def test_ctrl_c_says_that_resume_continues(assets, tmp_path):
     assert state.exists() and not (tmp_path / "s.npz.lock").exists()
 
 
+def test_predict_seeds_what_draws_random_numbers_and_records_the_seed(assets, tmp_path):
+    """statdim_exact's Monte Carlo samples (an exact spectrum, D = 80): --seed 3 and
+    --seed 4 give other numbers, and each Prediction records its seed."""
+    driver = (
+        "import sys\nfrom pruning_limit.cli import main\n"
+        "for seed in ('3', '4'):\n"
+        "    out = f'{sys.argv[1]}/p{seed}.json'\n"
+        "    assert main([*sys.argv[2:], '--seed', seed, '--out', out]) == 0\n"
+    )
+    predict = ["predict", "ckpt", "--data", "good.npz", "--method", "statdim_exact",
+               "--epsilon", "0.01", "--quiet"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", driver, str(tmp_path), *predict], capture_output=True, text=True,
+        env={**ENV, "PYTHONPATH": str(ROOT)}, cwd=assets, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    three, four = (json.loads((tmp_path / f"p{s}.json").read_text()) for s in (3, 4))
+    assert three["seeds"] == {"statdim_exact": 3} and four["seeds"] == {"statdim_exact": 4}
+    fractions = [p["estimates"]["statdim_exact"]["removal_fraction"] for p in (three, four)]
+    assert fractions[0] != fractions[1]
+
+
 def test_predict_says_when_the_seed_has_no_effect(assets, tmp_path):
     """An exact spectrum and a closed form use no random numbers: --seed is named as
     having no effect, and the Prediction records no seed."""
