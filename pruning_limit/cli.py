@@ -9,7 +9,9 @@ Inputs are checked before anything is written: the model against the data
 (:func:`pruning_limit.batches.check_model_and_data`, one forward pass on a few
 rows), the arguments, and ``--out``. An ``--out`` folder or file is created only
 when there is something to write in it, and its parent folder must already exist:
-a typo in a path is refused rather than silently created. While a command writes
+a typo in a path is refused rather than silently created (the folders above a
+default results folder, the demo's or a study configuration's, are created, and
+removed again if the command fails before writing in them). While a command writes
 to ``--out`` it holds an exclusive lock (``fcntl.flock`` on ``OUT.lock``, removed
 at the end), so a second run on the same ``--out`` is refused instead of racing.
 ``spectrum`` refuses to start over an interrupted run's ``OUT.state`` unless told
@@ -473,23 +475,17 @@ def _json_default(value):
     return str(value)
 
 
-def _output_folder(path_text: str, *, given: bool = True) -> Path:
+def _output_folder(path_text: str) -> Path:
     """``--out`` as a folder that can be written, checked before any work and not created.
 
-    The folder itself is created when results are written to it; the parent of a
-    path the user gave must exist already (a mistyped path is refused rather than
-    silently created). A default path (``given=False``: the demo's, a study
-    configuration's) gets its parent folders created. Under torch.distributed only
-    rank 0 writes, so only rank 0 checks.
+    The folder itself is created when results are written to it; its parent must
+    exist already (a mistyped path is refused rather than silently created). A default
+    path (the demo's, a study configuration's) goes through :func:`_default_folder`.
+    Under torch.distributed only rank 0 writes, so only rank 0 checks.
     """
     path = Path(path_text)
     if not distributed.is_main():
         return path
-    if not given and not path.parent.exists():
-        try:
-            path.parent.mkdir(parents=True)
-        except OSError as error:
-            raise _UserError(f"cannot create {path.parent}: {error.strerror or error}") from error
     if path.exists():
         if not path.is_dir():
             raise _UserError(f"--out {path} exists and is not a folder")
@@ -497,6 +493,29 @@ def _output_folder(path_text: str, *, given: bool = True) -> Path:
     else:
         _check_parent(path)
     return path
+
+
+@contextlib.contextmanager
+def _default_folder(path_text: str) -> Iterator[Path]:
+    """A default results folder (the demo's, a study configuration's), as
+    :func:`_output_folder`, with the missing folders above it created for the command
+    and removed again, while still empty, if it fails (a refused configuration, Ctrl-C)."""
+    path = Path(path_text)
+    missing = [folder for folder in path.parents if not folder.exists()]  # deepest first
+    if missing and distributed.is_main():
+        try:
+            path.parent.mkdir(parents=True)
+        except OSError as error:
+            raise _UserError(f"cannot create {path.parent}: {error.strerror or error}") from error
+    try:
+        yield _output_folder(path_text)
+    except BaseException:
+        for folder in missing:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: results of runs that finished are kept
+                break
+        raise
 
 
 def _output_file(path_text: str, suffix: str) -> Path:
@@ -630,14 +649,15 @@ def _command_spectrum(args, out: _Output) -> int:
             dimension = sum(p.numel() for _, p in selected)
             block = min(args.block_size or args.probes, args.probes)
             most_steps = args.auto_max_steps if args.steps == AUTO else args.steps
-            size = state_size(dimension, most_steps, block, dtype or selected[0][1].dtype)
+            steps = min(most_steps, dimension)  # Lanczos is exact, and stops, by D steps
+            size = state_size(dimension, steps, block, dtype or selected[0][1].dtype)
             every = (
                 f"every {args.checkpoint_every} steps" if args.checkpoint_every else "every minute"
             )
             out.log(
                 f"checkpoints in {state_path} {every}: the Lanczos basis is appended as it grows "
-                f"(each row written once), at most {size / 1e6:.1f} MB on disk ({block} probes x "
-                f"{most_steps} steps x D = {dimension}); removed when the run completes"
+                f"(each row written once), at most {size / 1e6:.3g} MB on disk ({block} probes x "
+                f"{steps} steps x D = {dimension}); removed when the run completes"
             )
         if args.exact:
             spectrum = exact_spectrum(
@@ -863,17 +883,20 @@ def _report_study(result, out: _Output) -> int:
 def _command_study(args, out: _Output) -> int:
     config = load_config(args.config)
     if args.out is None:
-        folder = _output_folder(config["study"]["out"], given=False)
+        folders = _default_folder(config["study"]["out"])
     else:
-        folder = _output_folder(args.out)
+        folders = contextlib.nullcontext(_output_folder(args.out))
     args.rerun_continues = True
-    with _locked(folder):
+    with folders as folder, _locked(folder):
         result = run_study(config, out=folder, log=None if args.quiet else out.log)
     return _report_study(result, out)
 
 
 def _command_demo(args, out: _Output) -> int:
-    folder = _output_folder(args.out or DEMO_OUT, given=args.out is not None)
+    if args.out is None:
+        folders = _default_folder(DEMO_OUT)
+    else:
+        folders = contextlib.nullcontext(_output_folder(args.out))
     config = load_config(str(resources.files("pruning_limit") / "data" / "demo.toml"))
     config["study"]["seed"] = args.seed
     if args.quick:  # a first look in seconds: one small dataset, plain and L1, a smaller model
@@ -891,7 +914,7 @@ def _command_demo(args, out: _Output) -> int:
         "and as the transition (collapse centre and 10-90 % width)"
     )
     args.rerun_continues = True
-    with _locked(folder):
+    with folders as folder, _locked(folder):
         result = run_study(config, out=folder, log=None if args.quiet else out.log)
     return _report_study(result, out)
 

@@ -60,7 +60,9 @@ import numpy as np
 import torch
 from scipy.optimize import brentq
 from scipy.stats import t as student_t
+from tqdm.auto import tqdm
 
+from . import distributed
 from ._version import __version__
 from .baselines import EMP_LABEL, emp_removal_fraction
 from .budget import check_epsilon, loss_budget
@@ -438,6 +440,7 @@ def predict_from_spectrum(
     curve_points: int = 101,
     parameters: Sequence | None = None,
     taylor: TaylorModel | None = None,
+    progress: bool = False,
 ) -> Prediction:
     """Predicted limits from a Spectrum, the flat weights w* and eps (no model needed).
 
@@ -476,6 +479,9 @@ def predict_from_spectrum(
     taylor
         For ``taylor_onset``: the :class:`~pruning_limit.onset.TaylorModel` of the same
         w* (its gradient and curvature products at w*).
+    progress
+        A progress bar (stderr) for the slow method, ``quadratic``: the supports its
+        bisection solves.
 
     Example
     -------
@@ -553,7 +559,19 @@ def predict_from_spectrum(
             quadratic_model = quadratic_model or _quadratic_model(
                 curvature, norm.weights, policy, damping, dense_limit
             )
-            estimates[method] = _quadratic_estimate(quadratic_model, norm, epsilon, sensitivity)
+            with tqdm(
+                desc=f"quadratic: supports solved ({quadratic_model.solver})",
+                unit="support",
+                disable=not (progress and distributed.is_main()),
+                leave=False,
+            ) as bar:
+                quadratic_model.progress = bar
+                try:
+                    estimates[method] = _quadratic_estimate(
+                        quadratic_model, norm, epsilon, sensitivity
+                    )
+                finally:
+                    quadratic_model.progress = None
         else:
             quadratic_model = quadratic_model or _quadratic_model(
                 curvature, norm.weights, policy, damping, dense_limit

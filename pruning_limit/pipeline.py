@@ -431,6 +431,7 @@ class Pipeline:
             dense_limit=self.exact_limit,
             parameters=self.parameters,
             seed=seed,
+            progress=progress,
             **options,
         )
         prediction.distributed = distributed.record()

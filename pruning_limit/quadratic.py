@@ -173,6 +173,7 @@ class QuadraticModel:
         self._warm: np.ndarray | None = None
         self.eigenvalues: np.ndarray | None = None
         self.eigenvectors: np.ndarray | None = None
+        self.progress = None  # a tqdm bar told of every support solved, or None
 
         operator = None if _is_matrix(curvature) else curvature
         if operator is not None and not hasattr(operator, "apply"):
@@ -254,7 +255,7 @@ class QuadraticModel:
             block = self.matrix[np.ix_(kept, kept)]
             step[kept] = self._dense_solve(block, rhs, minimum_norm)
         else:
-            step[kept] = self._cg(kept, rhs)
+            step[kept] = self._cg(kept, rhs, warm=not minimum_norm)
         return step
 
     def _dense_solve(self, block: np.ndarray, rhs: np.ndarray, minimum_norm: bool) -> np.ndarray:
@@ -289,11 +290,15 @@ class QuadraticModel:
             self._diagonal = np.maximum(estimate, floor) + self.damping
         return self._diagonal
 
-    def _cg(self, kept: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    def _cg(self, kept: np.ndarray, rhs: np.ndarray, warm: bool = True) -> np.ndarray:
         """Jacobi-preconditioned conjugate gradients on (C + damping I)_KK x = rhs.
 
-        Records ``last_solve`` (converged, iterations, relative residual); warm-starts
-        from the previous solve only when that one converged.
+        Records ``last_solve`` (converged, iterations, relative residual). With ``warm``,
+        starts from the previous solve when that one converged: right for q, which a
+        null-space part of x does not change, wrong for the re-fit's weights, which
+        would keep the previous support's null-space part; without it, starts at 0,
+        so that x stays in the range of C_KK (a minimum-norm solution, in the
+        preconditioner's metric).
         """
 
         def apply(vector_kept: np.ndarray) -> np.ndarray:
@@ -302,7 +307,7 @@ class QuadraticModel:
             return self._product(full)[kept]
 
         inverse = 1.0 / self.diagonal()[kept]
-        x = np.zeros(rhs.size) if self._warm is None else self._warm[kept].copy()
+        x = np.zeros(rhs.size) if self._warm is None or not warm else self._warm[kept].copy()
         residual = rhs - apply(x) if x.any() else rhs.copy()
         scale = max(np.linalg.norm(rhs), 1e-300)
         preconditioned = inverse * residual
@@ -347,9 +352,12 @@ class QuadraticModel:
         return float(0.5 * step @ self._product(step))
 
     def refit(self, pruned) -> np.ndarray:
-        """The minimiser: w_P = 0, w_K = w*_K + C_KK^{-1} C_KP w*_P (minimum-norm if singular)."""
+        """The minimiser: w_P = 0, w_K = w*_K + C_KK^{-1} C_KP w*_P (minimum-norm if singular).
+
+        The same weights whatever was solved before: conjugate gradients start cold.
+        """
         pruned = self._check_mask(pruned)
-        return self.weights + self._solve(pruned, minimum_norm=self.matrix is not None)
+        return self.weights + self._solve(pruned, minimum_norm=True)
 
     # -- along the magnitude order -----------------------------------------------------------
 
@@ -367,6 +375,10 @@ class QuadraticModel:
             self._costs[count] = 0.0 if count == 0 else self.cost(self.support(count))
             if count and not self.last_solve["converged"]:
                 self.unconverged[count] = self.last_solve["relative_residual"]
+            if self.progress is not None:
+                solver = f", CG {self.last_solve['iterations']} it." if self.solver == "cg" else ""
+                self.progress.set_postfix_str(f"k = {count}{solver}", refresh=False)
+                self.progress.update(1)
         return self._costs[count]
 
     def limit(self, epsilon: float) -> QuadraticLimit:

@@ -461,7 +461,7 @@ def convergence_check(spectrum, full, half, rules, scale, tolerance, policy) -> 
         converged = report.get("relative_change", np.inf) <= tolerance
         message += (
             f"; no Gauss/Gauss-Radau bracket: the Gauss value {gauss:.4g} exceeds the "
-            f"Gauss-Radau bound {radau:.4g} (quadrature nodes below zero)"
+            f"Gauss-Radau bound {radau:.4g} by {gauss - radau:.2g} (quadrature nodes below zero)"
         )
         if not converged:
             message += f"; not converged to {tolerance:.0%}"

@@ -192,6 +192,8 @@ def test_an_inverted_bracket_is_no_bracket(monkeypatch):
     convergence = pl.predict_from_spectrum(spectrum, weights, 0.01, methods=("paper",)).convergence
     assert convergence["bracket_valid"] is False
     assert "no Gauss/Gauss-Radau bracket" in convergence["message"]
+    # how far: an excess of 1e-5 read "0.9857 exceeds the Gauss-Radau bound 0.9857"
+    assert "exceeds the Gauss-Radau bound 1 by 0.31" in convergence["message"]
     assert "relative width -" not in convergence["message"]
 
 
@@ -530,6 +532,15 @@ def test_one_refusal_through_the_real_command_line(assets, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_refused_study_leaves_no_folder_above_its_default_out(tmp_path):
+    """The folders above a configuration's default out are created for the study, and
+    removed again when its configuration is refused."""
+    config = '[study]\nname = "x"\nout = "results/studies/x"\n[[datasets]]\nname = "nosuchdata"\n'
+    (tmp_path / "bad.toml").write_text(config)
+    assert_one_line_error(cli("study", "bad.toml", cwd=tmp_path), "unknown dataset")
+    assert listing(tmp_path) == {str(tmp_path / "bad.toml")}
+
+
 def test_module_function_data_and_model_factory_from_the_current_folder(assets, tmp_path):
     """As the installed script runs them: without the current folder on sys.path (-P)."""
     result = cli(
@@ -557,6 +568,7 @@ def test_capped_steps_and_the_written_file_are_named(assets, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "--steps 100000 capped at" in result.stdout
+    assert "at most 0.0256 MB on disk (1 probes x 80 steps x D = 80)" in result.stdout
     assert f"written to {tmp_path / 's.npz'}\n" in result.stdout
     result = cli(
         "predict", "ckpt", "--data", "good.npz", "--method", "paper", "--epsilon", "0.01",
@@ -612,6 +624,28 @@ def test_ctrl_c_says_that_resume_continues(assets, tmp_path):
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "--resume" in lines[0], stderr
     assert state.exists() and not (tmp_path / "s.npz.lock").exists()
+
+
+def test_predict_seeds_what_draws_random_numbers_and_records_the_seed(assets, tmp_path):
+    """statdim_exact's Monte Carlo samples (an exact spectrum, D = 80): --seed 3 and
+    --seed 4 give other numbers, and each Prediction records its seed."""
+    driver = (
+        "import sys\nfrom pruning_limit.cli import main\n"
+        "for seed in ('3', '4'):\n"
+        "    out = f'{sys.argv[1]}/p{seed}.json'\n"
+        "    assert main([*sys.argv[2:], '--seed', seed, '--out', out]) == 0\n"
+    )
+    predict = ["predict", "ckpt", "--data", "good.npz", "--method", "statdim_exact",
+               "--epsilon", "0.01", "--quiet"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", driver, str(tmp_path), *predict], capture_output=True, text=True,
+        env={**ENV, "PYTHONPATH": str(ROOT)}, cwd=assets, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    three, four = (json.loads((tmp_path / f"p{s}.json").read_text()) for s in (3, 4))
+    assert three["seeds"] == {"statdim_exact": 3} and four["seeds"] == {"statdim_exact": 4}
+    fractions = [p["estimates"]["statdim_exact"]["removal_fraction"] for p in (three, four)]
+    assert fractions[0] != fractions[1]
 
 
 def test_predict_says_when_the_seed_has_no_effect(assets, tmp_path):

@@ -186,6 +186,32 @@ def test_orthogonal_form_tracks_the_quadratic_model_for_haar_eigenvectors():
     assert np.mean(errors["orthogonal"]) < np.mean(errors["paper"])
 
 
+def test_the_slow_quadratic_method_shows_its_progress(capsys, monkeypatch):
+    """predict's slow method shows a bar of the supports its bisection solves (issue 16:
+    minutes without a sign of life); none without progress=True."""
+    from pruning_limit import limit
+
+    bars = []
+
+    def recording(*args, **kwargs):
+        bars.append(limit_tqdm(*args, **kwargs))
+        return bars[-1]
+
+    limit_tqdm = limit.tqdm
+    monkeypatch.setattr(limit, "tqdm", recording)
+    rng = np.random.default_rng(0)
+    eigenvalues = np.exp(rng.uniform(np.log(1e-3), 0, 40))
+    basis = ortho_group.rvs(40, random_state=0)
+    options = dict(methods=("paper", "quadratic"), curvature=(basis * eigenvalues) @ basis.T,
+                   sensitivity=False)  # fmt: skip
+    weights, spectrum = rng.standard_normal(40), exact_spectrum(eigenvalues)
+    predict_from_spectrum(spectrum, weights, 0.01, **options)
+    assert capsys.readouterr().err == "" and bars[-1].disable
+    prediction = predict_from_spectrum(spectrum, weights, 0.01, progress=True, **options)
+    assert "quadratic: supports solved (dense)" in capsys.readouterr().err
+    assert bars[-1].n == prediction.estimates["quadratic"].uncertainty["evaluations"] > 0
+
+
 def test_edges_of_the_fixed_point():
     rng = np.random.default_rng(3)
     eigenvalues = rng.uniform(0.1, 1.0, 80)

@@ -214,6 +214,31 @@ def test_conjugate_gradients_that_cannot_converge_are_reported_not_trusted():
     assert solved.limit(0.05).unconverged == 0 and solved.last_solve["converged"]
 
 
+def test_a_refit_does_not_depend_on_what_was_solved_before():
+    """On a singular C_KK many w_K minimise q. Conjugate gradients warm-started from
+    another support's solution kept its null-space part: q the same, the weights not
+    (issue 16: re-fits of an MLP with D = 5,184 on 200 samples at p = 0.15-0.18, solved
+    after p = 0.99, had train loss 0.88, those either side 0.64). The re-fit starts cold."""
+    dimension = 60
+    matrix = psd_matrix(dimension, rank=8, seed=8)
+    weights = np.random.default_rng(8).standard_normal(dimension)
+    pruned = removed_mask(weights, 0.3)
+    fresh = QuadraticModel(MatrixOperator(matrix), weights, dense_limit=0, cg_tolerance=1e-10)
+    cold = fresh.refit(pruned)
+    model = QuadraticModel(MatrixOperator(matrix), weights, dense_limit=0, cg_tolerance=1e-10)
+    model.refit(removed_mask(weights, 0.95))
+    model.limit(0.05)  # the bisection's solves, warm-started from one another
+    assert model.cost(pruned) == pytest.approx(fresh.cost(pruned), rel=1e-6)
+    np.testing.assert_allclose(model.refit(pruned), cold, atol=1e-8)
+    # and the cold solve has no null-space part: with the Jacobi preconditioner M,
+    # M (w_K - w*_K) lies in the range of C_KK
+    kept = ~pruned
+    step = fresh.diagonal()[kept] * (cold - weights)[kept]
+    eigenvalues, eigenvectors = np.linalg.eigh(matrix[np.ix_(kept, kept)])
+    null = eigenvectors[:, eigenvalues < 1e-10 * eigenvalues.max()]
+    assert null.shape[1] > 0 and np.linalg.norm(null.T @ step) < 1e-6 * np.linalg.norm(step)
+
+
 def test_the_jacobi_preconditioner_handles_a_badly_scaled_curvature():
     """Weights of very different scales make C's diagonal span decades; Jacobi undoes it
     (the same solve without it, a unit diagonal, does not converge)."""
