@@ -135,7 +135,7 @@ class Comparison:
             )
         methods = list(dict.fromkeys(r.method for r in self.rows))
         lines += ["", "what each method predicts (its target: the row marked yes, if any):"]
-        lines += [f"- `{m}`: {METHOD_TARGETS[m]}" for m in methods]
+        lines += [f"- `{m}`: {METHOD_TARGETS.get(m, '?')}" for m in methods]
         criteria = [c for c in CRITERIA if any(r.criterion == c for r in self.rows)]
         lines += ["", "criteria (readings of actual):"]
         lines += [f"- `{c}`: {CRITERION_LABELS[c]}" for c in criteria]

@@ -6,9 +6,10 @@
 place the package constructs one from a model), its dense matrix (built at most
 once, for the exact spectrum and the quadratic model alike), the spectrum (exact up
 to :data:`~pruning_limit.curvature.EXACT_LIMIT` coordinates, else SLQ), the loss
-budget, the quadratic model and the Taylor model. :func:`predict_limit`, :func:`estimate_spectrum`,
-:func:`exact_spectrum`, :func:`~pruning_limit.validation.validate` (its re-fit), the
-study and the command line all go through it.
+budget, the quadratic model and the Taylor model. :func:`predict_limit`,
+:func:`estimate_spectrum`, :func:`exact_spectrum`,
+:func:`~pruning_limit.validation.validate` (its re-fit), the study and the command
+line all go through it.
 """
 
 from __future__ import annotations

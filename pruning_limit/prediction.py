@@ -412,7 +412,7 @@ class Prediction(JsonResult):
                 f"{name:<14}{est.removal_fraction:>11.4f}{est.kept_fraction:>8.4f}   "
                 f"[{low:.4f}, {high:.4f}]  {est.radius:>10.4g}"
                 f"{_fmt(sens.get('epsilon/10')):>9}{_fmt(sens.get('epsilon*10')):>9}   "
-                f"{METHOD_TARGETS[name]}"
+                f"{METHOD_TARGETS.get(name, '')}"
             )
         message = self.convergence.get("message")
         if message:

@@ -449,7 +449,7 @@ class StudyResult:
             "",
             "What each predictor predicts (`*` in the summary marks the criterion that is "
             "its own target): "
-            + "; ".join(f"`{m}`: {METHOD_TARGETS[m]}" for m in methods)
+            + "; ".join(f"`{m}`: {METHOD_TARGETS.get(m, '?')}" for m in methods)
             + ".",
             "",
             "## Runs",
