@@ -429,7 +429,10 @@ BAD_INPUTS = {
     ),
     "nan in X": (SPECTRUM + ["--data", "nanx.npz"], ["NaN", "data are at fault"]),
     "one sample": (SPECTRUM + ["--data", "one.npz"], ["1 sample"]),
-    "argparse": (SPECTRUM + ["--data", "good.npz", "--steps", "many"], ["--steps", "positive integer or 'auto'", "--help"]),
+    "argparse": (
+        SPECTRUM + ["--data", "good.npz", "--steps", "many"],
+        ["--steps", "positive integer or 'auto'", "--help"],
+    ),
     "epsilon inf": (["predict", "ckpt", "--data", "good.npz", "--epsilon", "inf"], ["finite"]),
     "epsilon 1e400": (["predict", "ckpt", "--data", "good.npz", "--epsilon", "1e400"], ["finite"]),
     "missing data function": (SPECTRUM + ["--data", "factories:nothing"], ["no data function"]),
