@@ -94,7 +94,10 @@ class Comparison:
     >>> [(row.method, row.variant, row.criterion) for row in comparison.rows]
     [('paper', 'one_shot', 'loss_budget')]
     >>> comparison.to_markdown().splitlines()[2].split(" | ")[3:]   # the row's table cells
-    ['0.4697', '[0.4697, 0.4697]', '0.2500', '[0.2500, 0.5000]', '+22.0', 'no', 'yes |']
+    ['0.4697', '[0.4697, 0.4697]', '0.2500', '[0.2500, 0.5000]', '+22.0', 'no', 'yes', ' |']
+
+    (the last cell, "its target", is empty: the loss-budget onset is not what ``paper``
+    predicts.)
     >>> comparison.to_dict()["fraction"]
     'removed'
     """
