@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=CONFIGS / f"{NAME}.toml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument(
-        "--out", type=Path, default=REPOSITORY / "runs" / NAME, help="run folders (resumable)"
+        "--out", type=Path, help="run folders (resumable; default runs/CONFIG_STEM)"
     )
     parser.add_argument(
         "--collect",
@@ -71,17 +71,19 @@ def main() -> None:
     )
     args = parser.parse_args()
     device = common.configure(args)
+    name = args.config.stem  # the result file and run folders are named by the config
+    out = args.out or REPOSITORY / "runs" / name
     studies = {}
     for seed in args.seeds:
         config = seeded_config(args.config, seed, device.type, args.threads)
-        folder = args.out / f"seed{seed}"
+        folder = out / f"seed{seed}"
         started = time.perf_counter()
         if args.collect:
             found = sorted(folder.glob("*/run.json"))
             rows, resumed = [json.loads(path.read_text()) for path in found], []
-            print(f"{NAME}: seed {seed}: {len(rows)} finished runs in {folder}", flush=True)
+            print(f"{name}: seed {seed}: {len(rows)} finished runs in {folder}", flush=True)
         else:
-            print(f"\n{NAME}: {args.config.name}, seed {seed}, {DTYPE}", flush=True)
+            print(f"\n{name}: {args.config.name}, seed {seed}, {DTYPE}", flush=True)
             study = run_study(config, out=folder, log=_log)
             rows, resumed = study.rows, study.skipped
         if not rows:
@@ -100,7 +102,7 @@ def main() -> None:
             "seeds": args.seeds,
             "studies": studies,
         }
-        path = common.write_result(NAME, args, device, body)
+        path = common.write_result(name, args, device, body)
         print(f"wrote {path} ({sum(len(s['runs']) for s in studies.values())} runs)", flush=True)
 
 

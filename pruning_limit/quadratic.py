@@ -275,7 +275,18 @@ class QuadraticModel:
         note = "singular C_KK: minimum-norm least-squares solve (scipy.linalg.lstsq)"
         if not minimum_norm and note not in self.notes:
             self.notes.append(note)
-        return scipy.linalg.lstsq(block, rhs, cond=1e-12)[0]
+        try:
+            return scipy.linalg.lstsq(block, rhs, cond=1e-12)[0]
+        except np.linalg.LinAlgError:
+            # LAPACK's gelsd can fail to converge on a nearly singular block (seen on a
+            # digits network's exact Hessian). C_KK is symmetric: the same minimum-norm
+            # solution from its eigendecomposition, eigenvalues <= 1e-12 max|lambda| cut.
+            note = "lstsq's SVD did not converge: pseudo-inverse from scipy.linalg.eigh"
+            if note not in self.notes:
+                self.notes.append(note)
+            values, vectors = scipy.linalg.eigh(block)
+            keep = np.abs(values) > 1e-12 * np.abs(values).max()
+            return vectors[:, keep] @ ((vectors[:, keep].T @ rhs) / values[keep])
 
     def diagonal(self) -> np.ndarray:
         """diag(C) + damping for the Jacobi preconditioner (estimated once, then kept)."""

@@ -66,6 +66,28 @@ def test_singular_kept_block_uses_least_squares():
     assert any("least-squares" in note for note in model.notes)
 
 
+def test_a_least_squares_solve_that_does_not_converge_falls_back_to_the_eigendecomposition(
+    monkeypatch,
+):
+    """LAPACK's gelsd failed to converge on a digits network's exact Hessian; the
+    fallback must give the same minimum-norm refit, and say so."""
+    import scipy.linalg
+
+    def failing(*args, **kwargs):
+        raise np.linalg.LinAlgError("SVD did not converge in Linear Least Squares")
+
+    dimension = 60
+    matrix = psd_matrix(dimension, rank=20, seed=1)
+    weights = np.random.default_rng(1).standard_normal(dimension)
+    pruned = removed_mask(weights, 0.3)
+    cost, refit = brute_force(matrix, weights, pruned)
+    monkeypatch.setattr(scipy.linalg, "lstsq", failing)
+    model = QuadraticModel(matrix, weights)
+    np.testing.assert_allclose(model.refit(pruned), refit, atol=1e-7)
+    assert model.cost(pruned) == pytest.approx(cost, rel=1e-7, abs=1e-12)
+    assert any("did not converge" in note for note in model.notes)
+
+
 def test_cost_grows_along_nested_supports_and_limit_is_the_last_feasible_count():
     dimension = 120
     matrix = psd_matrix(dimension, seed=2)
