@@ -12,6 +12,7 @@ by hand after a benchmark result has been reviewed::
     python benchmarks/calibration_set.py --rebuild      # the shipped provisional set
     python benchmarks/calibration_set.py SOURCE.json ... --out FILE
     python benchmarks/calibration_set.py --table        # leave-one-out table of the shipped set
+    python benchmarks/calibration_set.py --held-out NEW.json   # its intervals on new networks
 
 A source may also be an earlier calibration set (its runs are taken as they are, with
 their provenance), so that new results are added without retraining the old runs; the
@@ -114,7 +115,28 @@ def main() -> None:
         help="print the leave-one-out coverage and width of the set at --out; build nothing",
     )
     parser.add_argument("--coverage", type=float, default=0.9, help="nominal, for --table")
+    parser.add_argument(
+        "--held-out",
+        type=Path,
+        metavar="SET",
+        help="print the coverage and width of the set at --out's intervals on the networks "
+        "of the calibration set SET (built from runs the set at --out does not hold); "
+        "build nothing",
+    )
     args = parser.parse_args()
+    if args.held_out:
+        calibration, networks = CalibrationSet.load(args.out), CalibrationSet.load(args.held_out)
+        shared = {run.group for run in calibration.runs} & {run.group for run in networks.runs}
+        if shared:
+            parser.error(f"{len(shared)} network(s) are in both sets, e.g. {sorted(shared)[0]}")
+        rows = calibration.held_out_table(networks, args.coverage, pooled=True)
+        print(
+            f"\n### Held out: intervals of {_relative(args.out)} on the "
+            f"{len({run.group for run in networks.runs})} networks of {_relative(args.held_out)},"
+            f" nominal {args.coverage:.0%}\n"
+        )
+        print(leave_one_out_markdown(rows).replace("LOO coverage", "coverage"))
+        return
     if args.table:
         calibration = CalibrationSet.load(args.out)
         for check_range in (True, False):

@@ -27,13 +27,30 @@ calibration residuals r_(1) <= ... <= r_(n) of that class and alpha = 1 - covera
 - ``"symmetric"`` (absolute residuals): predicted +- |r|_(k), k = ceil((n + 1)(1 - alpha)),
   coverage >= 1 - alpha; it needs k <= n, i.e. n >= 1/alpha - 1 (9 runs at 90 %).
 
-Why asymmetric first: the residuals are strongly biased (every predictor errs on one
+- ``"jackknife+"`` (residuals regressed on the regime features, Barber, Candes, Ramdas
+  and Tibshirani 2021): within the class the residual still moves with the network's
+  features (:data:`REGRESSION_FEATURES`), so a ridge regression f of r on them, fitted
+  without unit i (f_{-i}), leaves out-of-sample errors e_i = r_i - f_{-i}(x_i) that
+  are far smaller than the spread of r. For a network with features x:
+
+      [predicted + q-_alpha{f_{-i}(x) - |e_i|}, predicted + q+_alpha{f_{-i}(x) + |e_i|}],
+
+  q-_alpha the floor(alpha (n + 1))-th smallest, q+_alpha the ceil((1 - alpha)(n + 1))-th
+  smallest of the n values. Its guarantee is weaker than split-conformal's: coverage
+  >= 1 - 2 alpha for any regression, about 1 - alpha in practice (the paper's
+  experiments, and ours: ``benchmarks/README.md``, leave-one-out and on networks
+  trained after the set was built). It needs n >= 1/alpha - 1 ranks; ``"auto"`` takes
+  it from :data:`JACKKNIFE_MIN_UNITS` units on, where a 7-coefficient ridge has data
+  enough. On the shipped set it narrows the collapse centre's interval of ``paper``
+  from 30 / 14 / 42 points (dense / sparse / under-fitted) to 11 / 6 / 15.
+
+Why asymmetric before symmetric: the residuals are strongly biased (every predictor errs on one
 side in most regimes), and an interval centred on the prediction must then reach as
 far on the empty side as on the full one, about twice the width. The asymmetric
-interval follows the residuals' own location. ``rule="auto"`` (the default) takes the
-asymmetric rule when the class has enough runs for it and the symmetric one
-otherwise; the choice depends on n only, never on the residuals' values, so the
-guarantee holds for whichever rule is taken. Both are clipped to [0, 1] (the actual
+interval follows the residuals' own location. ``rule="auto"`` (the default) takes
+jackknife+ when the class has :data:`JACKKNIFE_MIN_UNITS` units, and the symmetric rule
+from 1/alpha - 1 units on; the choice depends on n only, never on the residuals' values,
+so the guarantee holds for whichever rule is taken. Both are clipped to [0, 1] (the actual
 limit lies there, so clipping loses no coverage).
 
 Fallback: there is no pooling across regimes. A class with too few runs for either rule
@@ -101,7 +118,23 @@ from .serialization import plain, read_json, write_json
 
 FORMAT = "pruning-limit calibration set v1"
 DATA_FILE = "calibration.json"  # in pruning_limit/data/, built by benchmarks/calibration_set.py
-RULES = ("auto", "asymmetric", "symmetric")
+RULES = ("auto", "jackknife+", "asymmetric", "symmetric")
+# ``"auto"`` takes jackknife+ from this many units of a class on (7 ridge coefficients).
+JACKKNIFE_MIN_UNITS = 19
+# The regime features the residual is regressed on by the jackknife+ rule, as read by
+# :func:`regression_features` (logarithms where a feature spans decades).
+REGRESSION_FEATURES = (
+    "train_accuracy", "log train_loss", "small_weight_share", "log d_over_n",
+    "pruned_norm_ratio", "l1_used",
+)  # fmt: skip
+# The ridge penalty on the standardised features (the intercept is not penalised).
+# Leave-one-out widths on the shipped set change by <= 2 points between 0.1 and 3.
+RIDGE_PENALTY = 1.0
+RULE_NAMES = {
+    "jackknife+": "ridge jackknife+",
+    "asymmetric": "asymmetric split-conformal",
+    "symmetric": "symmetric split-conformal",
+}
 # The categorical features a network must share with its calibration runs.
 CATEGORICAL_FEATURES = ("curvature", "epsilon_source")
 # The continuous features whose calibration range a network must lie in (module
@@ -131,7 +164,9 @@ def _ranks(n: int, coverage: float, rule: str) -> tuple[int, int]:
     if rule == "symmetric":
         k = math.ceil(round((n + 1) * (1 - alpha), 9))
         return k, k
-    raise ValueError(f"rule must be 'asymmetric' or 'symmetric', got {rule!r}")
+    if rule == "jackknife+":
+        return math.floor(round((n + 1) * alpha, 9)), math.ceil(round((n + 1) * (1 - alpha), 9))
+    raise ValueError(f"rule must be one of {RULES[1:]}, got {rule!r}")
 
 
 def required_runs(coverage: float, rule: str) -> int:
@@ -139,6 +174,8 @@ def required_runs(coverage: float, rule: str) -> int:
 
     >>> required_runs(0.9, "asymmetric"), required_runs(0.8, "symmetric")   # 2/a - 1, 1/a - 1
     (19, 4)
+    >>> required_runs(0.9, "jackknife+")   # the ranks; "auto" asks for JACKKNIFE_MIN_UNITS
+    9
     """
     n = 1
     while True:
@@ -149,21 +186,22 @@ def required_runs(coverage: float, rule: str) -> int:
 
 
 def choose_rule(n: int, coverage: float, rule: str = "auto") -> str | None:
-    """The rule used with n calibration units: ``rule`` itself, or for ``"auto"`` the
-    asymmetric one if n allows it, else the symmetric one; ``None`` if n is too small.
+    """The rule used with n calibration units: ``rule`` itself, or for ``"auto"``
+    jackknife+ from :data:`JACKKNIFE_MIN_UNITS` units on, else the symmetric rule;
+    ``None`` if n is too small.
 
-    >>> choose_rule(19, 0.9), choose_rule(10, 0.9), choose_rule(19, 0.9, "symmetric")
-    ('asymmetric', 'symmetric', 'symmetric')
+    >>> choose_rule(19, 0.9), choose_rule(10, 0.9), choose_rule(19, 0.9, "asymmetric")
+    ('jackknife+', 'symmetric', 'asymmetric')
     >>> print(choose_rule(5, 0.9))   # the symmetric rule needs 9 at 90 %
     None
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    candidates = ("asymmetric", "symmetric") if rule == "auto" else (rule,)
-    for candidate in candidates:
-        if n >= required_runs(coverage, candidate):
-            return candidate
-    return None
+    if rule == "auto":
+        if n >= max(JACKKNIFE_MIN_UNITS, required_runs(coverage, "jackknife+")):
+            return "jackknife+"
+        rule = "symmetric"
+    return rule if n >= required_runs(coverage, rule) else None
 
 
 def conformal_offsets(
@@ -213,6 +251,112 @@ def conformal_offsets(
         q = float(np.sort(np.abs(r))[high - 1])
         return -q, q
     return float(r[low - 1]), float(r[high - 1])
+
+
+def regression_features(regime: Regime) -> np.ndarray:
+    """The regime's :data:`REGRESSION_FEATURES` as a vector (NaN where one is unknown).
+
+    >>> regime = Regime(train_accuracy=1.0, train_loss=0.01, l1=1e-3, optimizer="adam",
+    ...                 small_weight_share=0.3, dimension=100, num_train=200,
+    ...                 removal_fraction=0.5, removal_fraction_method="paper",
+    ...                 pruned_norm_ratio=0.2, curvature="ggn", epsilon_source="batch_std")
+    >>> np.round(regression_features(regime), 3)   # log 0.01, log(100/200), L1 used
+    array([ 1.   , -4.605,  0.3  , -0.693,  0.2  ,  1.   ])
+    """
+
+    def number(value) -> float:
+        return math.nan if value is None else float(value)
+
+    loss = number(regime.train_loss)
+    return np.array(
+        [
+            number(regime.train_accuracy),
+            math.log(loss) if loss > 0 else math.nan,
+            number(regime.small_weight_share),
+            math.log(regime.d_over_n),
+            number(regime.pruned_norm_ratio),
+            number(regime.l1_used),
+        ]
+    )
+
+
+def jackknife_plus_offsets(
+    features: np.ndarray,
+    residuals: Iterable[float],
+    new_features: np.ndarray,
+    coverage: float = 0.9,
+    penalty: float = RIDGE_PENALTY,
+) -> tuple[float, float]:
+    """(low, high) offsets of the jackknife+ interval with a ridge regression of the
+    residuals on the features (module docstring).
+
+    Each leave-one-out fit standardises the features on its own n - 1 rows (a
+    feature constant there is left at zero) and penalises every coefficient but the
+    intercept by ``penalty``; the n fits are one batched solve.
+
+    Parameters
+    ----------
+    features
+        (n, k) features of the calibration units (finite).
+    residuals
+        Their n residuals r = actual - predicted.
+    new_features
+        (k,) features of the network the interval is for (finite).
+    coverage
+        1 - alpha; n must be at least 1/alpha - 1.
+    penalty
+        The ridge penalty on the standardised features.
+
+    Example
+    -------
+    Residuals that are a line in one feature: every leave-one-out fit nearly recovers
+    it, and the interval is narrow around the line's value at the new feature.
+
+    >>> x = np.linspace(0, 1, 19)[:, None]
+    >>> residuals = 0.3 * x[:, 0] + 0.01 * np.sin(40 * x[:, 0])
+    >>> low, high = jackknife_plus_offsets(x, residuals, np.array([0.5]), 0.9, penalty=1e-6)
+    >>> round(low, 3), round(high, 3)   # 0.3 * 0.5 = 0.15
+    (0.14, 0.162)
+    >>> np.round(conformal_offsets(residuals, 0.9), 3)   # the residuals' own spread
+    array([0.   , 0.307])
+    """
+    X = np.asarray(features, dtype=np.float64)
+    r = np.asarray(list(residuals), dtype=np.float64)
+    x = np.asarray(new_features, dtype=np.float64).reshape(-1)
+    n = r.size
+    if X.shape != (n, x.size):
+        raise ValueError(f"features have shape {X.shape}, expected ({n}, {x.size})")
+    if not (np.all(np.isfinite(X)) and np.all(np.isfinite(r)) and np.all(np.isfinite(x))):
+        raise ValueError("features and residuals must be finite")
+    low_rank, high_rank = _ranks(n, coverage, "jackknife+")
+    if low_rank < 1 or high_rank > n:
+        raise ValueError(
+            f"{n} calibration residuals are too few for {coverage:.0%} coverage with the "
+            f"jackknife+ rule (it needs {required_runs(coverage, 'jackknife+')})"
+        )
+    others = ~np.eye(n, dtype=bool)
+    train = np.stack([X[keep] for keep in others])  # (n, n - 1, k): fit i leaves out i
+    targets = np.stack([r[keep] for keep in others])
+    mean = train.mean(axis=1, keepdims=True)
+    scale = train.std(axis=1, keepdims=True)
+    scale = np.where(scale > 1e-12, scale, np.inf)  # a constant feature contributes 0
+
+    def design(rows: np.ndarray) -> np.ndarray:
+        standardised = (rows - mean) / scale
+        return np.concatenate([np.ones(standardised.shape[:-1] + (1,)), standardised], -1)
+
+    Z = design(train)
+    ridge = penalty * np.eye(Z.shape[-1])
+    ridge[0, 0] = 0.0
+    normal = np.einsum("nia,nib->nab", Z, Z) + ridge
+    coefficients = np.linalg.solve(normal, np.einsum("nia,ni->na", Z, targets)[..., None])[..., 0]
+    left_out = np.einsum("na,na->n", design(X[:, None, :])[:, 0, :], coefficients)
+    errors = np.abs(r - left_out)
+    at_new = np.einsum("na,na->n", design(np.broadcast_to(x, (n, 1, x.size)))[:, 0, :],
+                       coefficients)  # fmt: skip
+    low = np.sort(at_new - errors)[low_rank - 1]
+    high = np.sort(at_new + errors)[high_rank - 1]
+    return float(low), float(high)
 
 
 # -- the calibration set ----------------------------------------------------------------------
@@ -325,8 +469,9 @@ class CalibratedInterval:
     Example
     -------
     19 calibration networks whose residuals are 0.01 .. 0.19 (see
-    :class:`CalibrationSet`): around p* = 0.6 the asymmetric rule gives
-    [0.6 + r_(1), 0.6 + r_(19)].
+    :class:`CalibrationSet`), all with the same features: the ridge of jackknife+ is
+    then the leave-one-out mean, and around p* = 0.6 the interval is
+    [0.6 + r_(1), 0.6 + r_(19)], as the asymmetric rule's.
 
     >>> regime = Regime(train_accuracy=1.0, train_loss=0.01, l1=1e-3, optimizer="adam",
     ...                 small_weight_share=0.3, dimension=100, num_train=200,
@@ -336,7 +481,7 @@ class CalibratedInterval:
     ...                        {"one_shot": {"accuracy": 0.5 + i / 100}}) for i in range(1, 20)]
     >>> result = CalibrationSet(runs).interval("paper", "one_shot", "accuracy", regime, 0.6)
     >>> print(result)   # doctest: +NORMALIZE_WHITESPACE
-    paper vs one_shot accuracy: [0.610, 0.790] at 90% (asymmetric split-conformal,
+    paper vs one_shot accuracy: [0.610, 0.790] at 90% (ridge jackknife+,
     19 calibration units, regime 'sparse, fits the data')
     >>> round(result.width, 6), result.with_reason("not asked").bounds
     (0.18, None)
@@ -414,7 +559,7 @@ class CalibratedInterval:
             return f"{what}: no calibrated interval ({self.reason})"
         return (
             f"{what}: [{self.low:.3f}, {self.high:.3f}] at {self.coverage:.0%} "
-            f"({self.rule} split-conformal, {self.runs} calibration units, regime {self.regime!r})"
+            f"({RULE_NAMES[self.rule]}, {self.runs} calibration units, regime {self.regime!r})"
         )
 
 
@@ -600,7 +745,29 @@ class CalibrationSet:
                 len(units),
                 name,
             )
-        low, high = conformal_offsets([r for _, r, _ in units], coverage, chosen)
+        residuals = [r for _, r, _ in units]
+        if chosen == "jackknife+" and regime is None:  # pooled, unchecked: no features
+            if rule != "auto":
+                reason = "the jackknife+ rule needs the network's regime features"
+                return none(reason, len(units), name)
+            chosen = "asymmetric"
+        if chosen == "jackknife+":
+            calibrated = np.array([regression_features(group[0].regime) for _, _, group in units])
+            features = regression_features(regime)
+            known = np.all(np.isfinite(calibrated), axis=0)  # features every unit has
+            missing = [
+                feature
+                for feature, in_units, value in zip(REGRESSION_FEATURES, known, features)
+                if in_units and not np.isfinite(value)
+            ]
+            if missing:
+                reason = f"the network's {', '.join(missing)} unknown (jackknife+ regresses on it)"
+                return none(reason, len(units), name)
+            low, high = jackknife_plus_offsets(
+                calibrated[:, known], residuals, features[known], coverage
+            )
+        else:
+            low, high = conformal_offsets(residuals, coverage, chosen)
         return CalibratedInterval(
             low=float(np.clip(predicted + low, 0.0, 1.0)),
             high=float(np.clip(predicted + high, 0.0, 1.0)),
@@ -655,13 +822,61 @@ class CalibrationSet:
         range_features,
     ) -> dict:  # fmt: skip
         units = self.units(method, variant, criterion, regime_class)
+        return self._coverage(
+            units, method, variant, criterion, regime_class, coverage, rule, check_range,
+            range_features, leave_out=True,
+        )  # fmt: skip
+
+    def held_out(
+        self,
+        networks: CalibrationSet,
+        method: str,
+        variant: str,
+        criterion: str,
+        regime_class: str | None,
+        coverage: float = 0.9,
+        rule: str = "auto",
+        check_range: bool = True,
+        range_features: Iterable[str] = RANGE_FEATURES,
+    ) -> dict:
+        """Coverage and mean width of this set's intervals on ``networks``, predicted
+        and pruned but not in this set (the test the leave-one-out only imitates).
+
+        Returns the dict of :meth:`leave_one_out`, over the units of ``networks``.
+
+        Example
+        -------
+        >>> regime = Regime(train_accuracy=1.0, train_loss=0.01, l1=1e-3, optimizer="adam",
+        ...                 small_weight_share=0.3, dimension=100, num_train=200,
+        ...                 removal_fraction=0.5, removal_fraction_method="paper",
+        ...                 pruned_norm_ratio=0.2, curvature="ggn", epsilon_source="batch_std")
+        >>> def networks(first):
+        ...     return CalibrationSet([CalibrationRun(f"net{i}", f"net{i}", regime, {"paper": 0.5},
+        ...                            {"one_shot": {"accuracy": 0.5 + i / 100}})
+        ...                            for i in range(first, first + 19)])
+        >>> row = networks(1).held_out(networks(10), "paper", "one_shot", "accuracy", regime.name)
+        >>> row["answered"], round(row["coverage"], 3)   # 0.01 .. 0.19 covers 10 .. 19 of 10 .. 28
+        (19, 0.526)
+        """
+        units = networks.units(method, variant, criterion, regime_class)
+        return self._coverage(
+            units, method, variant, criterion, regime_class, coverage, rule, check_range,
+            tuple(range_features), leave_out=False,
+        )  # fmt: skip
+
+    def _coverage(
+        self, units, method, variant, criterion, regime_class, coverage, rule, check_range,
+        range_features, leave_out,
+    ) -> dict:  # fmt: skip
+        """Coverage of ``units`` by intervals built from this set (each unit's own group
+        left out with ``leave_out``)."""
         covered, widths, rules, reasons = [], [], {}, {}
         for group, residual, members in units:
             predicted = float(np.mean([run.predicted[method] for run in members]))
             result = self.interval(
                 method, variant, criterion, members[0].regime, predicted, coverage, rule,
-                mondrian=regime_class is not None, check_range=check_range, exclude_group=group,
-                range_features=range_features,
+                mondrian=regime_class is not None, check_range=check_range,
+                exclude_group=group if leave_out else None, range_features=range_features,
             )  # fmt: skip
             if result.bounds is None:
                 key = result.reason.split(":")[0]
@@ -707,6 +922,21 @@ class CalibrationSet:
             for variant, criterion in self.targets()
             for name in classes
             if self.units(method, variant, criterion, name)
+        ]
+
+    def held_out_table(
+        self, networks: CalibrationSet, coverage: float = 0.9, pooled: bool = False
+    ) -> list[dict]:
+        """:meth:`held_out` on ``networks`` for every method, variant, criterion and
+        regime class both sets hold (and, with ``pooled``, for all classes pooled)."""
+        classes = [*networks.regime_classes(), *([None] if pooled else [])]
+        return [
+            self.held_out(networks, method, variant, criterion, name, coverage)
+            for method in self.methods()
+            if method in networks.methods()
+            for variant, criterion in self.targets()
+            for name in classes
+            if networks.units(method, variant, criterion, name)
         ]
 
     # -- serialisation ------------------------------------------------------------------------
@@ -820,7 +1050,7 @@ def interval(
     >>> result = interval("paper", "one_shot", "accuracy", regime, 0.6,
     ...                   calibration=CalibrationSet(runs))
     >>> result.rule, round(result.low, 6), round(result.high, 6)
-    ('asymmetric', 0.61, 0.79)
+    ('jackknife+', 0.61, 0.79)
     """
     calibration = shipped() if calibration is None else calibration
     return calibration.interval(method, variant, criterion, regime, predicted, coverage)

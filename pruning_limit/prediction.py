@@ -428,7 +428,8 @@ class Prediction(JsonResult):
         lines = ["", str(regime) if regime is not None else "Regime: unknown"]
         heading = (
             f"Calibrated intervals on the actual {variant} {criterion} limit (nominal 90 %: "
-            "split-conformal on measured errors of calibration networks of this regime; "
+            "conformal on measured errors of calibration networks of this regime, jackknife+ "
+            "on their features where the regime has 19 or more; "
             "coverage and width measured by leave-one-out on them) beside the spectrum-only "
             "interval (the spectrum's error alone, above):"
         )
