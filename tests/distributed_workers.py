@@ -154,8 +154,9 @@ def save_all(results: dict, folder: str) -> dict:
         "prediction": results["prediction"].save(folder / "prediction"),
         "validation": results["validation"].save(folder / "validation"),
         "study": results["study"].save(folder / "study"),
-        "checkpoint": training.save_checkpoint(results["model"], {"by": "test"},
-                                               folder / "checkpoint"),  # fmt: skip
+        "checkpoint": training.save_checkpoint(
+            results["model"], {"by": "test"}, folder / "checkpoint"
+        ),  # fmt: skip
         "figure": plots.plot_spectral_density(results["spectrum"], folder / "figures" / "density"),
     }
 

@@ -399,3 +399,28 @@ def test_jackknife_plus_is_the_default_from_19_units_and_reads_the_regime_featur
         check_range=False,
     )  # fmt: skip
     assert pooled.bounds is None and "needs the network's regime features" in pooled.reason
+
+
+def test_held_out_networks_of_the_same_regimes_are_covered_at_the_nominal_rate():
+    """Intervals of one synthetic set tested on fresh networks of the same distribution:
+    the held-out coverage is the conformal guarantee, measured (not leave-one-out)."""
+    rng = np.random.default_rng(11)
+    covered, answered = 0, 0
+    for _ in range(40):
+        calibration = _calibration({DENSE_FITS: -0.3 + 0.05 * rng.standard_normal(29)}, rng)
+        fresh = _calibration({DENSE_FITS: -0.3 + 0.05 * rng.standard_normal(10)}, rng)
+        fresh = CalibrationSet(
+            [
+                type(r)(f"new-{r.run}", f"new-{r.group}", r.regime, r.predicted, r.actual)
+                for r in fresh.runs
+            ]  # fmt: skip
+        )
+        row = calibration.held_out(fresh, "paper", "one_shot", "collapse", DENSE_FITS, 0.9)
+        assert row["units"] == 10 and row["rules"].keys() <= {"jackknife+"}
+        covered += round(row["coverage"] * row["answered"]) if row["answered"] else 0
+        answered += row["answered"]
+    assert answered >= 300  # the range check refuses only the extremes
+    share = covered / answered
+    assert 0.9 - 4 * math.sqrt(0.09 / answered) <= share <= 0.98
+    [row] = calibration.held_out_table(fresh, 0.9)
+    assert row["regime"] == DENSE_FITS and row["units"] == 10

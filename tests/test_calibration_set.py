@@ -117,3 +117,33 @@ def test_another_seed_is_another_unit_and_an_earlier_set_is_a_source(builder, tm
     merged = CalibrationSet.load(out)
     assert [run.group for run in merged.runs] == ["manifold-d2-plain", "manifold-d2-plain-seed1"]
     assert set(merged.provenance["sources"]) == {"x.json", str(new)}
+
+
+def test_held_out_refuses_sets_that_share_a_network_and_prints_the_table(builder, tmp_path, capsys):
+    from pruning_limit.calibration import CalibrationSet
+
+    runs, _ = builder.runs_of(_record(with_regime=True), "x.json", rebuild=False)
+    CalibrationSet(runs=runs).save(tmp_path / "set.json")
+    CalibrationSet(runs=runs).save(tmp_path / "same.json")
+    argv = sys.argv
+    sys.argv = ["calibration_set.py", "--out", str(tmp_path / "set.json"),
+                "--held-out", str(tmp_path / "same.json")]  # fmt: skip
+    try:
+        with pytest.raises(SystemExit):
+            builder.main()
+        assert "are in both sets" in capsys.readouterr().err
+        other = [
+            type(run)(
+                f"{run.run}-other", f"{run.group}-other", run.regime, run.predicted, run.actual
+            )  # fmt: skip
+            for run in runs
+        ]
+        CalibrationSet(runs=other).save(tmp_path / "other.json")
+        sys.argv[-1] = str(tmp_path / "other.json")
+        builder.main()
+    finally:
+        sys.argv = argv
+    printed = capsys.readouterr().out
+    # One network per class is too few for an interval: every row says so.
+    assert "### Held out" in printed and "| coverage |" in printed
+    assert "too few calibration runs" in printed

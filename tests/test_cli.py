@@ -382,7 +382,8 @@ def test_predict_bad_input(checkpoint, tmp_path):
         other,
         torch.nn.CrossEntropyLoss(),
         (torch.randn(20, 8), torch.randint(0, 2, (20,))),
-        device="cpu", curvature="hessian",
+        device="cpu",
+        curvature="hessian",
     )
     pl.slq(operator, steps=4, probes=2, progress=False).save(tmp_path / "other.npz")
     assert_user_error(
@@ -542,6 +543,7 @@ def test_spectrum_and_predict_take_steps_auto_and_an_auto_run_resumes(checkpoint
     reference, loaded = pl.Spectrum.load(tmp_path / "whole.npz"), pl.Spectrum.load(target)
     assert np.array_equal(reference.alphas, loaded.alphas)
     assert not state.exists()
+
     def assert_argument_error(result, *words):  # argparse's, in one line
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, result.stderr

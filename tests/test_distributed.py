@@ -44,9 +44,10 @@ def ranks(tmp_path_factory):
 def single(tmp_path_factory):
     """One process, fed the ranks' batches in rank order (the concatenated data)."""
     model, loss_fn, (X, y), test, block = problem()
-    batches = as_batches((X[:SPLIT], y[:SPLIT]), BATCH).batches + as_batches(
-        (X[SPLIT:], y[SPLIT:]), BATCH
-    ).batches
+    batches = (
+        as_batches((X[:SPLIT], y[:SPLIT]), BATCH).batches
+        + as_batches((X[SPLIT:], y[SPLIT:]), BATCH).batches
+    )
     results = compute(pl, model, loss_fn, list(batches), test, block,
                       str(tmp_path_factory.mktemp("single") / "slq.state"))  # fmt: skip
     results["validation"] = validation_results(pl, model, loss_fn, (X, y), test)

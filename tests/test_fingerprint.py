@@ -106,10 +106,13 @@ def test_a_spectrum_without_fingerprint_loads_with_a_warning_and_a_note(tmp_path
 
 def test_the_seed_reaches_the_probes_and_is_recorded():
     model, data = problem()
-    options = dict(data=data, loss_fn=LOSS, epsilon=0.01, methods=("paper",), batch_size=32,
-                   dense_limit=10)  # fmt: skip  (D = 42 > 10: SLQ, whose probes are random)
-    three, four = pl.predict_limit(model, seed=3, **options), pl.predict_limit(model, seed=4,
-                                                                               **options)
+    options = dict(
+        data=data, loss_fn=LOSS, epsilon=0.01, methods=("paper",), batch_size=32, dense_limit=10
+    )  # fmt: skip  (D = 42 > 10: SLQ, whose probes are random)
+    three, four = (
+        pl.predict_limit(model, seed=3, **options),
+        pl.predict_limit(model, seed=4, **options),
+    )
     assert three.seeds == {"slq_probes": 3} and four.seeds == {"slq_probes": 4}
     assert three.removal_fraction() != four.removal_fraction()
     exact = pl.predict_limit(model, seed=3, **{**options, "dense_limit": 3000})

@@ -17,8 +17,14 @@ def eigenvalues(matrix: torch.Tensor) -> np.ndarray:
 
 
 def test_exact_spectrum_equals_eigvalsh_of_torch_func_hessian(case):
-    spectrum = pl.exact_spectrum(case.model, case.loss_fn, case.data, device="cpu",
-                                 batch_size=case.batch_size, curvature="hessian")
+    spectrum = pl.exact_spectrum(
+        case.model,
+        case.loss_fn,
+        case.data,
+        device="cpu",
+        batch_size=case.batch_size,
+        curvature="hessian",
+    )
     truth = eigenvalues(case.hessian())
     assert spectrum.method == "exact" and spectrum.num_probes == 1
     # zero rows carry eigenvalue 0: put them back before comparing
@@ -29,8 +35,9 @@ def test_exact_spectrum_equals_eigvalsh_of_torch_func_hessian(case):
 
 
 def test_slq_with_m_equal_to_dimension_recovers_every_eigenvalue(case):
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
-                                 curvature="hessian")
+    operator = CurvatureOperator(
+        case.model, case.loss_fn, case.data, device="cpu", curvature="hessian"
+    )
     matrix = operator.matrix()
     spectrum = pl.slq(operator, steps=operator.dimension, probes=2, progress=False)
     truth = eigenvalues(matrix)
@@ -44,8 +51,9 @@ def test_slq_with_m_equal_to_dimension_recovers_every_eigenvalue(case):
 
 def test_each_probe_is_the_exact_quadratic_form_when_m_equals_dimension():
     case = __import__("cases").mlp_tanh()
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
-                                 curvature="hessian")
+    operator = CurvatureOperator(
+        case.model, case.loss_fn, case.data, device="cpu", curvature="hessian"
+    )
     matrix = operator.matrix()
     values, vectors = torch.linalg.eigh(matrix)
     spectrum = pl.slq(operator, steps=operator.dimension, probes=3, progress=False, seed=7)
@@ -63,8 +71,9 @@ def test_each_probe_is_the_exact_quadratic_form_when_m_equals_dimension():
 
 def test_trace_estimate_converges_for_smooth_g_and_error_bars_cover_truth():
     case = __import__("cases").cnn()
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
-                                 curvature="hessian")
+    operator = CurvatureOperator(
+        case.model, case.loss_fn, case.data, device="cpu", curvature="hessian"
+    )
     truth = eigenvalues(operator.matrix())
     scale = np.abs(truth).max()
     g = lambda x: np.exp(-x / scale)  # noqa: E731
@@ -81,8 +90,9 @@ def test_trace_estimate_converges_for_smooth_g_and_error_bars_cover_truth():
 
 def test_trace_and_top_eigenvalues():
     case = __import__("cases").mlp_tanh()
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
-                                 curvature="hessian")
+    operator = CurvatureOperator(
+        case.model, case.loss_fn, case.data, device="cpu", curvature="hessian"
+    )
     truth = eigenvalues(operator.matrix())
     mean, error = pl.lanczos.hutchinson_trace(operator, probes=200, seed=0)
     assert abs(mean - truth.mean()) < 4 * error
@@ -109,8 +119,9 @@ def dead_unit_model():
 def test_dead_units_give_exactly_the_right_zero_row_count(curvature):
     model, data, expected = dead_unit_model()
     loss_fn = nn.CrossEntropyLoss()
-    slq_spectrum = pl.estimate_spectrum(model, loss_fn, data, steps=10, probes=2, device="cpu",
-                                        curvature=curvature, progress=False)
+    slq_spectrum = pl.estimate_spectrum(
+        model, loss_fn, data, steps=10, probes=2, device="cpu", curvature=curvature, progress=False
+    )
     exact = pl.exact_spectrum(model, loss_fn, data, device="cpu", curvature=curvature)
     assert slq_spectrum.zero_rows == expected
     assert exact.zero_rows == expected
@@ -121,8 +132,16 @@ def test_dead_units_give_exactly_the_right_zero_row_count(curvature):
 
 def test_save_and_load_round_trip_exactly(tmp_path):
     case = __import__("cases").mlp_relu()
-    spectrum = pl.estimate_spectrum(case.model, case.loss_fn, case.data, steps=12, probes=3,
-                                    device="cpu", progress=False, curvature="hessian")
+    spectrum = pl.estimate_spectrum(
+        case.model,
+        case.loss_fn,
+        case.data,
+        steps=12,
+        probes=3,
+        device="cpu",
+        progress=False,
+        curvature="hessian",
+    )
     path = spectrum.save(tmp_path / "spectrum.npz")
     loaded = pl.Spectrum.load(path)
     for name in ("nodes", "weights", "alphas", "betas"):
@@ -130,9 +149,14 @@ def test_save_and_load_round_trip_exactly(tmp_path):
     assert loaded.parameters == spectrum.parameters
     assert loaded.provenance == spectrum.provenance
     assert (loaded.dimension, loaded.zero_rows, loaded.curvature, loaded.method) == (
-        spectrum.dimension, spectrum.zero_rows, spectrum.curvature, spectrum.method)
-    exact = pl.exact_spectrum(case.model, case.loss_fn, case.data, device="cpu",
-                              curvature="hessian")
+        spectrum.dimension,
+        spectrum.zero_rows,
+        spectrum.curvature,
+        spectrum.method,
+    )
+    exact = pl.exact_spectrum(
+        case.model, case.loss_fn, case.data, device="cpu", curvature="hessian"
+    )
     again = pl.Spectrum.load(exact.save(tmp_path / "exact"))
     assert again.alphas is None and np.array_equal(again.nodes, exact.nodes)
 
@@ -152,12 +176,14 @@ class Interrupt(Exception):
 def test_interrupted_run_resumes_to_the_identical_result(tmp_path):
     case = __import__("cases").cnn()
     options = dict(steps=15, probes=5, block_size=2, seed=11, progress=False)
-    reference = pl.slq(CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
-                                         curvature="hessian"),
-                       **options)
+    reference = pl.slq(
+        CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu", curvature="hessian"),
+        **options,
+    )
 
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
-                                 curvature="hessian")
+    operator = CurvatureOperator(
+        case.model, case.loss_fn, case.data, device="cpu", curvature="hessian"
+    )
     original_apply, calls = operator.apply, {"n": 0}
 
     def flaky_apply(rows):
@@ -171,9 +197,12 @@ def test_interrupted_run_resumes_to_the_identical_result(tmp_path):
     with pytest.raises(Interrupt):
         pl.slq(operator, state_path=state, checkpoint_every=4, **options)
     assert state.exists()
-    resumed = pl.slq(CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
-                                       curvature="hessian"),
-                     state_path=state, resume=True, **options)
+    resumed = pl.slq(
+        CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu", curvature="hessian"),
+        state_path=state,
+        resume=True,
+        **options,
+    )
     assert resumed.provenance["resumed"]
     assert np.array_equal(resumed.alphas, reference.alphas)
     assert np.array_equal(resumed.betas, reference.betas)
@@ -183,8 +212,9 @@ def test_interrupted_run_resumes_to_the_identical_result(tmp_path):
 
 def test_resume_refuses_a_state_file_of_another_run(tmp_path):
     case = __import__("cases").mlp_tanh()
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
-                                 curvature="hessian")
+    operator = CurvatureOperator(
+        case.model, case.loss_fn, case.data, device="cpu", curvature="hessian"
+    )
     operator.apply_original = operator.apply
     state = tmp_path / "slq.state"
 
@@ -193,12 +223,14 @@ def test_resume_refuses_a_state_file_of_another_run(tmp_path):
 
     operator.apply = stop
     with pytest.raises(Interrupt):
-        pl.slq(operator, steps=5, probes=2, state_path=state, deflate_zero_rows=False,
-               progress=False)
+        pl.slq(
+            operator, steps=5, probes=2, state_path=state, deflate_zero_rows=False, progress=False
+        )
     state.mkdir(exist_ok=True)
     (state / "index.json").write_text(json.dumps({"config": {"steps": 99}}))
-    fresh = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
-                              curvature="hessian")
+    fresh = CurvatureOperator(
+        case.model, case.loss_fn, case.data, device="cpu", curvature="hessian"
+    )
     with pytest.raises(ValueError, match="belongs to another run"):
         pl.slq(fresh, steps=5, probes=2, state_path=state, resume=True, progress=False)
 
@@ -234,8 +266,9 @@ def test_resume_refuses_the_state_of_other_data_or_weights(tmp_path, change):
     assert state.exists()  # refused, not discarded: the right run can still continue
     same = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu")
     resumed = pl.slq(same, state_path=state, resume=True, **options)
-    reference = pl.slq(CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu"),
-                       **options)
+    reference = pl.slq(
+        CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu"), **options
+    )
     assert resumed.provenance["resumed"]
     assert np.array_equal(resumed.alphas, reference.alphas)
 
@@ -245,8 +278,9 @@ def test_the_state_appends_the_basis_instead_of_rewriting_it(tmp_path, monkeypat
     from pruning_limit import lanczos
 
     case = __import__("cases").mlp_tanh()
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
-                                 dtype=torch.float64)
+    operator = CurvatureOperator(
+        case.model, case.loss_fn, case.data, device="cpu", dtype=torch.float64
+    )
     written = []
     original = lanczos._save_npy
 
@@ -255,8 +289,15 @@ def test_the_state_appends_the_basis_instead_of_rewriting_it(tmp_path, monkeypat
         original(path, array)
 
     monkeypatch.setattr(lanczos, "_save_npy", record)
-    pl.slq(operator, steps=12, probes=2, block_size=2, checkpoint_every=3,
-           state_path=tmp_path / "s.state", progress=False)
+    pl.slq(
+        operator,
+        steps=12,
+        probes=2,
+        block_size=2,
+        checkpoint_every=3,
+        state_path=tmp_path / "s.state",
+        progress=False,
+    )
     ranges = [name.split(".")[0].split("-")[2:] for name, _ in written if name.startswith("basis")]
     ranges = [(int(start), int(end)) for start, end in ranges]
     # rows 0-3, 4-6, 7-9 at steps 3, 6, 9 (row j + 1 is final after step j): each once
@@ -271,8 +312,16 @@ def test_breakdown_on_a_low_rank_curvature_continues():
     X = torch.randn(3, 12, generator=gen, dtype=torch.float64)
     y = torch.randn(3, 1, generator=gen, dtype=torch.float64)
     model = nn.Linear(12, 1, bias=False).double()
-    spectrum = pl.estimate_spectrum(model, nn.MSELoss(), (X, y), steps=12, probes=2,
-                                    device="cpu", progress=False, curvature="hessian")
+    spectrum = pl.estimate_spectrum(
+        model,
+        nn.MSELoss(),
+        (X, y),
+        steps=12,
+        probes=2,
+        device="cpu",
+        progress=False,
+        curvature="hessian",
+    )
     truth = np.sort(np.linalg.eigvalsh((2 * X.T @ X / 3).numpy()))
     for probe in range(2):
         nodes = np.sort(spectrum.nodes[probe])
@@ -281,18 +330,21 @@ def test_breakdown_on_a_low_rank_curvature_continues():
         assert spectrum.weights[probe].sum() == pytest.approx(1.0)
     g = lambda x: 1.0 / (1.0 + 5.0 * x)  # noqa: E731
     assert spectrum.trace_function(g)[0] == pytest.approx(
-        np.mean(g(truth)), abs=0.2)  # two probes: a loose check that the rule is sane
+        np.mean(g(truth)), abs=0.2
+    )  # two probes: a loose check that the rule is sane
 
 
 def test_bad_arguments():
     case = __import__("cases").mlp_tanh()
-    operator = CurvatureOperator(case.model, case.loss_fn, case.data, device="cpu",
-                                 curvature="hessian")
+    operator = CurvatureOperator(
+        case.model, case.loss_fn, case.data, device="cpu", curvature="hessian"
+    )
     with pytest.raises(ValueError, match="steps and probes"):
         pl.slq(operator, steps=0, probes=3)
     with pytest.raises(ValueError, match="exact-path limit"):
-        pl.exact_spectrum(case.model, case.loss_fn, case.data, max_dimension=10,
-                          curvature="hessian")
+        pl.exact_spectrum(
+            case.model, case.loss_fn, case.data, max_dimension=10, curvature="hessian"
+        )
     with pytest.raises(ValueError, match="curvature must be one of"):
         pl.estimate_spectrum(case.model, case.loss_fn, case.data, curvature="fisher")
 
@@ -311,8 +363,9 @@ def test_slq_and_exact_spectrum_run_on_a_plain_matrix():
     spectrum = pl.slq(operator, steps=11, probes=2, progress=False)
     assert spectrum.zero_rows == 1
     for probe in range(2):  # m = D - z steps: every probe's rule holds every eigenvalue
-        np.testing.assert_allclose(np.sort(spectrum.nodes[probe]), np.sort(exact.nodes[0]),
-                                   rtol=1e-8)
+        np.testing.assert_allclose(
+            np.sort(spectrum.nodes[probe]), np.sort(exact.nodes[0]), rtol=1e-8
+        )
 
 
 def test_auto_steps_doubles_m_until_p_star_settles_and_lands_on_the_exact_answer():

@@ -401,8 +401,12 @@ def test_summary_quotes_the_measured_error_of_each_predictor_it_shows():
     rng = np.random.default_rng(5)
     eigenvalues = rng.uniform(0.0, 1.0, 40)
     prediction = predict_from_spectrum(
-        exact_spectrum(eigenvalues, "ggn"), rng.standard_normal(40), 0.05,
-        methods=("paper", "statdim_exact"), statdim_samples=50, curvature=np.diag(eigenvalues),
+        exact_spectrum(eigenvalues, "ggn"),
+        rng.standard_normal(40),
+        0.05,
+        methods=("paper", "statdim_exact"),
+        statdim_samples=50,
+        curvature=np.diag(eigenvalues),
     )
     # The table of p* and the table of measured errors each have a "paper" row;
     # statdim_exact was not measured against pruning, so it has only the first.

@@ -186,8 +186,9 @@ def test_refit_keeps_the_input_type_and_a_real_operator_works():
     targets = torch.randn(40, 2, dtype=torch.float64)
     from pruning_limit.curvature import CurvatureOperator
 
-    operator = CurvatureOperator(layer, torch.nn.MSELoss(), (inputs, targets), device="cpu",
-                                 curvature="hessian")
+    operator = CurvatureOperator(
+        layer, torch.nn.MSELoss(), (inputs, targets), device="cpu", curvature="hessian"
+    )
     weights = layer.weight.detach().reshape(-1)
     pruned = removed_mask(weights, 0.5)
     refit = quadratic_refit(operator, weights, pruned)

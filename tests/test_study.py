@@ -63,9 +63,7 @@ def test_tiny_study_runs_end_to_end(tiny_study):
     assert row["actual"]["refit"]["above_dense"] is None
     assert "not read on refit" in row["actual"]["refit"]["above_dense_reason"]
     # Every predictor against every criterion that has a limit.
-    measured = [
-        (v, c) for v, a in row["actual"].items() for c in CRITERIA if a.get(c) is not None
-    ]
+    measured = [(v, c) for v, a in row["actual"].items() for c in CRITERIA if a.get(c) is not None]
     assert len(measured) >= 3 * 4  # the onsets, collapse and loss_collapse of every variant
     assert len(row["comparison"]) == 5 * len(measured)
     assert {(e["variant"], e["criterion"]) for e in row["comparison"]} == set(measured)

@@ -613,12 +613,20 @@ def test_a_refit_whose_solver_did_not_converge_is_no_measurement():
     from pruning_limit.pruning import UNCONVERGED
 
     model, train_pair, test_pair = classification_problem(batchnorm=False)
-    operator = CurvatureOperator(model, nn.CrossEntropyLoss(), train_pair, curvature="ggn",
-                                 dtype=torch.float64, device="cpu")
-    stuck = QuadraticModel(operator, operator.weights().numpy(), dense_limit=0,
-                           cg_max_iterations=1)
-    validation = call(model, train_pair, test_pair, variants=("refit",), curvature=stuck,
-                      amounts=[0.0, 0.2, 0.4, 0.6], resolution=0.1, batch_size=32)
+    operator = CurvatureOperator(
+        model, nn.CrossEntropyLoss(), train_pair, curvature="ggn", dtype=torch.float64, device="cpu"
+    )
+    stuck = QuadraticModel(operator, operator.weights().numpy(), dense_limit=0, cg_max_iterations=1)
+    validation = call(
+        model,
+        train_pair,
+        test_pair,
+        variants=("refit",),
+        curvature=stuck,
+        amounts=[0.0, 0.2, 0.4, 0.6],
+        resolution=0.1,
+        batch_size=32,
+    )
     refit = validation.variants["refit"]
     marked = [p for p in refit.points if p.metrics.get(UNCONVERGED)]
     # every re-fit with weights left to fit: the grid and the transition's bisections
