@@ -150,7 +150,6 @@ def loss_budget(
     return value, record
 
 
-
 def _numpy_dtype(dtype) -> np.dtype:
     if dtype is None:
         return np.dtype(np.float64)

@@ -27,28 +27,30 @@ calibration residuals r_(1) <= ... <= r_(n) of that class and alpha = 1 - covera
 - ``"symmetric"`` (absolute residuals): predicted +- |r|_(k), k = ceil((n + 1)(1 - alpha)),
   coverage >= 1 - alpha; it needs k <= n, i.e. n >= 1/alpha - 1 (9 runs at 90 %).
 
-- ``"jackknife+"`` (residuals regressed on the regime features, Barber, Candes, Ramdas
-  and Tibshirani 2021): within the class the residual still moves with the network's
-  features (:data:`REGRESSION_FEATURES`), so a ridge regression f of r on them, fitted
-  without unit i (f_{-i}), leaves out-of-sample errors e_i = r_i - f_{-i}(x_i) that
-  are far smaller than the spread of r. For a network with features x:
+- ``"jackknife-minmax"`` (residuals regressed on the regime features; Barber, Candes,
+  Ramdas and Tibshirani 2021, "Predictive inference with the jackknife+"): within the
+  class the residual still moves with the network's features
+  (:data:`REGRESSION_FEATURES`), so a ridge regression f of r on them, fitted without
+  unit i (f_{-i}), leaves out-of-sample errors R_i = |r_i - f_{-i}(x_i)| far smaller
+  than the spread of r. For a network with features x:
 
-      [predicted + q-_alpha{f_{-i}(x) - |e_i|}, predicted + q+_alpha{f_{-i}(x) + |e_i|}],
+      [predicted + min_i f_{-i}(x) - R_(k), predicted + max_i f_{-i}(x) + R_(k)],
+      k = ceil((n + 1)(1 - alpha)),
 
-  q-_alpha the floor(alpha (n + 1))-th smallest, q+_alpha the ceil((1 - alpha)(n + 1))-th
-  smallest of the n values. Its guarantee is weaker than split-conformal's: coverage
-  >= 1 - 2 alpha for any regression, about 1 - alpha in practice (the paper's
-  experiments, and ours: ``benchmarks/README.md``, leave-one-out and on networks
-  trained after the set was built). It needs n >= 1/alpha - 1 ranks; ``"auto"`` takes
-  it from :data:`JACKKNIFE_MIN_UNITS` units on, where a 7-coefficient ridge has data
-  enough. On the shipped set it narrows the collapse centre's interval of ``paper``
-  from 30 / 14 / 42 points (dense / sparse / under-fitted) to 11 / 6 / 15.
+  with coverage >= 1 - alpha for any regression (the paper's Theorem 2; its jackknife+
+  sibling, narrower, guarantees only 1 - 2 alpha, and on 44 networks trained after the
+  set was built it covered the one-shot accuracy onset 84 % of the time at nominal 90 %,
+  this rule 88 %). It needs n >= 1/alpha - 1; ``"auto"`` takes it from
+  :data:`JACKKNIFE_MIN_UNITS` units on, where a 7-coefficient ridge has data enough. On
+  the shipped set it narrows the collapse centre's interval of ``paper`` from 30 / 15 /
+  42 points (dense / sparse / under-fitted, asymmetric rule) to about a third
+  (``benchmarks/README.md`` has the leave-one-out and held-out tables).
 
 Why asymmetric before symmetric: the residuals are strongly biased (every predictor errs on one
 side in most regimes), and an interval centred on the prediction must then reach as
 far on the empty side as on the full one, about twice the width. The asymmetric
 interval follows the residuals' own location. ``rule="auto"`` (the default) takes
-jackknife+ when the class has :data:`JACKKNIFE_MIN_UNITS` units, and the symmetric rule
+jackknife-minmax when the class has :data:`JACKKNIFE_MIN_UNITS` units, and the symmetric rule
 from 1/alpha - 1 units on; the choice depends on n only, never on the residuals' values,
 so the guarantee holds for whichever rule is taken. Both are clipped to [0, 1] (the actual
 limit lies there, so clipping loses no coverage).
@@ -118,10 +120,10 @@ from .serialization import plain, read_json, write_json
 
 FORMAT = "pruning-limit calibration set v1"
 DATA_FILE = "calibration.json"  # in pruning_limit/data/, built by benchmarks/calibration_set.py
-RULES = ("auto", "jackknife+", "asymmetric", "symmetric")
-# ``"auto"`` takes jackknife+ from this many units of a class on (7 ridge coefficients).
+RULES = ("auto", "jackknife-minmax", "asymmetric", "symmetric")
+# ``"auto"`` takes jackknife-minmax from this many units of a class on (7 ridge coefficients).
 JACKKNIFE_MIN_UNITS = 19
-# The regime features the residual is regressed on by the jackknife+ rule, as read by
+# The regime features the residual is regressed on by the jackknife-minmax rule, as read by
 # :func:`regression_features` (logarithms where a feature spans decades).
 REGRESSION_FEATURES = (
     "train_accuracy", "log train_loss", "small_weight_share", "log d_over_n",
@@ -131,7 +133,7 @@ REGRESSION_FEATURES = (
 # Leave-one-out widths on the shipped set change by <= 2 points between 0.1 and 3.
 RIDGE_PENALTY = 1.0
 RULE_NAMES = {
-    "jackknife+": "ridge jackknife+",
+    "jackknife-minmax": "ridge jackknife-minmax",
     "asymmetric": "asymmetric split-conformal",
     "symmetric": "symmetric split-conformal",
 }
@@ -164,8 +166,9 @@ def _ranks(n: int, coverage: float, rule: str) -> tuple[int, int]:
     if rule == "symmetric":
         k = math.ceil(round((n + 1) * (1 - alpha), 9))
         return k, k
-    if rule == "jackknife+":
-        return math.floor(round((n + 1) * alpha, 9)), math.ceil(round((n + 1) * (1 - alpha), 9))
+    if rule == "jackknife-minmax":
+        k = math.ceil(round((n + 1) * (1 - alpha), 9))
+        return k, k
     raise ValueError(f"rule must be one of {RULES[1:]}, got {rule!r}")
 
 
@@ -174,7 +177,7 @@ def required_runs(coverage: float, rule: str) -> int:
 
     >>> required_runs(0.9, "asymmetric"), required_runs(0.8, "symmetric")   # 2/a - 1, 1/a - 1
     (19, 4)
-    >>> required_runs(0.9, "jackknife+")   # the ranks; "auto" asks for JACKKNIFE_MIN_UNITS
+    >>> required_runs(0.9, "jackknife-minmax")   # the rank; "auto" asks for JACKKNIFE_MIN_UNITS
     9
     """
     n = 1
@@ -187,19 +190,19 @@ def required_runs(coverage: float, rule: str) -> int:
 
 def choose_rule(n: int, coverage: float, rule: str = "auto") -> str | None:
     """The rule used with n calibration units: ``rule`` itself, or for ``"auto"``
-    jackknife+ from :data:`JACKKNIFE_MIN_UNITS` units on, else the symmetric rule;
+    jackknife-minmax from :data:`JACKKNIFE_MIN_UNITS` units on, else the symmetric rule;
     ``None`` if n is too small.
 
     >>> choose_rule(19, 0.9), choose_rule(10, 0.9), choose_rule(19, 0.9, "asymmetric")
-    ('jackknife+', 'symmetric', 'asymmetric')
+    ('jackknife-minmax', 'symmetric', 'asymmetric')
     >>> print(choose_rule(5, 0.9))   # the symmetric rule needs 9 at 90 %
     None
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     if rule == "auto":
-        if n >= max(JACKKNIFE_MIN_UNITS, required_runs(coverage, "jackknife+")):
-            return "jackknife+"
+        if n >= max(JACKKNIFE_MIN_UNITS, required_runs(coverage, "jackknife-minmax")):
+            return "jackknife-minmax"
         rule = "symmetric"
     return rule if n >= required_runs(coverage, rule) else None
 
@@ -280,14 +283,14 @@ def regression_features(regime: Regime) -> np.ndarray:
     )
 
 
-def jackknife_plus_offsets(
+def jackknife_minmax_offsets(
     features: np.ndarray,
     residuals: Iterable[float],
     new_features: np.ndarray,
     coverage: float = 0.9,
     penalty: float = RIDGE_PENALTY,
 ) -> tuple[float, float]:
-    """(low, high) offsets of the jackknife+ interval with a ridge regression of the
+    """(low, high) offsets of the jackknife-minmax interval with a ridge regression of the
     residuals on the features (module docstring).
 
     Each leave-one-out fit standardises the features on its own n - 1 rows (a
@@ -314,9 +317,9 @@ def jackknife_plus_offsets(
 
     >>> x = np.linspace(0, 1, 19)[:, None]
     >>> residuals = 0.3 * x[:, 0] + 0.01 * np.sin(40 * x[:, 0])
-    >>> low, high = jackknife_plus_offsets(x, residuals, np.array([0.5]), 0.9, penalty=1e-6)
+    >>> low, high = jackknife_minmax_offsets(x, residuals, np.array([0.5]), 0.9, penalty=1e-6)
     >>> round(low, 3), round(high, 3)   # 0.3 * 0.5 = 0.15
-    (0.14, 0.162)
+    (0.139, 0.162)
     >>> np.round(conformal_offsets(residuals, 0.9), 3)   # the residuals' own spread
     array([0.   , 0.307])
     """
@@ -328,11 +331,11 @@ def jackknife_plus_offsets(
         raise ValueError(f"features have shape {X.shape}, expected ({n}, {x.size})")
     if not (np.all(np.isfinite(X)) and np.all(np.isfinite(r)) and np.all(np.isfinite(x))):
         raise ValueError("features and residuals must be finite")
-    low_rank, high_rank = _ranks(n, coverage, "jackknife+")
-    if low_rank < 1 or high_rank > n:
+    rank, _ = _ranks(n, coverage, "jackknife-minmax")
+    if rank > n:
         raise ValueError(
             f"{n} calibration residuals are too few for {coverage:.0%} coverage with the "
-            f"jackknife+ rule (it needs {required_runs(coverage, 'jackknife+')})"
+            f"jackknife-minmax rule (it needs {required_runs(coverage, 'jackknife-minmax')})"
         )
     others = ~np.eye(n, dtype=bool)
     train = np.stack([X[keep] for keep in others])  # (n, n - 1, k): fit i leaves out i
@@ -354,9 +357,8 @@ def jackknife_plus_offsets(
     errors = np.abs(r - left_out)
     at_new = np.einsum("na,na->n", design(np.broadcast_to(x, (n, 1, x.size)))[:, 0, :],
                        coefficients)  # fmt: skip
-    low = np.sort(at_new - errors)[low_rank - 1]
-    high = np.sort(at_new + errors)[high_rank - 1]
-    return float(low), float(high)
+    quantile = np.sort(errors)[rank - 1]
+    return float(at_new.min() - quantile), float(at_new.max() + quantile)
 
 
 # -- the calibration set ----------------------------------------------------------------------
@@ -469,9 +471,10 @@ class CalibratedInterval:
     Example
     -------
     19 calibration networks whose residuals are 0.01 .. 0.19 (see
-    :class:`CalibrationSet`), all with the same features: the ridge of jackknife+ is
-    then the leave-one-out mean, and around p* = 0.6 the interval is
-    [0.6 + r_(1), 0.6 + r_(19)], as the asymmetric rule's.
+    :class:`CalibrationSet`), all with the same features: the ridge of jackknife-minmax is
+    then the leave-one-out mean (0.095 .. 0.105), the 18th smallest error is 0.095, and
+    around p* = 0.6 the interval is [0.600, 0.800] (the asymmetric rule's:
+    [0.6 + r_(1), 0.6 + r_(19)] = [0.61, 0.79]).
 
     >>> regime = Regime(train_accuracy=1.0, train_loss=0.01, l1=1e-3, optimizer="adam",
     ...                 small_weight_share=0.3, dimension=100, num_train=200,
@@ -481,10 +484,10 @@ class CalibratedInterval:
     ...                        {"one_shot": {"accuracy": 0.5 + i / 100}}) for i in range(1, 20)]
     >>> result = CalibrationSet(runs).interval("paper", "one_shot", "accuracy", regime, 0.6)
     >>> print(result)   # doctest: +NORMALIZE_WHITESPACE
-    paper vs one_shot accuracy: [0.610, 0.790] at 90% (ridge jackknife+,
+    paper vs one_shot accuracy: [0.600, 0.800] at 90% (ridge jackknife-minmax,
     19 calibration units, regime 'sparse, fits the data')
     >>> round(result.width, 6), result.with_reason("not asked").bounds
-    (0.18, None)
+    (0.2, None)
     """
 
     low: float | None
@@ -584,7 +587,7 @@ class CalibrationSet:
     >>> calibration.methods(), calibration.targets(), calibration.regime_classes()
     (['paper'], [('one_shot', 'accuracy')], ['sparse, fits the data'])
     >>> np.round(calibration.interval("paper", "one_shot", "accuracy", regime, 0.6).bounds, 6)
-    array([0.61, 0.79])
+    array([0.6, 0.8])
     >>> calibration.leave_one_out("paper", "one_shot", "accuracy", regime.name)["answered"]
     19
     >>> import tempfile
@@ -746,12 +749,12 @@ class CalibrationSet:
                 name,
             )
         residuals = [r for _, r, _ in units]
-        if chosen == "jackknife+" and regime is None:  # pooled, unchecked: no features
+        if chosen == "jackknife-minmax" and regime is None:  # pooled, unchecked: no features
             if rule != "auto":
-                reason = "the jackknife+ rule needs the network's regime features"
+                reason = "the jackknife-minmax rule needs the network's regime features"
                 return none(reason, len(units), name)
             chosen = "asymmetric"
-        if chosen == "jackknife+":
+        if chosen == "jackknife-minmax":
             calibrated = np.array([regression_features(group[0].regime) for _, _, group in units])
             features = regression_features(regime)
             known = np.all(np.isfinite(calibrated), axis=0)  # features every unit has
@@ -761,9 +764,9 @@ class CalibrationSet:
                 if in_units and not np.isfinite(value)
             ]
             if missing:
-                reason = f"the network's {', '.join(missing)} unknown (jackknife+ regresses on it)"
+                reason = f"the network's {', '.join(missing)} unknown (the rule regresses on it)"
                 return none(reason, len(units), name)
-            low, high = jackknife_plus_offsets(
+            low, high = jackknife_minmax_offsets(
                 calibrated[:, known], residuals, features[known], coverage
             )
         else:
@@ -855,8 +858,8 @@ class CalibrationSet:
         ...                            {"one_shot": {"accuracy": 0.5 + i / 100}})
         ...                            for i in range(first, first + 19)])
         >>> row = networks(1).held_out(networks(10), "paper", "one_shot", "accuracy", regime.name)
-        >>> row["answered"], round(row["coverage"], 3)   # 0.01 .. 0.19 covers 10 .. 19 of 10 .. 28
-        (19, 0.526)
+        >>> row["answered"], round(row["coverage"], 3)   # [0.5, 0.7] holds 11 of 0.60 .. 0.78
+        (19, 0.579)
         """
         units = networks.units(method, variant, criterion, regime_class)
         return self._coverage(
@@ -1050,7 +1053,7 @@ def interval(
     >>> result = interval("paper", "one_shot", "accuracy", regime, 0.6,
     ...                   calibration=CalibrationSet(runs))
     >>> result.rule, round(result.low, 6), round(result.high, 6)
-    ('jackknife+', 0.61, 0.79)
+    ('jackknife-minmax', 0.6, 0.8)
     """
     calibration = shipped() if calibration is None else calibration
     return calibration.interval(method, variant, criterion, regime, predicted, coverage)

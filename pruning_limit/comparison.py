@@ -72,7 +72,6 @@ class ComparisonRow:
     actual_is_lower_bound: bool
 
 
-
 @dataclass
 class Comparison:
     """Every predictor of a Prediction against every variant and criterion of a Validation.
@@ -149,7 +148,6 @@ class Comparison:
         return self.to_markdown()
 
 
-
 def compare(prediction: Prediction, validation: Validation) -> Comparison:
     """Every predictor of ``prediction`` against every actual limit of ``validation``.
 
@@ -207,9 +205,7 @@ def compare(prediction: Prediction, validation: Validation) -> Comparison:
             f"({validation.epsilon:.6g}): the loss-budget rows compare different budgets"
         )
     criteria = (
-        list(CRITERIA)
-        if validation.task == "classification"
-        else ["loss_budget", "loss_collapse"]
+        list(CRITERIA) if validation.task == "classification" else ["loss_budget", "loss_collapse"]
     )
     for variant, result in validation.variants.items():
         for criterion in criteria:

@@ -59,24 +59,6 @@ HVP_METHODS = ("auto", "loop", "batched")
 EXACT_LIMIT = 3000
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 class ModelLoss:
     """The full-data mean loss L(w) of a model as a function of its selected weights.
 
@@ -209,7 +191,6 @@ class ModelLoss:
 
 
 class CurvatureOperator(ModelLoss):
-
     """Products of the full-data Hessian (or GGN) of a model's loss with vectors.
 
     Parameters
@@ -293,9 +274,7 @@ class CurvatureOperator(ModelLoss):
                 f"curvature={curvature!r} asked of a {type(self).__name__} ({self.curvature!r})"
             )
         if hvp_method not in HVP_METHODS:
-            raise ValueError(
-                f"hvp_method must be 'auto', 'loop' or 'batched', got {hvp_method!r}"
-            )
+            raise ValueError(f"hvp_method must be 'auto', 'loop' or 'batched', got {hvp_method!r}")
         super().__init__(
             model, loss_fn, data, params=params, dtype=dtype, device=device, batch_size=batch_size
         )

@@ -66,7 +66,6 @@ class ExactStatisticalDimension:
     cvxpy_failures: int = 0
 
 
-
 class DescentCone:
     """The cone K = {t (y - apex) : t >= 0, (y - w*)^T C (y - w*) <= 2 eps}, in C's eigenbasis.
 
@@ -304,7 +303,6 @@ class DescentCone:
         return np.asarray(x.value)
 
 
-
 def _safeguarded_newton(function, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Roots of increasing functions h_k with h_k(lo_k) <= 0 <= h_k(hi_k), solved together.
 
@@ -332,7 +330,6 @@ def _safeguarded_newton(function, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return t
 
 
-
 def _eigen(curvature, policy: str) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(curvature, tuple):
         eigenvalues, eigenvectors = (np.asarray(a, dtype=np.float64) for a in curvature)
@@ -342,7 +339,6 @@ def _eigen(curvature, policy: str) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"curvature must be a square matrix, got shape {matrix.shape}")
         eigenvalues, eigenvectors = np.linalg.eigh(0.5 * (matrix + matrix.T))
     return apply_policy(eigenvalues, policy), eigenvectors
-
 
 
 def descent_cone(
@@ -369,7 +365,6 @@ def descent_cone(
     if center.shape != eigenvalues.shape:
         raise ValueError(f"center must have length D = {eigenvalues.size}, got {center.shape}")
     return DescentCone(eigenvalues, eigenvectors.T @ center, epsilon), eigenvectors
-
 
 
 def project_onto_descent_cone(
@@ -407,7 +402,6 @@ def project_onto_descent_cone(
     elif solver not in ("secular", "cvxpy"):
         raise ValueError(f"solver must be 'secular' or 'cvxpy', got {solver!r}")
     return projected @ vectors.T
-
 
 
 def statdim_exact(

@@ -149,7 +149,6 @@ class PrunedNorm:
         return vector
 
 
-
 def pruned_norm(weights, removal_fraction):
     """R(p): the norm of the weights that magnitude pruning at fraction p removes.
 
@@ -165,7 +164,6 @@ def pruned_norm(weights, removal_fraction):
     return PrunedNorm(weights)(removal_fraction)
 
 
-
 def _check_fraction(removal_fraction):
     p = np.asarray(removal_fraction, dtype=np.float64)
     if np.any(~np.isfinite(p)) or np.any(p < 0) or np.any(p > 1):
@@ -173,11 +171,9 @@ def _check_fraction(removal_fraction):
     return p if p.ndim else float(p)
 
 
-
 # Fine near 0 (tiny budgets give tiny p*) and uniform elsewhere: the first sign change
 # of F on this grid brackets the first crossing.
 _GRID = np.unique(np.concatenate([[0.0], np.geomspace(1e-9, 1e-2, 15), np.linspace(0, 1, 61)]))
-
 
 
 def first_crossing(function: Callable[[float], float], grid: np.ndarray = _GRID) -> float:
@@ -203,7 +199,6 @@ def first_crossing(function: Callable[[float], float], grid: np.ndarray = _GRID)
     return 1.0
 
 
-
 @dataclass
 class _ClosedForm:
     """tr g(C)/D per probe for the closed forms, from one quadrature rule."""
@@ -226,14 +221,12 @@ class _ClosedForm:
         )
 
 
-
 def _combine(per_probe: np.ndarray, shift: float, clip: bool = True) -> float:
     """mean + shift * standard error over probes (shift 0: the mean), clipped to [0, 1]."""
     mean = float(per_probe.mean())
     if shift and per_probe.size > 1:
         mean += shift * float(per_probe.std(ddof=1) / math.sqrt(per_probe.size))
     return float(np.clip(mean, 0.0, 1.0)) if clip else mean
-
 
 
 def _solve_closed_form(method: str, form, norm: PrunedNorm, epsilon: float, shift: float = 0.0):
@@ -313,7 +306,6 @@ def check_methods(methods: Iterable[str]) -> tuple[str, ...]:
     return methods
 
 
-
 def statistical_dimension_curve(
     spectrum: Spectrum,
     weights,
@@ -362,7 +354,6 @@ def statistical_dimension_curve(
         else:
             values.append(1.0 / (1.0 + curvature_scale(norm(x), epsilon) * trace))
     return p, np.asarray(values)
-
 
 
 def _emp_estimate(norm: PrunedNorm, epsilon: float) -> MethodEstimate:
@@ -645,7 +636,6 @@ def predict_from_spectrum(
     )
 
 
-
 def _seeds(spectrum: Spectrum, methods: Sequence[str], seed: int) -> dict:
     """What drew random numbers, and from which seed: SLQ's probes, statdim_exact's samples."""
     seeds = {}
@@ -670,7 +660,6 @@ def check_statdim_dimension(methods: Sequence[str], dimension: int) -> None:
             f"statdim_exact needs D <= {STATDIM_EXACT_LIMIT} (one D x D eigendecomposition "
             f"per step of its search), got D = {dimension}"
         )
-
 
 
 def _closed_form_estimate(
@@ -726,7 +715,6 @@ def _closed_form_estimate(
     )
 
 
-
 def _reference_estimate(spectrum: Spectrum, norm: PrunedNorm, epsilon: float, policy: str):
     """The authors' pipeline (:func:`~pruning_limit.reference.reference_limit`) on the spectrum."""
     result = reference_limit(spectrum, norm.weights, epsilon)
@@ -759,7 +747,6 @@ def _sensitivity(solve: Callable[[float], float], epsilon: float, enabled: bool)
     return {"epsilon/10": solve(epsilon / 10), "epsilon*10": solve(epsilon * 10)}
 
 
-
 def _quadratic_model(curvature, weights, policy, damping, dense_limit) -> QuadraticModel:
     if isinstance(curvature, QuadraticModel):
         if curvature.dimension != weights.size:
@@ -770,7 +757,6 @@ def _quadratic_model(curvature, weights, policy, damping, dense_limit) -> Quadra
     return QuadraticModel(
         curvature, weights, policy=policy, damping=damping, dense_limit=dense_limit
     )
-
 
 
 def _quadratic_estimate(
@@ -799,7 +785,6 @@ def _quadratic_estimate(
         ),
         notes=list(result.notes),
     )
-
 
 
 def _statdim_estimate(
@@ -870,7 +855,6 @@ def _quadrature_bracket(method, spectrum, rules, norm, epsilon, quantile) -> dic
     return result
 
 
-
 @dataclass
 class _FixedTrace:
     """Per-probe tr|C|/D values for the trace bound, bypassing the rule."""
@@ -879,7 +863,6 @@ class _FixedTrace:
 
     def trace(self) -> np.ndarray:
         return self.values
-
 
 
 def _trace_bracket(spectrum, rules, norm, epsilon, quantile) -> dict:
@@ -910,7 +893,6 @@ def _trace_bracket(spectrum, rules, norm, epsilon, quantile) -> dict:
             _solve_closed_form("trace_bound", _FixedTrace(low), norm, epsilon, quantile),
         )
     return result
-
 
 
 def _quadrature_spread(estimate: MethodEstimate) -> float | None:

@@ -16,13 +16,16 @@ from torch import nn
 from torch.func import functional_call
 
 CONVOLUTIONS = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
 )
 
 
-
 PRUNABLE_MODULES = (nn.Linear, *CONVOLUTIONS)
-
 
 
 class NoPrunableParameterError(ValueError):
@@ -33,7 +36,6 @@ class NoPrunableParameterError(ValueError):
     ...
     pruning_limit.parameters.NoPrunableParameterError: Sequential has no prunable parameter: ...
     """
-
 
 
 def prunable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -61,7 +63,6 @@ def prunable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
                 seen.add(id(weight))
                 found.append((f"{module_name}.weight" if module_name else "weight", weight))
     return found
-
 
 
 def resolve_parameters(
@@ -129,7 +130,6 @@ def resolve_parameters(
     return selected
 
 
-
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA, then MPS, then the CPU; anything else is checked.
 
@@ -154,14 +154,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-
 def _is_layer(module: nn.Module, kinds: tuple[type, ...]) -> bool:
     """Whether ``module`` is one of ``kinds``; inside a TorchScript module, whether it
     was scripted (or traced) from one, by its ``original_name``."""
     if isinstance(module, torch.jit.ScriptModule):
         return getattr(module, "original_name", None) in {kind.__name__ for kind in kinds}
     return isinstance(module, kinds)
-
 
 
 def has_convolution(model: nn.Module) -> bool:
@@ -173,7 +171,6 @@ def has_convolution(model: nn.Module) -> bool:
     False
     """
     return any(_is_layer(module, CONVOLUTIONS) for module in model.modules())
-
 
 
 def call_with(model: nn.Module, state: dict[str, torch.Tensor], inputs: torch.Tensor):
@@ -209,7 +206,6 @@ def call_with(model: nn.Module, state: dict[str, torch.Tensor], inputs: torch.Te
         _set_script_slots(model, {name: originals[name] for name in state})
 
 
-
 def _set_script_slots(model: torch.jit.ScriptModule, state: dict[str, torch.Tensor]) -> None:
     for name, tensor in state.items():
         *path, leaf = name.split(".")
@@ -217,7 +213,6 @@ def _set_script_slots(model: torch.jit.ScriptModule, state: dict[str, torch.Tens
         for part in path:
             owner = getattr(owner, part)
         owner._c.setattr(leaf, tensor)
-
 
 
 @contextlib.contextmanager

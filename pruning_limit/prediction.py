@@ -28,7 +28,13 @@ from .regime import Regime
 from .serialization import JsonResult, plain, read_json
 
 METHODS = (
-    "paper", "orthogonal", "trace_bound", "quadratic", "statdim_exact", "reference", "emp",
+    "paper",
+    "orthogonal",
+    "trace_bound",
+    "quadratic",
+    "statdim_exact",
+    "reference",
+    "emp",
     "taylor_onset",
 )
 # taylor_onset is not among the defaults although it is cheap (one gradient and 201
@@ -89,29 +95,10 @@ NO_REGIME = (
 )
 
 
-
-
-
-
-
 # -- R(p) -------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
 # -- fixed points -----------------------------------------------------------------------
-
-
-
-
-
-
-
-
 
 
 # -- results ------------------------------------------------------------------------------
@@ -428,8 +415,8 @@ class Prediction(JsonResult):
         lines = ["", str(regime) if regime is not None else "Regime: unknown"]
         heading = (
             f"Calibrated intervals on the actual {variant} {criterion} limit (nominal 90 %: "
-            "conformal on measured errors of calibration networks of this regime, jackknife+ "
-            "on their features where the regime has 19 or more; "
+            "conformal on measured errors of calibration networks of this regime, regressed "
+            "on their features (jackknife-minmax) where the regime has 19 or more; "
             "coverage and width measured by leave-one-out on them) beside the spectrum-only "
             "interval (the spectrum's error alone, above):"
         )
@@ -523,48 +510,4 @@ def _measured_error_lines(methods: list[str]) -> list[str]:
 # -- the predictors --------------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # -- from a model ----------------------------------------------------------------------------
-
-
-
-

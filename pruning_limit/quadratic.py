@@ -292,9 +292,13 @@ class QuadraticModel:
         """diag(C) + damping for the Jacobi preconditioner (estimated once, then kept)."""
         if self._diagonal is None:
             generator = torch.Generator().manual_seed(0)
-            probes = torch.randint(
-                0, 2, (self.diagonal_probes, self.dimension), generator=generator
-            ).to(self.operator.dtype) * 2 - 1
+            probes = (
+                torch.randint(0, 2, (self.diagonal_probes, self.dimension), generator=generator).to(
+                    self.operator.dtype
+                )
+                * 2
+                - 1
+            )
             products = self.operator.apply(probes).detach().cpu()  # as _product passes rows
             estimate = (probes * products).double().mean(dim=0).numpy()
             floor = 1e-3 * max(float(np.mean(np.abs(estimate))), 1e-300)

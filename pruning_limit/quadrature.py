@@ -77,7 +77,6 @@ def gauss_radau_rule(
     return gauss_rule(modified, betas[: m - 1])
 
 
-
 def squared_measure_jacobi(
     alphas: np.ndarray, betas: np.ndarray, steps: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +122,6 @@ def squared_measure_jacobi(
     return np.array(out_alphas), np.array(out_betas)
 
 
-
 @dataclass(frozen=True)
 class QuadratureRules:
     """Per-probe Gauss (lower) and Gauss-Radau (upper) rules of an SLQ spectrum.
@@ -152,7 +150,6 @@ class QuadratureRules:
     lower_node: float
     steps: int
     variable: str
-
 
 
 def quadrature_rules(
@@ -235,7 +232,6 @@ def quadrature_rules(
     )
 
 
-
 def quadrature_bounds(
     spectrum: Spectrum,
     f: Callable[[np.ndarray], np.ndarray],
@@ -291,7 +287,6 @@ def quadrature_bounds(
         top = spectrum.per_probe(g, np.zeros((1, 1)), np.ones((1, 1)))[0]
         upper = np.where(rules.radau_valid, upper, top)
     return lower, upper
-
 
 
 def _lanczos_for_doc(matrix: np.ndarray, start: np.ndarray, steps: int):
@@ -361,7 +356,6 @@ def bracket_rules(spectrum: Spectrum, policy: str, steps: int | None = None):
     return None
 
 
-
 def bounds_at(spectrum: Spectrum, rules, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-probe (lower, upper) bounds on delta/D at c = ``scale``, upper clipped to 1.
 
@@ -384,19 +378,6 @@ def bounds_at(spectrum: Spectrum, rules, scale: float) -> tuple[np.ndarray, np.n
     if rules.variable == "x" and scale * -rules.lower_node >= 0.5:
         upper = np.ones_like(upper)
     return lower, np.minimum(upper, 1.0)
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def convergence_check(spectrum, full, half, rules, scale, tolerance, policy) -> dict:
@@ -521,7 +502,6 @@ def convergence_check(spectrum, full, half, rules, scale, tolerance, policy) -> 
     return report
 
 
-
 def _extrapolate_steps(
     width_half: float, width: float, steps_half: int, steps: int, tolerance: float, geometric: bool
 ) -> float | None:
@@ -541,7 +521,6 @@ def _extrapolate_steps(
     return float(math.ceil(steps * (width / tolerance) ** (1.0 / power)))
 
 
-
 def _chebyshev_steps(kappa: float, tolerance: float) -> float:
     """m with rho^{-2m} ~ tolerance / 2, rho = zeta + sqrt(zeta^2 - 1), zeta = 1 + 2/kappa.
 
@@ -552,7 +531,6 @@ def _chebyshev_steps(kappa: float, tolerance: float) -> float:
     if kappa <= 0:
         return 1.0
     return float(math.log(2.0 / tolerance) / (2.0 * math.acosh(1.0 + 2.0 / kappa)))
-
 
 
 def _fmt_steps(value) -> str:

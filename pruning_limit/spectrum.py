@@ -287,5 +287,3 @@ class Spectrum:
             provenance=metadata["provenance"],
             fingerprint=metadata.get("fingerprint") or {},
         )
-
-

@@ -231,30 +231,4 @@ def trace_bound(spectrum: Spectrum, radius: float, epsilon: float, policy: str =
 # -- Gauss and Gauss-Radau quadrature bounds -------------------------------------------------
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 # -- the exact statistical dimension of the descent cone -------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-

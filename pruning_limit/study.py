@@ -128,27 +128,10 @@ from .validation import (
 FORMAT_VERSION = 1
 
 
-
 # -- the configuration -------------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 # -- the runs ----------------------------------------------------------------------------------
-
-
-
-
 
 
 def _intrinsic_x(metadata: dict) -> tuple[float, str]:
@@ -437,7 +420,7 @@ class StudyResult:
             "",
             "p = fraction of prunable weights REMOVED (torch.nn.utils.prune `amount`); "
             "kept = 1 - p.",
-            f"Criteria, each a reading of \"actual\" (the accuracy tolerance is "
+            f'Criteria, each a reading of "actual" (the accuracy tolerance is '
             f"{self.config['validation']['tolerance']:g} percentage points; "
             f"curvature: {self.config['prediction']['curvature']}):",
             "",
@@ -537,7 +520,9 @@ def _collapse_band(rows: list, methods: list, variant: str = "one_shot") -> list
     for row in chosen:
         actual = row["actual"][variant]
         centre, low, high = (
-            actual["collapse"], actual.get("collapse_start"), actual.get("collapse_end")
+            actual["collapse"],
+            actual.get("collapse_start"),
+            actual.get("collapse_end"),
         )
         predicted = {m: row["predicted"][m]["p"] for m in methods if m in row["predicted"]}
         inside = [

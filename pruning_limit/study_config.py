@@ -21,7 +21,6 @@ FULL_RANK = "full"
 REFIT_CURVATURES = ("prediction", *VALIDATION_CURVATURES)
 
 
-
 DEFAULTS: dict = {
     "study": {"name": "study", "out": "runs/study", "seed": 0, "dtypes": ["float32"],
               "device": "cpu", "threads": 0},
@@ -40,7 +39,6 @@ DEFAULTS: dict = {
 }  # fmt: skip
 
 
-
 # Keys whose default is None, or that take more than one type: what they accept.
 _ACCEPTS = {
     ("training", "target_train_loss"): (int, float),
@@ -49,7 +47,6 @@ _ACCEPTS = {
     ("prediction", "epsilon"): (str, int, float),
     ("validation", "amounts"): (list,),
 }
-
 
 
 def _read_toml(path: Path) -> dict:
@@ -68,7 +65,6 @@ def _read_toml(path: Path) -> dict:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path} is not valid TOML: {error}") from error
-
 
 
 def load_config(config) -> dict:
@@ -127,7 +123,6 @@ def load_config(config) -> dict:
             result[section] = _recipe_fields(result[section], given, source)
     result["datasets"] = _datasets_section(raw.get("datasets"), source)
     return result
-
 
 
 def _recipe_fields(training: dict, given: dict, source: str) -> dict:
@@ -245,7 +240,6 @@ def _checked_section(section: str, given: dict, defaults: dict, source: str) -> 
     return merged
 
 
-
 def _model_section(given: dict, source: str) -> dict:
     for key in ("input_dim", "classes"):
         if key in given:
@@ -260,7 +254,6 @@ def _model_section(given: dict, source: str) -> dict:
     return merged
 
 
-
 def _datasets_section(entries, source: str) -> list:
     if not entries:
         raise ValueError(f"{source}: no [[datasets]]: give at least one dataset table")
@@ -272,7 +265,6 @@ def _datasets_section(entries, source: str) -> list:
     return copy.deepcopy(entries)
 
 
-
 def without_keys(mapping: dict, *keys) -> dict:
     """A copy of ``mapping`` without ``keys`` (the top level only).
 
@@ -280,7 +272,6 @@ def without_keys(mapping: dict, *keys) -> dict:
     {'hidden': [32]}
     """
     return {k: v for k, v in mapping.items() if k not in keys}
-
 
 
 @dataclass(frozen=True)
@@ -302,7 +293,6 @@ class StudyRun:
     @property
     def regularisation(self) -> str:
         return "plain" if self.l1 == 0 else f"l1={self.l1:g}"
-
 
 
 def expand_runs(config: dict) -> list[StudyRun]:

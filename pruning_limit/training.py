@@ -590,8 +590,20 @@ def _state_dict_mismatches(expected: dict, found: dict) -> list[str]:
 
 
 def _check_training_arguments(
-    *, optimizer, lr, epochs, steps, batch_size, momentum, l1, l1_biases, weight_decay,
-    warmup_steps, init, dtype, target_train_loss,
+    *,
+    optimizer,
+    lr,
+    epochs,
+    steps,
+    batch_size,
+    momentum,
+    l1,
+    l1_biases,
+    weight_decay,
+    warmup_steps,
+    init,
+    dtype,
+    target_train_loss,
 ) -> None:
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")

@@ -126,8 +126,6 @@ READABLE_FORMAT_VERSIONS = (1, 2)  # 1: onset limits only (no transition)
 # -- configuration --------------------------------------------------------------------------
 
 
-
-
 # -- results --------------------------------------------------------------------------------
 
 
@@ -438,7 +436,7 @@ class Validation(JsonResult):
             f"{self.epsilon:.4g} ({self.epsilon_source.get('kind', '?')}); resolution "
             f"{self.resolution:g}",
             "",
-            "criteria (each a reading of \"actual\"):",
+            'criteria (each a reading of "actual"):',
             *(f"  {name:<14}{CRITERION_LABELS[name]}" for name in CRITERIA),
             "",
             f"{'variant':<10}"
@@ -530,16 +528,6 @@ def _check_tolerance(tolerance) -> float:
 
 
 # -- evaluation -------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
 
 
 # -- the validator ------------------------------------------------------------------------------
@@ -873,9 +861,7 @@ def validate(
 def _bracket(points: Sequence[SweepPoint], is_broken) -> tuple[float, float | None]:
     limit = limit_from_sweep(points, is_broken)
     after = [
-        p.amount
-        for p in points
-        if p.amount > limit and is_measurement(p) and is_broken(p.metrics)
+        p.amount for p in points if p.amount > limit and is_measurement(p) and is_broken(p.metrics)
     ]
     return limit, (min(after) if after else None)
 
@@ -931,9 +917,3 @@ def _read_limits(
 
 
 # -- prediction vs actual -------------------------------------------------------------------------
-
-
-
-
-
-

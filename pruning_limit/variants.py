@@ -73,7 +73,6 @@ class FinetuneBudget:
         raise TypeError(f"finetune must be a dict or FinetuneBudget, got {type(value).__name__}")
 
 
-
 class PrunedWeights:
     """The pruned tensors, w* (one saved copy) and the current keep-mask.
 
@@ -129,7 +128,6 @@ class PrunedWeights:
                 tensor.copy_(original)
 
 
-
 def refit_evaluator(weights: PrunedWeights, quadratic: QuadraticModel, metrics_of) -> Callable:
     """Metrics of the re-fitted network; a re-fit whose conjugate gradients did not
     converge is no re-fit, so its point is marked ``unconverged`` (with the final
@@ -172,7 +170,6 @@ def refit_evaluator(weights: PrunedWeights, quadratic: QuadraticModel, metrics_o
         return metrics
 
     return evaluate
-
 
 
 def finetune_evaluator(
@@ -234,7 +231,6 @@ def finetune_evaluator(
         return metrics_of(model) if weights.unchanged() else finetuned(model)
 
     return evaluate, finetuned
-
 
 
 def _adam_on_kept(model, tensors, masks, train_pair, shard, loss_fn, budget, seed, train_loss):
