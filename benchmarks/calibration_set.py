@@ -56,6 +56,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,8 @@ from torch import nn
 
 from pruning_limit.calibration import (
     FORMAT,
+    POOLED,
+    RULES,
     CalibrationRun,
     CalibrationSet,
     leave_one_out_markdown,
@@ -114,7 +117,20 @@ def main() -> None:
         action="store_true",
         help="print the leave-one-out coverage and width of the set at --out; build nothing",
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="take only the studies of these seeds from result files of calibration_runs.py "
+        "(e.g. a held-out set)",
+    )
     parser.add_argument("--coverage", type=float, default=0.9, help="nominal, for --table")
+    parser.add_argument(
+        "--rule",
+        default="auto",
+        choices=RULES,
+        help="the conformal rule for --table and --held-out (default: the package's auto)",
+    )
     parser.add_argument(
         "--held-out",
         type=Path,
@@ -129,25 +145,27 @@ def main() -> None:
         shared = {run.group for run in calibration.runs} & {run.group for run in networks.runs}
         if shared:
             parser.error(f"{len(shared)} network(s) are in both sets, e.g. {sorted(shared)[0]}")
-        rows = calibration.held_out_table(networks, args.coverage, pooled=True)
+        rows = calibration.held_out_table(networks, args.coverage, args.rule, pooled=True)
         print(
             f"\n### Held out: intervals of {_relative(args.out)} on the "
             f"{len({run.group for run in networks.runs})} networks of {_relative(args.held_out)},"
-            f" nominal {args.coverage:.0%}\n"
+            f" nominal {args.coverage:.0%}, rule {args.rule}\n"
         )
+        print(summary_markdown(rows) + "\n")
         print(leave_one_out_markdown(rows).replace("LOO coverage", "coverage"))
         return
     if args.table:
         calibration = CalibrationSet.load(args.out)
         for check_range in (True, False):
             rows = calibration.leave_one_out_table(
-                args.coverage, check_range=check_range, pooled=True
+                args.coverage, args.rule, check_range=check_range, pooled=True
             )
             print(
-                f"\n### Leave-one-out at nominal {args.coverage:.0%}, "
+                f"\n### Leave-one-out at nominal {args.coverage:.0%}, rule {args.rule}, "
                 + ("with" if check_range else "without")
                 + " the range check\n"
             )
+            print(summary_markdown(rows) + "\n")
             print(leave_one_out_markdown(rows))
         return
     if args.threads > 0:
@@ -171,7 +189,7 @@ def main() -> None:
             "git_commit": record.get("versions", {}).get("git_commit"),
             "config_file": record.get("config_file"),
         }
-        built, skipped = runs_of(record, key, rebuild=args.rebuild)
+        built, skipped = runs_of(record, key, rebuild=args.rebuild, seeds=args.seeds)
         runs += built
         notes += skipped
     calibration = CalibrationSet(
@@ -197,14 +215,47 @@ def main() -> None:
         print("note:", note)
 
 
-def runs_of(record: dict, source: str, rebuild: bool) -> tuple[list[CalibrationRun], list[str]]:
-    """The calibration runs of one result record, and notes on the runs left out."""
+def summary_markdown(rows: list[dict]) -> str:
+    """Coverage and mean width per variant and criterion, pooled over the methods and
+    regime classes of ``rows`` (the per-class rows only, each answered unit once)."""
+    pooled: dict[tuple[str, str], list] = {}
+    for row in rows:
+        if row["regime"] == POOLED or not row["answered"]:
+            continue
+        entry = pooled.setdefault((row["variant"], row["criterion"]), [0.0, 0, 0.0])
+        entry[0] += row["coverage"] * row["answered"]
+        entry[1] += row["answered"]
+        entry[2] += row["mean_width"] * row["answered"]
+    lines = [
+        "| variant | criterion | intervals (methods x networks) | coverage | mean width (points) |",
+        "|---|---|---|---|---|",
+    ]
+    for (variant, criterion), (covered, answered, width) in sorted(pooled.items()):
+        lines.append(
+            f"| {variant} | {criterion} | {answered} | {100 * covered / answered:.1f} % "
+            f"| {100 * width / answered:.1f} |"
+        )
+    covered = sum(entry[0] for entry in pooled.values())
+    answered = sum(entry[1] for entry in pooled.values())
+    if answered:
+        lines.append(f"| all | all | {answered} | {100 * covered / answered:.1f} % | |")
+    return "\n".join(lines)
+
+
+def runs_of(
+    record: dict, source: str, rebuild: bool, seeds: Iterable[int] | None = None
+) -> tuple[list[CalibrationRun], list[str]]:
+    """The calibration runs of one result record (of its studies of ``seeds`` only, when
+    given: ``calibration_runs.py`` records one study per seed), and notes on the runs
+    left out."""
     config = json.loads(json.dumps(record["config"]))
     config["study"]["dtypes"] = sorted(DTYPES)
     planned = {run.name: run for run in expand_runs(config)}
     datasets: dict = {}
     runs, notes = [], []
     for study in record["studies"].values():
+        if seeds is not None and study.get("seed") not in set(seeds):
+            continue
         for row in study["runs"]:
             actual = {
                 variant: {

@@ -928,13 +928,17 @@ class CalibrationSet:
         ]
 
     def held_out_table(
-        self, networks: CalibrationSet, coverage: float = 0.9, pooled: bool = False
+        self,
+        networks: CalibrationSet,
+        coverage: float = 0.9,
+        rule: str = "auto",
+        pooled: bool = False,
     ) -> list[dict]:
         """:meth:`held_out` on ``networks`` for every method, variant, criterion and
         regime class both sets hold (and, with ``pooled``, for all classes pooled)."""
         classes = [*networks.regime_classes(), *([None] if pooled else [])]
         return [
-            self.held_out(networks, method, variant, criterion, name, coverage)
+            self.held_out(networks, method, variant, criterion, name, coverage, rule)
             for method in self.methods()
             if method in networks.methods()
             for variant, criterion in self.targets()
