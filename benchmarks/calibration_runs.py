@@ -1,13 +1,15 @@
 """More networks for the calibration set: the study again, with other seeds, float64 only.
 
-The calibrated intervals (:mod:`pruning_limit.calibration`) are split-conformal per
-regime; at nominal 90 % the asymmetric rule needs 19 independent networks per regime
-and the symmetric one 9. The study of ``benchmarks/prediction_vs_actual.py`` gives 6,
-6 and 10 (its float32 and float64 runs are the same networks). This script runs the
-study of ``configs/calibration_runs.toml`` once per seed, each seed setting the
-training seed *and* every dataset's seed (new data, new initialisation), in float64
-only and with one-shot validation only, and records for every run what the
-calibration set reads:
+The calibrated intervals (:mod:`pruning_limit.calibration`) are conformal per regime;
+at nominal 90 % the default rule (a ridge regression on the regime features,
+jackknife-minmax) is used from 19 independent networks per regime on, the symmetric
+split-conformal rule from 9. The study of ``benchmarks/prediction_vs_actual.py`` gives
+6, 6 and 10 (its float32 and float64 runs are the same networks). This script runs a
+study (``--config``; default ``configs/calibration_runs.toml``, one-shot validation
+only; ``configs/calibration_variants.toml`` adds refit and fine-tune) once per seed,
+each seed setting the training seed *and* every dataset's seed (new data, new
+initialisation), in float64 only, and records for every run what the calibration set
+reads:
 
 - the row of the study (predicted and actual limits, dense metrics, eps and its
   source, curvature), renamed ``NAME-seedS-float64`` so that no two seeds share a
@@ -17,9 +19,10 @@ calibration set reads:
 - the one-shot ``collapse``, ``loss_collapse`` and ``above_dense`` read from a sweep on
   a 0.001 grid (:func:`calibration_set.sweep_limits`), where the row lacks them.
 
-The result file is rewritten after every seed (an interrupted run resumes from its run
-folders), so that a partial result is usable; ``--collect`` writes it from whatever runs finished
-(a seed cut short by a time limit contributes the runs it finished)::
+The result file (``results/CONFIG_STEM-DEVICE.json``; run folders under
+``runs/CONFIG_STEM``) is rewritten after every seed (an interrupted run resumes from its
+run folders), so that a partial result is usable; ``--collect`` writes it from whatever
+runs finished (a seed cut short by a time limit contributes the runs it finished)::
 
     nohup timeout 1800 python benchmarks/calibration_runs.py --seeds 1 2 3 > runs.log &
     python benchmarks/calibration_runs.py --seeds 1 2 3 --collect

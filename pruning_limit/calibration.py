@@ -71,7 +71,7 @@ outside the range its class's calibration runs span:
   of the class-centred residual of ``paper`` against the one-shot collapse -0.83 with
   R(p*)/||w||; ``quadratic`` against the one-shot onset +0.69 with the share), and a
   left-out network at an extreme of either is covered less often than the others
-  (leave-one-out at 90 % on the shipped 66-run set, pooled over methods and criteria:
+  (leave-one-out at 90 % on the 66-run set of the first version, pooled over methods and criteria:
   82 % at an extreme of R(p*)/||w||, 85 % of the share, against 92 %);
 - ``d_over_n``: the network's size relative to its data, on which the theory's error
   depends (the gap of ``paper`` shrinks as D grows) and which separates the study's

@@ -420,7 +420,7 @@ class Prediction(JsonResult):
             "coverage and width measured by leave-one-out on them) beside the spectrum-only "
             "interval (the spectrum's error alone, above):"
         )
-        lines += ["", *textwrap.wrap(heading, width=92)]
+        lines += ["", *textwrap.wrap(heading, width=92, break_on_hyphens=False)]
         for name, est in self.estimates.items():
             result = self.calibrated(name, variant, criterion)
             low, high = est.interval
@@ -493,7 +493,7 @@ def _measured_error_lines(methods: list[str]) -> list[str]:
         f"over {measured['runs']} runs of {measured['setting']} ({measured['source']}). "
         "Your network may differ: `pruning-limit validate` measures it."
     )
-    lines = ["", *textwrap.wrap(heading, width=92)]
+    lines = ["", *textwrap.wrap(heading, width=92, break_on_hyphens=False)]
     lines.append(f"{'method':<14}" + "".join(f"{a:>26}" for a in against))
     for method in known:
         cells = measured["methods"][method]
