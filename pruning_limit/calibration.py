@@ -295,7 +295,11 @@ def jackknife_minmax_offsets(
 
     Each leave-one-out fit standardises the features on its own n - 1 rows (a
     feature constant there is left at zero) and penalises every coefficient but the
-    intercept by ``penalty``; the n fits are one batched solve.
+    intercept by ``penalty``; the n fits are one batched solve. The result is MAPIE's
+    ``CrossConformalRegressor(StandardScaler + Ridge, method="minmax",
+    cv=LeaveOneOut())`` to 1e-10 (tests/test_calibration.py); ours because a
+    leave-one-out table over the calibration set needs n^2 such fits per row, and a
+    batched 7 x 7 solve does them in milliseconds.
 
     Parameters
     ----------
