@@ -106,6 +106,7 @@ Example
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterable
@@ -604,8 +605,11 @@ class CalibrationSet:
     runs: list
     provenance: dict = field(default_factory=dict)
     criteria: dict = field(default_factory=dict)
-    # leave_one_out's answers: a printed Prediction asks for the same ones again.
+    # leave_one_out's answers, each with the digest of the runs it was measured on: a
+    # printed Prediction asks for the same ones again, and a saved set carries those
+    # with the range check (a leave-one-out row of the shipped set takes seconds).
     _measured: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _digest: tuple = field(default=(), init=False, repr=False, compare=False)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -820,9 +824,18 @@ class CalibrationSet:
         range_features = tuple(range_features)
         key = (method, variant, criterion, regime_class, coverage, rule, check_range,
                range_features)  # fmt: skip
-        if key not in self._measured:
-            self._measured[key] = self._leave_one_out(*key)
-        return dict(self._measured[key])
+        digest = self.runs_digest()
+        if self._measured.get(key, (None,))[0] != digest:
+            self._measured[key] = (digest, self._leave_one_out(*key))
+        return dict(self._measured[key][1])
+
+    def runs_digest(self) -> str:
+        """SHA-256 of the runs (what a stored leave-one-out row was measured on)."""
+        identity = tuple(map(id, self.runs))
+        if not self._digest or self._digest[0] != identity:
+            text = json.dumps([run.to_dict() for run in self.runs], sort_keys=True)
+            self._digest = (identity, hashlib.sha256(text.encode()).hexdigest())
+        return self._digest[1]
 
     def _leave_one_out(
         self, method, variant, criterion, regime_class, coverage, rule, check_range,
@@ -899,6 +912,7 @@ class CalibrationSet:
             "criterion": criterion,
             "regime": POOLED if regime_class is None else regime_class,
             "nominal": coverage,
+            "rule": rule,
             "check_range": check_range,
             "range_features": list(range_features) if check_range else [],
             "units": len(units),
@@ -960,8 +974,19 @@ class CalibrationSet:
                 "provenance": self.provenance,
                 "criteria": self.criteria,
                 "runs": [run.to_dict() for run in self.runs],
+                "leave_one_out": self._stored_leave_one_out(),
             }
         )
+
+    def _stored_leave_one_out(self) -> dict:
+        """The leave-one-out rows measured so far with the range check, on these runs."""
+        digest = self.runs_digest()
+        rows = [
+            row
+            for key, (measured_on, row) in sorted(self._measured.items(), key=lambda k: str(k[0]))
+            if measured_on == digest and key[6]  # key[6]: check_range
+        ]
+        return {"runs_digest": digest, "rows": rows}
 
     def save(self, path: str | Path) -> Path:
         """Write the set as JSON (``.json`` added if missing), atomically; under
@@ -974,11 +999,22 @@ class CalibrationSet:
             raise ValueError(
                 f"not a calibration set: format {data.get('format')!r}, expected {FORMAT!r}"
             )
-        return cls(
+        calibration = cls(
             runs=[CalibrationRun.from_dict(run) for run in data["runs"]],
             provenance=dict(data.get("provenance", {})),
             criteria=dict(data.get("criteria", {})),
         )
+        stored = data.get("leave_one_out") or {}
+        digest = calibration.runs_digest()
+        if stored.get("runs_digest") == digest:  # rows of other runs are measured again
+            for row in stored.get("rows", []):
+                key = (
+                    row["method"], row["variant"], row["criterion"],
+                    None if row["regime"] == POOLED else row["regime"], row["nominal"],
+                    row["rule"], True, tuple(row["range_features"]),
+                )  # fmt: skip
+                calibration._measured[key] = (digest, row)
+        return calibration
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> CalibrationSet:

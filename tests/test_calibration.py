@@ -1,5 +1,6 @@
 """Calibrated intervals: conformal coverage on known distributions, per regime, and refusals."""
 
+import json
 import math
 
 import numpy as np
@@ -458,3 +459,24 @@ def test_held_out_networks_of_the_same_regimes_are_covered_at_the_nominal_rate()
     assert 0.9 - 4 * math.sqrt(0.09 / answered) <= share <= 0.98
     [row] = calibration.held_out_table(fresh, 0.9)
     assert row["regime"] == DENSE_FITS and row["units"] == 10
+
+
+def test_a_saved_set_carries_its_leave_one_out_rows_and_drops_them_for_other_runs(tmp_path):
+    rng = np.random.default_rng(12)
+    calibration = _calibration({SPARSE_FITS: 0.05 + 0.02 * rng.standard_normal(25)}, rng)
+    row = calibration.leave_one_out("paper", "one_shot", "collapse", SPARSE_FITS, 0.9)
+    path = calibration.save(tmp_path / "set.json")
+    data = json.loads(path.read_text())
+    assert data["leave_one_out"]["rows"] == [row]
+    loaded = CalibrationSet.load(path)
+    assert (
+        loaded._measured
+        and loaded.leave_one_out("paper", "one_shot", "collapse", SPARSE_FITS, 0.9) == row
+    )
+    # The same rows over other runs are not trusted: they are measured again.
+    data["runs"][0]["actual"]["one_shot"]["collapse"] += 0.5
+    data["leave_one_out"]["rows"][0]["coverage"] = 0.123
+    changed = CalibrationSet.from_dict(data)
+    assert not changed._measured
+    again = changed.leave_one_out("paper", "one_shot", "collapse", SPARSE_FITS, 0.9)
+    assert again["coverage"] != 0.123
