@@ -11,8 +11,8 @@ which is large and biased, and whose size depends on the network's regime
 limit of a new network as often as they claim, if that network is exchangeable with
 the calibration networks of its regime.
 
-Split-conformal, per regime (Mondrian)
---------------------------------------
+Conformal, per regime (Mondrian)
+--------------------------------
 Calibration is done within the network's regime class only: the +4 points of a sparse
 network that fits its data and the +45 of a dense one are never mixed. With n
 calibration residuals r_(1) <= ... <= r_(n) of that class and alpha = 1 - coverage:
@@ -37,14 +37,14 @@ calibration residuals r_(1) <= ... <= r_(n) of that class and alpha = 1 - covera
       [predicted + min_i f_{-i}(x) - R_(k), predicted + max_i f_{-i}(x) + R_(k)],
       k = ceil((n + 1)(1 - alpha)),
 
-  with coverage >= 1 - alpha for any regression (the paper's Theorem 2; its jackknife+
+  with coverage >= 1 - alpha for any regression, as the paper shows (its jackknife+
   sibling, narrower, guarantees only 1 - 2 alpha, and on 44 networks trained after the
   set was built it covered the one-shot accuracy onset 84 % of the time at nominal 90 %,
   this rule 88 %). It needs n >= 1/alpha - 1; ``"auto"`` takes it from
   :data:`JACKKNIFE_MIN_UNITS` units on, where a 7-coefficient ridge has data enough. On
-  the shipped set it narrows the collapse centre's interval of ``paper`` from 30 / 15 /
-  42 points (dense / sparse / under-fitted, asymmetric rule) to about a third
-  (``benchmarks/README.md`` has the leave-one-out and held-out tables).
+  the shipped set (leave-one-out) it narrows the collapse centre's interval of ``paper``
+  from 30 / 15 / 42 points (dense / sparse / under-fitted, asymmetric rule) to 11 / 6 /
+  16 (``benchmarks/README.md`` has the leave-one-out and held-out tables).
 
 Why asymmetric before symmetric: the residuals are strongly biased (every predictor errs on one
 side in most regimes), and an interval centred on the prediction must then reach as
@@ -52,8 +52,8 @@ far on the empty side as on the full one, about twice the width. The asymmetric
 interval follows the residuals' own location. ``rule="auto"`` (the default) takes
 jackknife-minmax when the class has :data:`JACKKNIFE_MIN_UNITS` units, and the symmetric rule
 from 1/alpha - 1 units on; the choice depends on n only, never on the residuals' values,
-so the guarantee holds for whichever rule is taken. Both are clipped to [0, 1] (the actual
-limit lies there, so clipping loses no coverage).
+so the guarantee holds for whichever rule is taken. Every interval is clipped to [0, 1]
+(the actual limit lies there, so clipping loses no coverage).
 
 Fallback: there is no pooling across regimes. A class with too few runs for either rule
 gives no interval, with the reason; so does a network whose features lie outside the
@@ -466,7 +466,8 @@ class CalibratedInterval:
         Calibration units of that class with a residual for this method, variant
         and criterion.
     rule
-        ``"asymmetric"`` or ``"symmetric"`` (``None`` without an interval).
+        ``"jackknife-minmax"``, ``"asymmetric"`` or ``"symmetric"`` (``None`` without an
+        interval).
     measured
         The leave-one-out coverage and mean width of such intervals over the
         calibration networks of the regime (:meth:`CalibrationSet.leave_one_out`:
@@ -687,7 +688,8 @@ class CalibrationSet:
         coverage
             Nominal coverage, in (0, 1).
         rule
-            ``"auto"``, ``"asymmetric"`` or ``"symmetric"`` (module docstring).
+            ``"auto"``, ``"jackknife-minmax"``, ``"asymmetric"`` or ``"symmetric"`` (module
+            docstring).
         mondrian
             Calibrate within the network's regime class (the default). ``False``
             pools every class: the coverage then holds on average over the
