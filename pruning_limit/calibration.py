@@ -828,7 +828,8 @@ class CalibrationSet:
                range_features)  # fmt: skip
         digest = self.runs_digest()
         if self._measured.get(key, (None,))[0] != digest:
-            self._measured[key] = (digest, self._leave_one_out(*key))
+            units = self.units(method, variant, criterion, regime_class)
+            self._measured[key] = (digest, self._coverage(units, *key, leave_out=True))
         return dict(self._measured[key][1])
 
     def runs_digest(self) -> str:
@@ -838,16 +839,6 @@ class CalibrationSet:
             text = json.dumps([run.to_dict() for run in self.runs], sort_keys=True)
             self._digest = (identity, hashlib.sha256(text.encode()).hexdigest())
         return self._digest[1]
-
-    def _leave_one_out(
-        self, method, variant, criterion, regime_class, coverage, rule, check_range,
-        range_features,
-    ) -> dict:  # fmt: skip
-        units = self.units(method, variant, criterion, regime_class)
-        return self._coverage(
-            units, method, variant, criterion, regime_class, coverage, rule, check_range,
-            range_features, leave_out=True,
-        )  # fmt: skip
 
     def held_out(
         self,
